@@ -1,0 +1,1 @@
+"""x8manager.apps (in progress)."""

@@ -1,0 +1,1 @@
+"""Code shared by every service: journal logging and systemd notification."""

@@ -1,0 +1,1 @@
+"""x8manager.flasher (in progress)."""

@@ -1,0 +1,1 @@
+"""x8manager.m4sim (in progress)."""

@@ -1,0 +1,1 @@
+"""x8manager.proxy (in progress)."""

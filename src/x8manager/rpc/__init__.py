@@ -1,0 +1,1 @@
+"""x8manager.rpc (in progress)."""

@@ -61,7 +61,7 @@ class JournalHandler(logging.Handler):
                 "SYSLOG_IDENTIFIER": self.identifier,
                 "CODE_FILE": record.pathname,
                 "CODE_LINE": str(record.lineno),
-                "CODE_FUNC": record.funcName,
+                "CODE_FUNC": record.funcName or "",
                 "LOGGER": record.name,
             }
             extra = getattr(record, "journal", None)

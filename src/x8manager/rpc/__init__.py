@@ -1,1 +1,39 @@
-"""x8manager.rpc (in progress)."""
+"""MessagePack-RPC for the Portenta X8: framing, M4 clients, and a service helper for apps.
+
+Apps call the M4 through the proxy with :class:`M4Client` (sync) or :class:`AsyncM4Client`,
+and expose procedures to the M4 with :class:`RpcService`. The framing helpers
+(:mod:`x8manager.rpc.framing`) are shared with the proxy and the virtual M4.
+"""
+
+from x8manager.rpc.errors import RpcConnectionError, RpcError, RpcTimeout, X8RpcError
+from x8manager.rpc.framing import (
+    M4_MAX_MESSAGE,
+    Frame,
+    InvalidMessage,
+    Message,
+    MessageType,
+    Notification,
+    Request,
+    Response,
+    StreamDecoder,
+    parse_message,
+    validate_message,
+)
+
+__all__ = [
+    "M4_MAX_MESSAGE",
+    "Frame",
+    "InvalidMessage",
+    "Message",
+    "MessageType",
+    "Notification",
+    "Request",
+    "Response",
+    "RpcConnectionError",
+    "RpcError",
+    "RpcTimeout",
+    "StreamDecoder",
+    "X8RpcError",
+    "parse_message",
+    "validate_message",
+]

@@ -336,7 +336,8 @@ def _object_end(raw: bytes, offset: int) -> int:
         unpacker.skip()
     except Exception as exc:
         raise InvalidMessage(f"malformed message at byte {offset}: {exc}") from None
-    return offset + unpacker.tell()
+    consumed: int = unpacker.tell()
+    return offset + consumed
 
 
 def msgid_span(raw: bytes) -> tuple[int, int]:

@@ -5,6 +5,7 @@ and expose procedures to the M4 with :class:`RpcService`. The framing helpers
 (:mod:`x8manager.rpc.framing`) are shared with the proxy and the virtual M4.
 """
 
+from x8manager.rpc.client import AsyncM4Client, M4Client
 from x8manager.rpc.errors import RpcConnectionError, RpcError, RpcTimeout, X8RpcError
 from x8manager.rpc.framing import (
     M4_MAX_MESSAGE,
@@ -19,11 +20,14 @@ from x8manager.rpc.framing import (
     parse_message,
     validate_message,
 )
+from x8manager.rpc.server import RpcService
 
 __all__ = [
     "M4_MAX_MESSAGE",
+    "AsyncM4Client",
     "Frame",
     "InvalidMessage",
+    "M4Client",
     "Message",
     "MessageType",
     "Notification",
@@ -31,6 +35,7 @@ __all__ = [
     "Response",
     "RpcConnectionError",
     "RpcError",
+    "RpcService",
     "RpcTimeout",
     "StreamDecoder",
     "X8RpcError",

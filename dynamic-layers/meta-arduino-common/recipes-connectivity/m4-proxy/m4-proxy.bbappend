@@ -1,0 +1,2 @@
+# Inert unless the distro opts in with DISTRO_FEATURES "x8-manager" (then m4-proxy-x8-manager.inc).
+require ${@bb.utils.contains('DISTRO_FEATURES', 'x8-manager', '${BPN}-x8-manager.inc', '', d)}

@@ -1,0 +1,100 @@
+# nooelint: oelint.var.bbclassextend - target services only; the host uses the project's venv
+SUMMARY = "Portenta X8 manager: M4 RPC proxy, M4 sketch flasher, compose-app tooling"
+DESCRIPTION = "An asyncio Python replacement for Arduino's m4-proxy and monitor-m4-elf-file \
+               services on the Portenta X8, plus the x8-apps tooling and the m4-sim virtual M4. \
+               Built from this layer's own checkout: the recipe packages the Python project at \
+               the layer's top directory, so every change under src/ rebuilds it."
+HOMEPAGE = "https://github.com/meta-x8-manager/meta-x8-manager"
+BUGTRACKER = "https://github.com/meta-x8-manager/meta-x8-manager/issues"
+SECTION = "devel/python"
+LICENSE = "MIT"
+LIC_FILES_CHKSUM = "file://LICENSE;md5=ec647bce7b51f91a5b9105b8b98a096d"
+
+# The Python project lives at the top of this layer (pyproject.toml + src/). Local file:// entries
+# make the fetcher checksum every file under src/, so an edit there changes do_fetch's signature
+# and rebuilds the recipe: no network fetch of our own code and no AUTOREV.
+# nooelint: oelint.vars.outofcontext, oelint.vars.fileextrapaths - the source is this layer's own checkout, two levels up
+FILESEXTRAPATHS:prepend := "${THISDIR}/../..:"
+
+# subdir=${BP} puts the tree in the default S on every release (${WORKDIR}/${BP} up to scarthgap,
+# ${UNPACKDIR}/${BP} later), so the recipe needs neither S nor UNPACKDIR.
+SRC_URI = "file://pyproject.toml;subdir=${BP} \
+           file://README.md;subdir=${BP} \
+           file://LICENSE;subdir=${BP} \
+           file://src;subdir=${BP} \
+           file://m4-proxy.service;subdir=${BP}/units \
+           file://m4-flasher.service;subdir=${BP}/units \
+           file://m4-proxy.default;subdir=${BP}/units \
+           file://m4-flasher.default;subdir=${BP}/units"
+
+inherit python_setuptools_build_meta systemd
+
+# cve-check: match CVEs filed against this project only, not a like-named CPE.
+CVE_PRODUCT = "x8-manager"
+
+# An editable install on the developer's host leaves egg-info and bytecode in src/; they must not
+# leak into the wheel's metadata.
+do_configure:prepend() {
+    rm -rf ${S}/src/*.egg-info ${S}/build
+    find ${S}/src -name __pycache__ -type d -prune -exec rm -rf {} +
+}
+
+do_install:append() {
+    for unit in m4-proxy.service m4-flasher.service; do
+        install -D -m 0644 ${S}/units/${unit} ${D}${systemd_system_unitdir}/${unit}
+        sed -i -e 's|@BINDIR@|${bindir}|g' -e 's|@SYSCONFDIR@|${sysconfdir}|g' \
+            ${D}${systemd_system_unitdir}/${unit}
+    done
+    install -D -m 0644 ${S}/units/m4-proxy.default ${D}${sysconfdir}/default/m4-proxy
+    install -D -m 0644 ${S}/units/m4-flasher.default ${D}${sysconfdir}/default/m4-flasher
+}
+
+# One package per service; ${PN} itself is the shared library (x8manager.rpc, x8manager.common)
+# that apps and containers import.
+PACKAGES =+ "${PN}-proxy ${PN}-flasher ${PN}-apps ${PN}-sim"
+
+X8_SITE = "${PYTHON_SITEPACKAGES_DIR}/x8manager"
+
+SYSTEMD_PACKAGES = "${PN}-proxy ${PN}-flasher"
+SYSTEMD_SERVICE:${PN}-proxy = "m4-proxy.service"
+SYSTEMD_SERVICE:${PN}-flasher = "m4-flasher.service"
+
+FILES:${PN}-proxy += "${bindir}/m4-proxy \
+                      ${X8_SITE}/proxy \
+                      ${systemd_system_unitdir}/m4-proxy.service \
+                      ${sysconfdir}/default/m4-proxy"
+FILES:${PN}-flasher += "${bindir}/m4-flasher \
+                        ${X8_SITE}/flasher \
+                        ${systemd_system_unitdir}/m4-flasher.service \
+                        ${sysconfdir}/default/m4-flasher"
+FILES:${PN}-apps += "${bindir}/x8-apps \
+                     ${X8_SITE}/apps"
+FILES:${PN}-sim += "${bindir}/m4-sim \
+                    ${X8_SITE}/m4sim"
+FILES:${PN} += "${X8_SITE} \
+                ${PYTHON_SITEPACKAGES_DIR}/x8manager-${PV}.dist-info"
+
+CONFFILES:${PN}-proxy = "${sysconfdir}/default/m4-proxy"
+CONFFILES:${PN}-flasher = "${sysconfdir}/default/m4-flasher"
+
+# Standard-library parts of python3 that x8manager imports (oe-core python3-manifest.json names).
+RDEPENDS:${PN} = "python3-asyncio \
+                  python3-core \
+                  python3-io \
+                  python3-json \
+                  python3-logging \
+                  python3-msgpack"
+RDEPENDS:${PN}-proxy = "${PN} python3-fcntl python3-terminal"
+# openocd comes from meta-oe; on the X8 meta-arduino's openocd bbappend enables the imx_gpio driver.
+RDEPENDS:${PN}-flasher = "${PN} openocd python3-crypt python3-fcntl python3-pyelftools"
+# X8_MANAGER_APPS_EXTRA_RDEPENDS: reserved for a compose-spec schema package, if x8-apps needs one.
+X8_MANAGER_APPS_EXTRA_RDEPENDS ?= ""
+RDEPENDS:${PN}-apps = "${PN} ${X8_MANAGER_APPS_EXTRA_RDEPENDS} python3-jsonschema python3-pyyaml"
+RDEPENDS:${PN}-sim = "${PN} python3-fcntl python3-terminal"
+
+# Arduino's Go m4-proxy binds the same ports and the same /dev/x8h7_ui: never install both. With the
+# "x8-manager" distro feature our package also stands in for the name images ask for (meta-arduino's
+# lmp-partner-image-arduino.inc lists m4-proxy), and the m4-proxy recipe is skipped (dynamic-layers/).
+RPROVIDES:${PN}-proxy = "${@bb.utils.contains('DISTRO_FEATURES', 'x8-manager', 'm4-proxy', '', d)}"
+RREPLACES:${PN}-proxy = "m4-proxy"
+RCONFLICTS:${PN}-proxy = "m4-proxy"

@@ -1,0 +1,217 @@
+"""The ``m4-flasher daemon``: watch the upload path, flash the newest complete upload, one at a time.
+
+Each finished upload (close-write or rename onto the watched name) is copied into the spool at
+once and validated there, so later writes to the upload path cannot change what gets flashed.
+Uploads that arrive while one is waiting replace it; an upload that arrives while openocd is
+still connecting (before ``** Programming Started **``) stops that run, because the newer file
+is what the user wants on the chip. Once programming has begun it finishes, then the newest
+upload is flashed. A rejected upload replaces any waiting one but never stops a running flash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import shutil
+import signal
+from pathlib import Path
+
+from x8manager.common.systemd import notify_ready, notify_status, notify_stopping
+from x8manager.flasher.elfcheck import SketchRejected
+from x8manager.flasher.inotify import FileWatcher, InotifyError
+from x8manager.flasher.pipeline import Flasher, FlashResult, Job, Outcome
+
+__all__ = ["FlasherDaemon", "StartupError"]
+
+log = logging.getLogger(__name__)
+
+
+class StartupError(RuntimeError):
+    """The daemon cannot do its job with this configuration; it exits non-zero."""
+
+
+class FlasherDaemon:
+    def __init__(self, flasher: Flasher, watch_path: Path) -> None:
+        self.flasher = flasher
+        self.watch_path = Path(os.path.abspath(watch_path))
+        self._pending: Job | None = None
+        self._wakeup = asyncio.Event()
+        self._supersede: asyncio.Event | None = None  # belongs to the job being flashed
+        self._stop = asyncio.Event()
+        self._watcher: FileWatcher | None = None
+        self.outcomes: list[Outcome] = []  # for tests and the bench (most recent last)
+        self.flashing = False
+
+    # --- start-up -----------------------------------------------------------------------------
+    def check_configuration(self) -> None:
+        """Everything that would make every flash fail is a start-up error."""
+        settings = self.flasher.settings
+        try:
+            self.flasher.state.prepare()
+        except OSError as error:
+            raise StartupError(f"state directory {settings.state_dir} is not usable: {error}") from error
+        program = settings.openocd.program
+        if shutil.which(program) is None:
+            raise StartupError(f"openocd program {program!r} not found or not executable")
+        missing = settings.openocd.missing_files()
+        if missing:
+            raise StartupError(f"openocd config file(s) missing: {', '.join(missing)}")
+        try:
+            settings.lock_path.parent.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(settings.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644))
+        except OSError as error:
+            raise StartupError(f"H7 lock {settings.lock_path} cannot be opened: {error}") from error
+
+    def _record_settings(self) -> None:
+        settings = self.flasher.settings
+        self.flasher.state.write_settings(
+            {
+                "pid": os.getpid(),
+                "watch": str(self.watch_path),
+                "openocd": settings.openocd.program,
+                "config_dir": str(settings.openocd.config_dir),
+                "adapter_config": settings.openocd.adapter_config,
+                "target_config": settings.openocd.target_config,
+                "status": str(self.flasher.state.status_path),
+                "lock": str(settings.lock_path),
+                "timeout": settings.attempt_timeout,
+                "retries": settings.retries,
+            }
+        )
+
+    async def run(self) -> None:
+        """Run until SIGTERM/SIGINT; raises StartupError before readiness if something is wrong."""
+        self.check_configuration()
+        self._record_settings()
+        self._watcher = FileWatcher(self.watch_path, self._on_change)
+        try:
+            self._watcher.start()
+        except InotifyError as error:
+            raise StartupError(f"cannot watch {self.watch_path}: {error}") from error
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        worker = asyncio.create_task(self._worker())
+        notify_ready(f"watching {self.watch_path}")
+        log.info("ready: watching %s", self.watch_path)
+        try:
+            stop = asyncio.create_task(self._stop.wait())
+            done, _ = await asyncio.wait({worker, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if worker in done:
+                worker.result()  # a crashed worker is a crashed daemon
+            notify_stopping()
+            log.info("stopping")
+            self.flasher.stopping = True
+            self._watcher.close()
+            if self.flashing:
+                log.info("letting the running flash finish (bounded by its time limit)")
+            if self._pending is not None:
+                # Still at the upload path and not recorded as handled: the next start flashes it.
+                self._pending.spool_path.unlink(missing_ok=True)
+                self._pending = None
+            if self._supersede is not None:
+                self._supersede.set()  # a run still connecting is stopped; one that writes finishes
+            self._wakeup.set()
+            await worker
+        finally:
+            self._watcher.close()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+    # --- intake -------------------------------------------------------------------------------
+    def _on_change(self, reason: str) -> None:
+        try:
+            data = self.flasher.snapshot(self.watch_path)
+        except OSError as error:
+            # Gone again (or unreadable) before we looked: a later event will bring the next version.
+            log.info("upload at %s vanished before it could be read (%s): %s", self.watch_path, reason, error)
+            return
+        log.debug("upload seen (%s): %d bytes", reason, len(data))
+        self._admit(data, reason)
+
+    def _admit(self, data: bytes, reason: str) -> None:
+        try:
+            job = self.flasher.admit(data, source="upload", origin=str(self.watch_path))
+        except SketchRejected as error:
+            self._replace_pending(None)
+            outcome = self.flasher.reject(data, error, source="upload", origin=str(self.watch_path))
+            self._handled(outcome, hashlib.sha256(data).hexdigest())
+            return
+        except OSError as error:
+            log.error("could not spool the upload from %s: %s", self.watch_path, error)
+            return
+        log.info(
+            "upload %s accepted (%s): %s",
+            job.info.sha256[:12],
+            reason,
+            job.info.describe(),
+            extra={"journal": {"SKETCH_SHA256": job.info.sha256}},
+        )
+        self._replace_pending(job)
+        if self._supersede is not None:
+            self._supersede.set()
+        self._wakeup.set()
+
+    def _replace_pending(self, job: Job | None) -> None:
+        old, self._pending = self._pending, job
+        if old is not None:
+            old.spool_path.unlink(missing_ok=True)
+            log.info("upload %s replaced by a newer one before it was flashed", old.info.sha256[:12])
+
+    def _handled(self, outcome: Outcome, sha256: str) -> None:
+        self.outcomes.append(outcome)
+        del self.outcomes[:-100]
+        if outcome.result is not FlashResult.SUPERSEDED:
+            self.flasher.state.update_status(lambda status: status.__setitem__("last_upload_sha256", sha256))
+        notify_status(f"last sketch {sha256[:12]}: {outcome.result.value}")
+
+    def _rescan_at_start(self) -> None:
+        """An upload that arrived while the daemon was down is flashed now, not forgotten."""
+        if not self.watch_path.is_file():
+            return
+        try:
+            data = self.flasher.snapshot(self.watch_path)
+            status = self.flasher.state.read_status() or {}
+        except (OSError, ValueError) as error:
+            log.warning("cannot look at %s at start-up: %s", self.watch_path, error)
+            return
+        if status.get("last_upload_sha256") == hashlib.sha256(data).hexdigest():
+            return
+        log.info("%s changed while the flasher was not running", self.watch_path)
+        self._admit(data, "present-at-start")
+
+    # --- the one flashing worker ----------------------------------------------------------------
+    async def _worker(self) -> None:
+        outcome = await self.flasher.recover()
+        if outcome is not None:
+            notify_status(f"recovered interrupted flash: {outcome.result.value}")
+        self.flasher.sweep_spool()
+        self._rescan_at_start()
+        while not self._stop.is_set():
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            job, self._pending = self._pending, None
+            if job is None or self._stop.is_set():
+                continue
+            self._supersede = asyncio.Event()
+            self.flashing = True
+            notify_status(f"flashing sketch {job.info.sha256[:12]}")
+            try:
+                outcome = await self.flasher.flash(job, supersede=self._supersede)
+            except OSError as error:
+                # The state directory failed under us (disk full, read-only): say so, keep serving.
+                log.error(
+                    "flashing sketch %s failed in the flasher itself: %s",
+                    job.info.sha256[:12],
+                    error,
+                    extra={"journal": {"SKETCH_SHA256": job.info.sha256, "FLASH_RESULT": "error"}},
+                )
+                continue
+            finally:
+                self.flashing = False
+                self._supersede = None
+            self._handled(outcome, job.info.sha256)
+            if self._pending is not None:
+                self._wakeup.set()

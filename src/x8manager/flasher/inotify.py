@@ -1,0 +1,177 @@
+"""Watch one file path with Linux inotify (via ctypes on libc: no extra dependency).
+
+The Arduino IDE uploads with ``adb push`` to a fixed path such as ``/tmp/arduino/m4-user-sketch.elf``.
+A finished upload shows up as ``IN_CLOSE_WRITE`` (written in place) or ``IN_MOVED_TO`` (renamed in)
+on the file's directory. That directory may not exist yet (``/tmp`` is empty after boot) or may be
+removed and recreated, so the watcher watches the nearest existing ancestor until the directory
+appears, and re-arms whenever the watched directory goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import errno
+import logging
+import os
+import struct
+from collections.abc import Callable
+from pathlib import Path
+
+__all__ = ["FileWatcher", "InotifyError"]
+
+log = logging.getLogger(__name__)
+
+IN_MODIFY = 0x00000002
+IN_CLOSE_WRITE = 0x00000008
+IN_MOVED_FROM = 0x00000040
+IN_MOVED_TO = 0x00000080
+IN_CREATE = 0x00000100
+IN_DELETE = 0x00000200
+IN_DELETE_SELF = 0x00000400
+IN_MOVE_SELF = 0x00000800
+IN_UNMOUNT = 0x00002000
+IN_Q_OVERFLOW = 0x00004000
+IN_IGNORED = 0x00008000
+IN_ONLYDIR = 0x01000000
+IN_ISDIR = 0x40000000
+IN_NONBLOCK = os.O_NONBLOCK
+IN_CLOEXEC = os.O_CLOEXEC
+
+_EVENT_HEADER = struct.Struct("iIII")  # wd, mask, cookie, len
+_GONE = IN_DELETE_SELF | IN_MOVE_SELF | IN_UNMOUNT | IN_IGNORED
+
+
+class InotifyError(OSError):
+    """inotify could not be set up (the daemon cannot watch the upload path)."""
+
+
+def _libc() -> ctypes.CDLL:
+    name = ctypes.util.find_library("c") or "libc.so.6"
+    libc = ctypes.CDLL(name, use_errno=True)
+    libc.inotify_init1.argtypes = [ctypes.c_int]
+    libc.inotify_init1.restype = ctypes.c_int
+    libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+    libc.inotify_add_watch.restype = ctypes.c_int
+    libc.inotify_rm_watch.argtypes = [ctypes.c_int, ctypes.c_int]
+    libc.inotify_rm_watch.restype = ctypes.c_int
+    return libc
+
+
+class FileWatcher:
+    """Call ``on_change(reason)`` each time a complete new version of *path* appears.
+
+    ``reason`` is ``"close-write"``, ``"moved-to"``, ``"appeared"`` (the directory came into
+    existence already holding the file) or ``"overflow"`` (events were lost; look again).
+    """
+
+    def __init__(self, path: Path, on_change: Callable[[str], None]) -> None:
+        self.path = Path(os.path.abspath(path))
+        self._on_change = on_change
+        self._libc = _libc()
+        self._fd = -1
+        self._wd = -1
+        self._watched: Path | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._armed_once = False
+
+    @property
+    def watched_directory(self) -> Path | None:
+        """The directory currently watched (the file's parent, or its nearest existing ancestor)."""
+        return self._watched
+
+    def start(self) -> None:
+        """Create the inotify instance and arm the first watch; raises :class:`InotifyError`."""
+        fd = self._libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+        if fd < 0:
+            err = ctypes.get_errno()
+            raise InotifyError(err, f"inotify_init1 failed: {os.strerror(err)}")
+        self._fd = fd
+        self._loop = asyncio.get_running_loop()
+        self._arm()
+        self._loop.add_reader(fd, self._read_events)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            if self._loop is not None:
+                self._loop.remove_reader(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+            self._wd = -1
+
+    def _arm(self) -> None:
+        """Watch the file's directory if it exists, else the nearest ancestor that does."""
+        if self._wd >= 0:
+            # The old watch may already be gone (IN_IGNORED); EINVAL then is expected.
+            self._libc.inotify_rm_watch(self._fd, self._wd)
+            self._wd = -1
+        parent = self.path.parent
+        candidate = parent
+        while True:
+            if candidate == parent:
+                mask = IN_CLOSE_WRITE | IN_MOVED_TO | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR
+            else:
+                mask = IN_CREATE | IN_MOVED_TO | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR
+            wd = self._libc.inotify_add_watch(self._fd, os.fsencode(candidate), mask)
+            if wd >= 0:
+                break
+            err = ctypes.get_errno()
+            if err not in (errno.ENOENT, errno.ENOTDIR) or candidate == candidate.parent:
+                raise InotifyError(err, f"cannot watch {candidate}: {os.strerror(err)}")
+            candidate = candidate.parent
+        self._wd = wd
+        if candidate != self._watched:
+            log.info("watching %s for %s", candidate, self.path)
+        self._watched = candidate
+        if candidate == parent and self._armed_once and self.path.is_file():
+            # The directory appeared (or was recreated) with the upload already inside: that file
+            # was written before our watch existed, so report it now instead of losing it.
+            self._on_change("appeared")
+        self._armed_once = True
+
+    def _next_component(self) -> str | None:
+        """The name inside the watched ancestor that leads toward the file's directory."""
+        if self._watched is None or self._watched == self.path.parent:
+            return None
+        relative = self.path.parent.relative_to(self._watched)
+        return relative.parts[0]
+
+    def _read_events(self) -> None:
+        try:
+            data = os.read(self._fd, 64 * 1024)
+        except BlockingIOError:
+            return
+        except OSError as error:
+            log.error("reading inotify events failed: %s", error)
+            return
+        rearm = False
+        changed: list[str] = []
+        offset = 0
+        while offset + _EVENT_HEADER.size <= len(data):
+            wd, mask, _cookie, length = _EVENT_HEADER.unpack_from(data, offset)
+            raw_name = data[offset + _EVENT_HEADER.size : offset + _EVENT_HEADER.size + length]
+            offset += _EVENT_HEADER.size + length
+            name = os.fsdecode(raw_name.rstrip(b"\0"))
+            if mask & IN_Q_OVERFLOW:
+                rearm = True
+                changed.append("overflow")
+                continue
+            if wd != self._wd:
+                continue  # a stale watch from before a re-arm
+            if mask & _GONE:
+                rearm = True
+            elif self._watched == self.path.parent:
+                if name == self.path.name and mask & (IN_CLOSE_WRITE | IN_MOVED_TO):
+                    changed.append("close-write" if mask & IN_CLOSE_WRITE else "moved-to")
+            elif name == self._next_component() and mask & IN_ISDIR:
+                rearm = True
+        if rearm:
+            try:
+                self._arm()
+            except InotifyError as error:
+                log.error("re-arming the watch on %s failed: %s", self.path, error)
+        for reason in changed:
+            if reason == "overflow" and not self.path.is_file():
+                continue
+            self._on_change(reason)

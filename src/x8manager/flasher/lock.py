@@ -1,0 +1,86 @@
+"""The H7 programming lock: one flock-ed file shared by everything that drives the H7's SWD pins.
+
+Two openocd processes bit-banging the same GPIOs corrupt each other's transfers, so the
+flasher daemon, a manual ``m4-flasher flash`` and (when wrapped with ``flock``) the M7 firmware
+programmer all take ``/run/lock/x8-h7-swd.lock`` first. The holder writes its pid and purpose
+into the file so a waiting process can say who it waits for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+__all__ = ["DEFAULT_LOCK_PATH", "LockCancelled", "LockTimeout", "h7_lock", "lock_holder"]
+
+DEFAULT_LOCK_PATH = Path("/run/lock/x8-h7-swd.lock")
+_POLL_SECONDS = 0.05
+
+
+class LockTimeout(TimeoutError):
+    """The lock stayed taken for longer than we were willing to wait."""
+
+
+class LockCancelled(Exception):
+    """Waiting for the lock was abandoned because the job became pointless (superseded)."""
+
+
+def lock_holder(path: Path) -> str | None:
+    """Who holds the lock right now ("pid 123: m4-flasher daemon"), or None when it is free."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+            return text or "another process"
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+@contextlib.asynccontextmanager
+async def h7_lock(
+    path: Path,
+    purpose: str,
+    *,
+    wait_limit: float,
+    cancel: asyncio.Event | None = None,
+) -> AsyncIterator[None]:
+    """Hold the H7 lock for the body; wait up to *wait_limit* seconds, give up early if *cancel* is set.
+
+    Polls with a non-blocking flock so waiting stays cancellable and never blocks the event loop.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        deadline = time.monotonic() + wait_limit
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if cancel is not None and cancel.is_set():
+                    raise LockCancelled(f"stopped waiting for {path}") from None
+                if time.monotonic() >= deadline:
+                    holder = lock_holder(path) or "another process"
+                    raise LockTimeout(f"{path} still held by {holder} after {wait_limit:.0f} s") from None
+                await asyncio.sleep(_POLL_SECONDS)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}: {purpose}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)

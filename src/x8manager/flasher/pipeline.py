@@ -1,0 +1,337 @@
+"""One flash, start to finish: spool snapshot → validation → H7 lock → marker → openocd → status.
+
+Both the daemon and the ``flash``/``rollback`` commands go through :class:`Flasher`, so they
+validate, lock, record and recover the same way. The in-progress marker exists exactly while
+openocd may be writing; whoever next takes the H7 lock and finds it left behind knows a flash was
+interrupted (SIGKILL, power cut) and recovers first: it flashes the interrupted sketch again (it
+was validated and it is what the user asked for last); if that cannot be done it restores the
+last good sketch. Each outcome goes to the status file and the journal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import hashlib
+import itertools
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from x8manager.flasher.elfcheck import MAX_SKETCH_FILE_BYTES, SketchInfo, SketchRejected, validate_sketch
+from x8manager.flasher.lock import LockCancelled, LockTimeout, h7_lock
+from x8manager.flasher.openocd import OpenocdCommand, Verdict, classify, run_openocd
+from x8manager.flasher.state import StateDir, utc_now
+
+__all__ = ["FlashResult", "Flasher", "FlasherSettings", "Job", "Outcome"]
+
+log = logging.getLogger(__name__)
+
+# A daemon that dies during every recovery must not loop forever re-flashing the same sketch.
+MAX_RECOVERY_ATTEMPTS = 2
+
+
+class FlashResult(enum.Enum):
+    SUCCESS = "success"
+    REJECTED = "rejected"  # the file is not a valid sketch; the chip was not touched
+    FAILED = "failed"
+    TIMEOUT = "timeout"
+    SUPERSEDED = "superseded"  # a newer upload replaced it before programming began
+    BUSY = "busy"  # the H7 lock stayed taken; the chip was not touched
+    INTERRUPTED = "interrupted"  # found afterwards: a flash was killed while it ran
+
+
+@dataclass(frozen=True)
+class FlasherSettings:
+    state_dir: Path
+    status_path: Path | None = None
+    openocd: OpenocdCommand = field(default_factory=OpenocdCommand)
+    lock_path: Path = Path("/run/lock/x8-h7-swd.lock")
+    attempt_timeout: float = 90.0
+    retries: int = 2  # extra attempts after a transient probe error
+    retry_delay: float = 1.0
+    lock_timeout: float = 600.0
+    max_file_bytes: int = MAX_SKETCH_FILE_BYTES
+
+
+@dataclass(frozen=True)
+class Job:
+    """A validated sketch waiting in the spool."""
+
+    spool_path: Path
+    info: SketchInfo
+    source: str  # "upload", "manual", "rollback", "recovery"
+    origin: str  # where it came from (upload path, file given on the command line, ...)
+    received_at: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    result: FlashResult
+    reason: str
+    record: dict[str, Any]
+
+    @property
+    def ok(self) -> bool:
+        return self.result is FlashResult.SUCCESS
+
+
+_sequence = itertools.count()
+
+
+class Flasher:
+    def __init__(self, settings: FlasherSettings) -> None:
+        self.settings = settings
+        self.state = StateDir(settings.state_dir, settings.status_path)
+        self.stopping = False  # set on shutdown: no new retries
+
+    # --- intake ----------------------------------------------------------------------------
+    def snapshot(self, path: Path) -> bytes:
+        """Read the file once (bounded); everything later looks only at this copy."""
+        with open(path, "rb") as handle:
+            return handle.read(self.settings.max_file_bytes + 1)
+
+    def admit(self, data: bytes, *, source: str, origin: str) -> Job:
+        """Validate *data* and put it in the spool; raises SketchRejected (recorded by the caller)."""
+        info = validate_sketch(data, max_file_bytes=self.settings.max_file_bytes)
+        name = f"{next(_sequence):06d}-{os.getpid()}-{info.sha256[:16]}.elf"
+        spool_path = self.state.store_in_spool(data, name)
+        return Job(spool_path, info, source, origin, utc_now())
+
+    def reject(self, data: bytes, error: SketchRejected, *, source: str, origin: str) -> Outcome:
+        sha = hashlib.sha256(data).hexdigest()
+        record = {
+            "result": FlashResult.REJECTED.value,
+            "reason": error.reason,
+            "source": source,
+            "origin": origin,
+            "sketch": {"sha256": sha, "size": len(data)},
+            "started_at": utc_now(),
+            "finished_at": utc_now(),
+            "attempts": 0,
+            "openocd_exit": None,
+            "openocd_log_tail": [],
+        }
+        return self._finish(FlashResult.REJECTED, error.reason, record)
+
+    # --- flashing ----------------------------------------------------------------------------
+    async def flash(self, job: Job, *, supersede: asyncio.Event | None = None) -> Outcome:
+        """Flash *job* under the H7 lock (after recovering an interrupted flash, if any)."""
+        purpose = f"m4-flasher {job.source} {job.info.sha256[:12]}"
+        try:
+            async with h7_lock(
+                self.settings.lock_path, purpose, wait_limit=self.settings.lock_timeout, cancel=supersede
+            ):
+                await self._recover_locked()
+                if supersede is not None and supersede.is_set():
+                    return self._superseded(job, "a newer upload arrived while this one waited")
+                return await self._flash_locked(job, supersede)
+        except LockCancelled:
+            return self._superseded(job, "a newer upload arrived while this one waited for the H7 lock")
+        except LockTimeout as error:
+            record = self._base_record(job)
+            record.update(result=FlashResult.BUSY.value, reason=str(error), finished_at=utc_now())
+            self._drop_spool(job)
+            return self._finish(FlashResult.BUSY, f"the H7 is busy: {error}", record)
+
+    async def recover(self) -> Outcome | None:
+        """Take the lock and finish an interrupted flash, if one was left behind."""
+        async with h7_lock(
+            self.settings.lock_path, "m4-flasher recovery", wait_limit=self.settings.lock_timeout
+        ):
+            return await self._recover_locked()
+
+    def _base_record(self, job: Job) -> dict[str, Any]:
+        return {
+            "source": job.source,
+            "origin": job.origin,
+            "sketch": {
+                "sha256": job.info.sha256,
+                "size": job.info.size,
+                "flash_bytes": job.info.flash_bytes,
+                "entry": f"0x{job.info.entry:08x}",
+            },
+            "received_at": job.received_at,
+            "started_at": utc_now(),
+            "attempts": 0,
+            "openocd_exit": None,
+            "openocd_log_tail": [],
+        }
+
+    def _superseded(self, job: Job, reason: str) -> Outcome:
+        record = self._base_record(job)
+        record.update(result=FlashResult.SUPERSEDED.value, reason=reason, finished_at=utc_now())
+        self._drop_spool(job)
+        return self._finish(FlashResult.SUPERSEDED, reason, record)
+
+    def _drop_spool(self, job: Job) -> None:
+        job.spool_path.unlink(missing_ok=True)
+
+    async def _flash_locked(
+        self, job: Job, supersede: asyncio.Event | None, recovery_attempts: int = 0
+    ) -> Outcome:
+        settings = self.settings
+        record = self._base_record(job)
+        argv = settings.openocd.argv(job.spool_path)
+        marker = {
+            **record,
+            "spool_path": str(job.spool_path),
+            "pid": os.getpid(),
+            "recovery_attempts": recovery_attempts,
+        }
+        self.state.write_marker(marker)
+        self.state.record_in_progress({k: marker[k] for k in ("source", "origin", "sketch", "started_at")})
+        log.info(
+            "flashing %s sketch %s (%s)",
+            job.source,
+            job.info.sha256[:12],
+            job.info.describe(),
+            extra={"journal": {"SKETCH_SHA256": job.info.sha256, "FLASH_SOURCE": job.source}},
+        )
+        attempts = 0
+        while True:
+            attempts += 1
+            run = await run_openocd(argv, time_limit=settings.attempt_timeout, cancel=supersede)
+            verdict = classify(run)
+            record["attempts"] = attempts
+            record["openocd_exit"] = run.exit_code
+            record["openocd_log_tail"] = list(run.tail)
+            record["openocd_seconds"] = round(run.duration, 3)
+            if verdict.verdict is Verdict.TRANSIENT and attempts <= settings.retries and not self.stopping:
+                log.warning(
+                    "attempt %d of %d failed, retrying: %s", attempts, settings.retries + 1, verdict.reason
+                )
+                await asyncio.sleep(settings.retry_delay * attempts)
+                continue
+            break
+        result = {
+            Verdict.SUCCESS: FlashResult.SUCCESS,
+            Verdict.TIMEOUT: FlashResult.TIMEOUT,
+            Verdict.CANCELLED: FlashResult.SUPERSEDED,
+        }.get(verdict.verdict, FlashResult.FAILED)
+        record.update(result=result.value, reason=verdict.reason, finished_at=utc_now())
+        if result is FlashResult.SUCCESS:
+            self.state.save_last_good(
+                job.spool_path,
+                {
+                    "sha256": job.info.sha256,
+                    "size": job.info.size,
+                    "flashed_at": record["finished_at"],
+                    "origin": job.origin,
+                },
+            )
+        # Order matters for crash safety: the outcome is on disk before the marker goes away.
+        outcome = self._finish(result, verdict.reason, record)
+        self.state.clear_marker()
+        self._drop_spool(job)
+        return outcome
+
+    def _finish(self, result: FlashResult, reason: str, record: dict[str, Any]) -> Outcome:
+        self.state.record_outcome(record)
+        sketch = record.get("sketch", {})
+        fields = {
+            "SKETCH_SHA256": sketch.get("sha256", ""),
+            "SKETCH_SIZE": sketch.get("size", ""),
+            "FLASH_RESULT": result.value,
+            "FLASH_REASON": reason,
+            "FLASH_SOURCE": record.get("source", ""),
+            "FLASH_ATTEMPTS": record.get("attempts", 0),
+            "OPENOCD_EXIT": "" if record.get("openocd_exit") is None else record["openocd_exit"],
+        }
+        level = logging.INFO if result in (FlashResult.SUCCESS, FlashResult.SUPERSEDED) else logging.ERROR
+        sha = str(sketch.get("sha256", ""))[:12]
+        log.log(level, "sketch %s: %s: %s", sha, result.value, reason, extra={"journal": fields})
+        return Outcome(result, reason, record)
+
+    # --- recovery ----------------------------------------------------------------------------
+    async def _recover_locked(self) -> Outcome | None:
+        marker = self.state.read_marker()
+        if marker is None:
+            return None
+        sketch = marker.get("sketch") or {}
+        sha = str(sketch.get("sha256", "unknown"))
+        attempts = int(marker.get("recovery_attempts", 0)) + 1
+        reason = (
+            f"the flash of sketch {sha[:12]} ({marker.get('source', '?')}, started "
+            f"{marker.get('started_at', '?')}) was interrupted; the M4 flash content was unknown"
+        )
+        record: dict[str, Any] = {
+            "result": FlashResult.INTERRUPTED.value,
+            "reason": reason,
+            "source": marker.get("source"),
+            "origin": marker.get("origin"),
+            "sketch": sketch,
+            "started_at": marker.get("started_at"),
+            "finished_at": utc_now(),
+            "attempts": 0,
+            "openocd_exit": None,
+            "openocd_log_tail": [],
+        }
+        self._finish(FlashResult.INTERRUPTED, reason, record)
+        candidates: list[tuple[Path, str]] = []
+        spool_path = marker.get("spool_path")
+        if spool_path and attempts <= MAX_RECOVERY_ATTEMPTS:
+            candidates.append((Path(spool_path), "the interrupted sketch"))
+        if self.state.last_good() is not None and attempts <= MAX_RECOVERY_ATTEMPTS + 1:
+            candidates.append((self.state.last_good_elf, "the last good sketch"))
+        for path, what in candidates:
+            try:
+                data = path.read_bytes()
+                info = validate_sketch(data, max_file_bytes=self.settings.max_file_bytes)
+            except (OSError, SketchRejected) as error:
+                log.warning("cannot restore %s from %s: %s", what, path, error)
+                continue
+            flash_from = path
+            if path == self.state.last_good_elf:
+                # Flash from a spool copy: the last-good file is replaced when the flash succeeds.
+                flash_from = self.state.store_in_spool(data, f"recovery-{info.sha256[:16]}.elf")
+            job = Job(flash_from, info, "recovery", f"{what} ({marker.get('origin', '?')})", utc_now())
+            log.warning("recovering from an interrupted flash: flashing %s %s", what, info.sha256[:12])
+            outcome = await self._flash_locked(job, None, recovery_attempts=attempts)
+            if outcome.ok:
+                self._clean_spool()
+                return outcome
+        self.state.clear_marker()
+        self._clean_spool()
+        reason = "recovery failed: no sketch could be restored; the M4 flash content is unknown"
+        return self._finish(
+            FlashResult.FAILED,
+            reason,
+            {**record, "result": "failed", "reason": reason, "source": "recovery", "finished_at": utc_now()},
+        )
+
+    def _clean_spool(self) -> None:
+        """Remove spool files nobody will flash: recovery copies, and uploads of dead processes.
+
+        The sketch named by an in-progress marker stays: recovery needs it.
+        """
+        marker = self.state.read_marker() or {}
+        keep = str(marker.get("spool_path") or "")
+        for entry in self.state.spool.glob("*.elf"):
+            if str(entry) == keep:
+                continue
+            if entry.name.startswith("recovery-") or not _owner_alive(entry.name):
+                entry.unlink(missing_ok=True)
+
+    def sweep_spool(self) -> None:
+        """Start-up housekeeping: drop snapshots that a crashed process left behind."""
+        self._clean_spool()
+
+
+def _owner_alive(spool_name: str) -> bool:
+    """Spool names are ``SEQ-PID-SHA.elf``; a file whose process is gone is an orphan."""
+    parts = spool_name.split("-")
+    if len(parts) < 3 or not parts[1].isdigit():
+        return False
+    pid = int(parts[1])
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,211 @@
+"""The flasher's files under its state directory, each written so a crash leaves it whole.
+
+Layout of ``<state-dir>`` (``/var/lib/m4-flasher`` on the X8, kept across reboots so an
+interrupted flash can be finished after a power cut):
+
+- ``spool/``            private snapshots of uploads; the flasher only ever reads these
+- ``in-progress.json``  present exactly while openocd may be writing the chip
+- ``last-good.elf``     the last sketch that flashed and verified (for ``m4-flasher rollback``)
+- ``last-good.json``    its sha256, size and time
+- ``status.json``       what ``m4-flasher status`` shows (``--status`` may put it elsewhere)
+- ``daemon.json``       the daemon's settings, so a manual ``m4-flasher flash`` uses the same openocd
+- ``status.lock``       serialises read-modify-write of the status file between processes
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+__all__ = ["HISTORY_LENGTH", "StateDir", "atomic_write", "utc_now"]
+
+HISTORY_LENGTH = 10
+JsonObject = dict[str, Any]
+
+
+def utc_now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Replace *path* with *data*: temp file in the same directory, fsync, rename, fsync the directory."""
+    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as temp:
+            temp.write(data)
+            temp.flush()
+            os.fchmod(temp.fileno(), mode)
+            os.fsync(temp.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp_name)
+        raise
+    _fsync_directory(path.parent)
+
+
+def _dump(document: JsonObject) -> bytes:
+    return (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
+
+
+def _load(path: Path) -> JsonObject | None:
+    """Read a JSON object; a missing file is None, a damaged one is reported as such."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        document = json.loads(raw)
+    except ValueError as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from error
+    if not isinstance(document, dict):
+        raise ValueError(f"{path} does not hold a JSON object")
+    return document
+
+
+class StateDir:
+    """Paths and crash-safe updates of the flasher's state directory."""
+
+    def __init__(self, root: Path, status_path: Path | None = None) -> None:
+        self.root = Path(root)
+        self.spool = self.root / "spool"
+        self.marker_path = self.root / "in-progress.json"
+        self.last_good_elf = self.root / "last-good.elf"
+        self.last_good_json = self.root / "last-good.json"
+        self.settings_path = self.root / "daemon.json"
+        self.status_path = Path(status_path) if status_path else self.root / "status.json"
+        self._status_lock_path = self.root / "status.lock"
+
+    def prepare(self) -> None:
+        """Create the directories and prove they are writable (start-up check)."""
+        self.spool.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.status_path.parent.mkdir(parents=True, exist_ok=True)
+        probe = self.root / ".write-probe"
+        probe.write_bytes(b"")
+        probe.unlink()
+
+    # --- spool -----------------------------------------------------------------------------
+    def spool_file(self, name: str) -> Path:
+        return self.spool / name
+
+    def store_in_spool(self, data: bytes, name: str) -> Path:
+        """Keep *data* durably in the spool (it must survive a crash mid-flash)."""
+        path = self.spool / name
+        atomic_write(path, data, mode=0o600)
+        return path
+
+    def clean_spool(self, keep: set[Path]) -> None:
+        for entry in self.spool.iterdir():
+            if entry not in keep:
+                with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                    entry.unlink()
+
+    # --- in-progress marker ----------------------------------------------------------------
+    def write_marker(self, marker: JsonObject) -> None:
+        atomic_write(self.marker_path, _dump(marker))
+
+    def read_marker(self) -> JsonObject | None:
+        try:
+            return _load(self.marker_path)
+        except ValueError:
+            # Written atomically, so damage means the disk, not us; treat as "interrupted, unknown".
+            return {"damaged": True}
+
+    def clear_marker(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.marker_path.unlink()
+        _fsync_directory(self.root)
+
+    # --- last good sketch -------------------------------------------------------------------
+    def save_last_good(self, elf: Path, record: JsonObject) -> None:
+        """Keep a copy of the sketch that just verified; the .elf first, then its record."""
+        temp = self.root / ".last-good.elf.tmp"
+        shutil.copyfile(elf, temp)
+        with open(temp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temp, self.last_good_elf)
+        atomic_write(self.last_good_json, _dump(record))
+
+    def last_good(self) -> JsonObject | None:
+        """The last good sketch's record, or None when there is none (or its .elf is gone)."""
+        try:
+            record = _load(self.last_good_json)
+        except ValueError:
+            return None
+        if record is None or not self.last_good_elf.is_file():
+            return None
+        return record
+
+    # --- settings ----------------------------------------------------------------------------
+    def write_settings(self, settings: JsonObject) -> None:
+        atomic_write(self.settings_path, _dump(settings))
+
+    def read_settings(self) -> JsonObject:
+        try:
+            return _load(self.settings_path) or {}
+        except (ValueError, OSError):
+            return {}
+
+    # --- status ------------------------------------------------------------------------------
+    def read_status(self) -> JsonObject | None:
+        return _load(self.status_path)
+
+    @contextlib.contextmanager
+    def _status_locked(self) -> Iterator[None]:
+        fd = os.open(self._status_lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            # Held for microseconds (read, modify, write); a blocking lock is right here.
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def update_status(self, change: Callable[[JsonObject], None]) -> JsonObject:
+        """Read the status, let *change* edit it, write it back atomically; returns the new status."""
+        with self._status_locked():
+            try:
+                status = _load(self.status_path) or {}
+            except ValueError:
+                status = {}  # a damaged status file is rebuilt rather than blocking every flash
+            change(status)
+            status["schema"] = 1
+            status["updated_at"] = utc_now()
+            atomic_write(self.status_path, _dump(status))
+            return status
+
+    def record_outcome(self, outcome: JsonObject) -> JsonObject:
+        """Make *outcome* the latest result and add it to the short history."""
+
+        def change(status: JsonObject) -> None:
+            history = [outcome, *status.get("history", [])][:HISTORY_LENGTH]
+            status.update(outcome)
+            status["state"] = "idle"
+            status.pop("in_progress", None)
+            status["history"] = history
+            status["last_good"] = self.last_good()
+
+        return self.update_status(change)
+
+    def record_in_progress(self, in_progress: JsonObject) -> JsonObject:
+        def change(status: JsonObject) -> None:
+            status["state"] = "flashing"
+            status["in_progress"] = in_progress
+            status["last_good"] = self.last_good()
+
+        return self.update_status(change)

@@ -1,0 +1,384 @@
+"""The Portenta X8 rules ``x8-apps lint`` applies to a compose file that passed the schema.
+
+Each rule has an id, a name and a severity (see :data:`RULES`). The facts behind them:
+containers reach the host's ``m4-proxy`` as ``m4-proxy`` through ``extra_hosts:
+"m4-proxy:host-gateway"``; the proxy forwards M4 calls to ``127.0.0.1:<registered port>`` on the
+host, so a procedure port must be published there (TCP, same number); the proxy owns
+``/dev/x8h7_ui`` and ports 5000/5001; FoundriesFactory publishes and aktualizr-lite pulls apps by
+``image:``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from .findings import Finding, Severity
+from .ports import PortMapping, PortSyntaxError, is_interpolated, parse_port_entry
+from .yamlsource import ComposeSource, Path
+
+__all__ = ["PROXY_HOSTNAME", "RPC_PORT_VARIABLES", "RULES", "Rule", "check_x8_rules"]
+
+PROXY_HOSTNAME = "m4-proxy"
+PROXY_DEVICE = "/dev/x8h7_ui"
+PROXY_PORTS = (5000, 5001)
+# Our templates tell lint (and the app itself) which port the app registers with the proxy.
+RPC_PORT_VARIABLES = ("RPC_SERVICE_PORT", "RPC_SERVICE_PORTS")
+LEGACY_GATEWAY = "172.17.0.1"
+
+
+@dataclass(frozen=True)
+class Rule:
+    rule: str
+    name: str
+    severity: Severity
+    summary: str
+
+
+RULES: dict[str, Rule] = {
+    rule.rule: rule
+    for rule in (
+        Rule("X8000", "yaml-syntax", Severity.ERROR, "the file is not valid YAML"),
+        Rule("X8001", "duplicate-key", Severity.ERROR, "a mapping repeats a key (docker compose rejects it)"),
+        Rule("X8002", "compose-schema", Severity.ERROR, "the file breaks the Compose specification"),
+        Rule("X8101", "proxy-wiring-missing", Severity.ERROR,
+             "the app uses the m4-proxy hostname but does not map it with extra_hosts"),
+        Rule("X8102", "proxy-legacy-ip", Severity.WARNING,
+             "m4-proxy is mapped to a fixed IP instead of host-gateway"),
+        Rule("X8103", "procedure-port-unpublished", Severity.ERROR,
+             "a port the app registers with the proxy is not published on the host"),
+        Rule("X8104", "procedure-port-unreachable", Severity.ERROR,
+             "a procedure port is published where the proxy (127.0.0.1, TCP, same port) cannot reach it"),
+        Rule("X8105", "proxy-device-conflict", Severity.ERROR,
+             "the app opens /dev/x8h7_ui, which m4-proxy holds"),
+        Rule("X8106", "proxy-port-conflict", Severity.ERROR,
+             "the app takes port 5000 or 5001, which m4-proxy listens on"),
+        Rule("X8107", "image-missing", Severity.ERROR,
+             "a service has no image: a Factory cannot publish it, aktualizr-lite cannot pull it"),
+        Rule("X8108", "device-not-on-x8", Severity.WARNING, "a device that the Portenta X8 does not have"),
+        Rule("X8109", "privileges-too-wide", Severity.WARNING, "more privileges than an app needs"),
+        Rule("X8110", "restart-policy-missing", Severity.WARNING,
+             "no restart policy: the app stays down after a crash or reboot"),
+        Rule("X8111", "root-writable", Severity.NOTE, "the container's root file system is writable"),
+    )
+}
+
+# Device nodes a Portenta X8 (i.MX8M Mini, x8h7 drivers, USB host/gadget) can have.
+_X8_DEVICES = re.compile(
+    r"^/dev/("
+    r"i2c-\d+|gpiochip\d+|tee0|teepriv0|ttyGS\d+|ttymxc[0-3]|ttyX\d+|spidev\d+\.\d+|"
+    r"video\d+|media\d+|v4l-subdev\d+|dri(/.*)?|snd(/.*)?|galcore|mxc_hantro(_h1)?|mxc_hantro_vc8000e|ion|"
+    r"dma_heap(/.*)?|ttyUSB\d+|ttyACM\d+|cdc-wdm\d+|bus/usb(/.*)?|input(/.*)?|hidraw\d+|uinput|"
+    r"mmcblk\d+(p\d+|boot\d+|rpmb)?|sd[a-z]+\d*|watchdog\d*|rtc\d*|iio:device\d+|net/tun|fuse|"
+    r"null|zero|full|random|urandom|tty|console|ptmx|pts(/.*)?|shm|cpu_dma_latency|fb\d+|loop\d+|"
+    r"loop-control|mtd\d+|mtdblock\d+|serial/by-(id|path)/.+|gpio/.+|x8h7_ui"
+    r")$"
+)
+# Devices people copy from other boards' examples, with what the X8 has instead.
+_FOREIGN_DEVICES: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"^/dev/ttyAMA\d+$"), "a Raspberry Pi UART; the X8's UARTs are /dev/ttymxc0..3"),
+    (re.compile(r"^/dev/ttyS\d+$"), "a PC-style UART; the X8's UARTs are /dev/ttymxc0..3"),
+    (re.compile(r"^/dev/ttyTHS\d+$"), "a Jetson UART; the X8's UARTs are /dev/ttymxc0..3"),
+    (re.compile(r"^/dev/(gpiomem|vchiq|vcsm.*|vcio)$"), "a Raspberry Pi device; use /dev/gpiochipN"),
+    (re.compile(r"^/dev/nvidia.*$"), "an NVIDIA GPU device; the X8's GPU is /dev/galcore"),
+    (re.compile(r"^/dev/kvm$"), "KVM is not available to apps on the X8"),
+)
+_BROAD_CAPABILITIES = {"SYS_ADMIN", "SYS_MODULE", "SYS_RAWIO", "SYS_PTRACE", "SYS_BOOT", "NET_ADMIN",
+                       "DAC_READ_SEARCH", "MAC_ADMIN", "SYS_TIME", "BPF", "PERFMON"}
+_HOST_PATHS = {"/": "the whole host file system", "/dev": "every host device",
+               "/var/run/docker.sock": "the Docker socket (root on the host)",
+               "/run/docker.sock": "the Docker socket (root on the host)",
+               "/var/sota": "aktualizr-lite's state and keys", "/etc": "the host's configuration",
+               "/sys": "the whole of sysfs", "/proc": "the host's /proc"}
+
+
+class _Checker:
+    def __init__(self, source: ComposeSource, path: str) -> None:
+        self.source = source
+        self.path = path
+        self.findings: list[Finding] = []
+
+    def report(self, rule_id: str, where: Path, message: str, service: str | None, *,
+               key: bool = False) -> None:
+        rule = RULES[rule_id]
+        self.findings.append(Finding(self.path, self.source.line_of(where, key=key), rule.rule, rule.name,
+                                     rule.severity, message, service))
+
+
+def _environment(service: dict[str, Any]) -> dict[str, tuple[str | None, int | str]]:
+    """Variable name -> (value, key in the environment list/mapping)."""
+    env = service.get("environment")
+    result: dict[str, tuple[str | None, int | str]] = {}
+    if isinstance(env, dict):
+        for name, value in env.items():
+            result[str(name)] = (None if value is None else str(value), str(name))
+    elif isinstance(env, list):
+        for index, item in enumerate(env):
+            name, sep, value = str(item).partition("=")
+            result[name] = (value if sep else None, index)
+    return result
+
+
+def _extra_hosts(service: dict[str, Any]) -> dict[str, tuple[str, int | str]]:
+    """Hostname -> (address, key in extra_hosts)."""
+    hosts = service.get("extra_hosts")
+    result: dict[str, tuple[str, int | str]] = {}
+    if isinstance(hosts, dict):
+        for name, address in hosts.items():
+            value = ",".join(map(str, address)) if isinstance(address, list) else str(address)
+            result[str(name)] = (value, str(name))
+    elif isinstance(hosts, list):
+        for index, item in enumerate(hosts):
+            text = str(item)
+            # "name:address" (classic) or "name=address" (compose >= 2.24, allows IPv6 without brackets).
+            split = re.match(r"^([^:=]+)[:=](.*)$", text)
+            if split:
+                result[split.group(1).strip()] = (split.group(2).strip().strip("[]"), index)
+    return result
+
+
+def _mentions_proxy(value: Any) -> bool:
+    if isinstance(value, str):
+        return re.search(rf"(^|[^\w.-]){PROXY_HOSTNAME}($|[^\w.-])", value) is not None
+    if isinstance(value, dict):
+        return any(_mentions_proxy(item) for item in value.values())
+    if isinstance(value, list):
+        return any(_mentions_proxy(item) for item in value)
+    return False
+
+
+def _is_fixed_ip(address: str) -> bool:
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return True
+
+
+def _port_number(text: str) -> int | None:
+    try:
+        number = int(text)
+    except ValueError:
+        return None
+    return number if 0 < number < 65536 else None
+
+
+def _service_checks(check: _Checker, name: str, service: dict[str, Any]) -> None:
+    base: Path = ("services", name)
+    env = _environment(service)
+    hosts = _extra_hosts(service)
+    network_host = service.get("network_mode") == "host"
+
+    _check_image(check, name, service, base)
+    _check_restart(check, name, service, base)
+    _check_read_only(check, name, service, base)
+    _check_proxy_wiring(check, name, service, base, env=env, hosts=hosts, network_host=network_host)
+    mappings = _check_ports(check, name, service, base)
+    _check_procedure_ports(check, name, service, base, env=env, mappings=mappings,
+                           network_host=network_host)
+    _check_devices(check, name, service, base)
+    _check_privileges(check, name, service, base)
+
+
+def _check_image(check: _Checker, name: str, service: dict[str, Any], base: Path) -> None:
+    if not service.get("image"):
+        how = " (it only has build:, which a Factory does not publish)" if "build" in service else ""
+        check.report("X8107", base, f"no image:{how}; use hub.foundries.io/${{FACTORY}}/{name}:latest",
+                     name, key=True)
+
+
+def _check_restart(check: _Checker, name: str, service: dict[str, Any], base: Path) -> None:
+    restart = service.get("restart")
+    deploy_policy = (service.get("deploy") or {}).get("restart_policy") if isinstance(
+        service.get("deploy"), dict) else None
+    if restart in (None, "no") and not deploy_policy:
+        where: Path = (*base, "restart") if restart is not None else base
+        check.report("X8110", where, "add restart: unless-stopped (as Arduino's apps do)", name,
+                     key=restart is None)
+
+
+def _check_read_only(check: _Checker, name: str, service: dict[str, Any], base: Path) -> None:
+    if not service.get("read_only"):
+        check.report("X8111", base, "consider read_only: true with a /tmp mount, as Arduino's apps do",
+                     name, key=True)
+
+
+def _check_proxy_wiring(check: _Checker, name: str, service: dict[str, Any], base: Path, *,
+                        env: dict[str, tuple[str | None, int | str]],
+                        hosts: dict[str, tuple[str, int | str]], network_host: bool) -> None:
+    if PROXY_HOSTNAME in hosts:
+        address, key = hosts[PROXY_HOSTNAME]
+        if _is_fixed_ip(address):
+            check.report("X8102", (*base, "extra_hosts", key),
+                         f"m4-proxy is mapped to the fixed address {address}, which only works while "
+                         "docker0 keeps that address; use \"m4-proxy:host-gateway\"", name)
+        return
+    for variable, (value, key) in env.items():
+        if value and variable.endswith("_HOST") and value.strip() == LEGACY_GATEWAY:
+            check.report("X8102", (*base, "environment", key),
+                         f"{variable}={value} hard-codes the docker0 address; set {variable}=m4-proxy "
+                         "and add extra_hosts: [\"m4-proxy:host-gateway\"]", name)
+    uses_name = any(_mentions_proxy(value) for value, _ in env.values()) or any(
+        _mentions_proxy(service.get(key)) for key in ("command", "entrypoint", "healthcheck"))
+    if uses_name:
+        how = "" if network_host else " (the name exists in a container only through extra_hosts)"
+        check.report("X8101", (*base, "environment") if "environment" in service else base,
+                     f"the app connects to {PROXY_HOSTNAME} but extra_hosts does not map it; add "
+                     f"extra_hosts: [\"{PROXY_HOSTNAME}:host-gateway\"]{how}", name, key=True)
+
+
+def _check_ports(check: _Checker, name: str, service: dict[str, Any], base: Path
+                 ) -> list[tuple[PortMapping, Path]]:
+    mappings: list[tuple[PortMapping, Path]] = []
+    for index, entry in enumerate(service.get("ports") or []):
+        where: Path = (*base, "ports", index)
+        try:
+            parsed = parse_port_entry(entry)
+        except PortSyntaxError as error:
+            check.report("X8002", where, str(error), name)
+            continue
+        for mapping in parsed:
+            mappings.append((mapping, where))
+        taken = sorted({m.host_port for m in parsed if m.host_port in PROXY_PORTS and m.protocol == "tcp"})
+        if taken:
+            ports = " and ".join(map(str, taken))
+            check.report("X8106", where,
+                         f"publishes host port {ports}, which m4-proxy listens on (5000 registers, 5001 "
+                         "calls the M4); the app cannot start while the proxy runs. Publish only the "
+                         "app's own procedure ports (e.g. 5002-5020)", name)
+    return mappings
+
+
+def _procedure_ports(service: dict[str, Any], base: Path, env: dict[str, tuple[str | None, int | str]]
+                     ) -> list[tuple[int, Path]]:
+    ports: list[tuple[int, Path]] = []
+    for variable in RPC_PORT_VARIABLES:
+        if variable in env:
+            value, key = env[variable]
+            if value is None or is_interpolated(value):
+                continue
+            for part in value.split(","):
+                number = _port_number(part.strip())
+                if number is not None:
+                    ports.append((number, (*base, "environment", key)))
+    for index, entry in enumerate(service.get("expose") or []):
+        text = str(entry).split("/")[0]
+        if "-" not in text and (number := _port_number(text)) is not None:
+            ports.append((number, (*base, "expose", index)))
+    return ports
+
+
+def _check_procedure_ports(check: _Checker, name: str, service: dict[str, Any], base: Path, *,
+                           env: dict[str, tuple[str | None, int | str]],
+                           mappings: list[tuple[PortMapping, Path]], network_host: bool) -> None:
+    wired = PROXY_HOSTNAME in _extra_hosts(service) or any(v in env for v in RPC_PORT_VARIABLES)
+    for port, where in _procedure_ports(service, base, env) if wired else []:
+        if port in PROXY_PORTS:
+            check.report("X8106", where, f"the app registers port {port}, which is m4-proxy's own", name)
+            continue
+        if network_host:
+            continue
+        published = [(m, w) for m, w in mappings if m.container_port == port]
+        if not published:
+            check.report("X8103", where,
+                         f"the app serves procedures on port {port} but does not publish it; the proxy "
+                         f"calls 127.0.0.1:{port} on the host, so add ports: [\"{port}:{port}\"]", name)
+            continue
+        good = [m for m, _ in published
+                if m.protocol == "tcp" and m.loopback_reachable and m.host_port == port]
+        if good:
+            continue
+        mapping, mapping_where = published[0]
+        if mapping.protocol != "tcp":
+            why = f"it is published as {mapping.protocol}, the proxy uses TCP"
+        elif not mapping.loopback_reachable:
+            why = f"it is published on {mapping.host_ip} only, the proxy connects to 127.0.0.1"
+        elif mapping.host_port is None:
+            why = "it is published on a random host port, the proxy dials the registered number"
+        else:
+            why = (f"it is published as host port {mapping.host_port}, the proxy dials the registered "
+                   f"port {port}")
+        check.report("X8104", mapping_where, f"procedure port {port}: {why}; use \"{port}:{port}\"", name)
+
+
+def _device_paths(service: dict[str, Any], base: Path) -> Iterator[tuple[str, Path]]:
+    for index, entry in enumerate(service.get("devices") or []):
+        source = entry.get("source") if isinstance(entry, dict) else str(entry).split(":")[0]
+        if isinstance(source, str) and source.startswith("/dev") and not is_interpolated(source):
+            yield source.rstrip("/") or "/", (*base, "devices", index)
+
+
+def _bind_sources(service: dict[str, Any], base: Path) -> Iterator[tuple[str, Path]]:
+    for index, entry in enumerate(service.get("volumes") or []):
+        if isinstance(entry, dict):
+            source = entry.get("source") if entry.get("type", "bind") == "bind" else None
+        else:
+            source = str(entry).split(":")[0]
+        if isinstance(source, str) and source.startswith("/") and not is_interpolated(source):
+            yield (source.rstrip("/") or "/"), (*base, "volumes", index)
+
+
+def _check_devices(check: _Checker, name: str, service: dict[str, Any], base: Path) -> None:
+    for device, where in _device_paths(service, base):
+        if device == PROXY_DEVICE:
+            check.report("X8105", where,
+                         f"{PROXY_DEVICE} is held by m4-proxy on the host; talk to the M4 through the "
+                         "proxy (m4-proxy:5001 to call, m4-proxy:5000 to register) instead", name)
+            continue
+        for pattern, hint in _FOREIGN_DEVICES:
+            if pattern.match(device):
+                check.report("X8108", where, f"{device} does not exist on the Portenta X8: {hint}", name)
+                break
+        else:
+            if device == "/dev":
+                check.report("X8109", where, "passes every host device; list the devices the app uses",
+                             name)
+            elif not _X8_DEVICES.match(device):
+                check.report("X8108", where, f"{device} is not a device of the Portenta X8", name)
+    for source, where in _bind_sources(service, base):
+        if source == PROXY_DEVICE:
+            check.report("X8105", where, f"mounts {PROXY_DEVICE}, which m4-proxy holds on the host", name)
+
+
+def _check_privileges(check: _Checker, name: str, service: dict[str, Any], base: Path) -> None:
+    if service.get("privileged") is True:
+        check.report("X8109", (*base, "privileged"),
+                     "privileged: true gives the app every device and capability; list the devices "
+                     "(devices:) and capabilities (cap_add:) it needs instead", name)
+    for index, capability in enumerate(service.get("cap_add") or []):
+        cap = str(capability).upper().removeprefix("CAP_")
+        where: Path = (*base, "cap_add", index)
+        if cap == "ALL":
+            check.report("X8109", where, "cap_add: ALL is the same as privileged; add only the "
+                         "capabilities the app needs", name)
+        elif cap in _BROAD_CAPABILITIES:
+            check.report("X8109", where, f"{cap} is a broad capability; make sure the app needs it", name)
+    for index, option in enumerate(service.get("security_opt") or []):
+        if "unconfined" in str(option):
+            check.report("X8109", (*base, "security_opt", index),
+                         f"{option} turns off a kernel confinement layer for the app", name)
+    for key in ("pid", "ipc", "uts", "userns_mode", "cgroup"):
+        if service.get(key) == "host":
+            check.report("X8109", (*base, key), f"{key}: host shares the host's {key} namespace", name)
+    for source, where in _bind_sources(service, base):
+        if source in _HOST_PATHS and source != "/sys":
+            check.report("X8109", where, f"mounts {source}: {_HOST_PATHS[source]}", name)
+    for index, rule in enumerate(service.get("device_cgroup_rules") or []):
+        if re.match(r"^a\s+\*:\*", str(rule)):
+            check.report("X8109", (*base, "device_cgroup_rules", index),
+                         "allows every device; list the major numbers the app needs", name)
+
+
+def check_x8_rules(source: ComposeSource, path: str) -> list[Finding]:
+    """Apply the X8 rules to a document that passed the Compose schema."""
+    check = _Checker(source, path)
+    document = source.document
+    services = document.get("services") if isinstance(document, dict) else None
+    if isinstance(services, dict):
+        for name, service in services.items():
+            if isinstance(service, dict):
+                _service_checks(check, str(name), service)
+    return check.findings

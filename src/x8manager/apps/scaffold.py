@@ -1,0 +1,168 @@
+"""``x8-apps new``: write an app folder in containers.git layout from a packaged template.
+
+The folder holds ``docker-compose.yml``, ``Dockerfile``, ``docker-build.conf``, ``main.py`` and
+``vendor/x8manager/`` - a copy of this project's client library (``x8manager.rpc``, pure Python on
+top of msgpack), so that FoundriesFactory and an offline ``docker build`` need nothing but the
+folder and a base image with python3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import sys
+from dataclasses import dataclass
+from importlib import resources
+from importlib.resources.abc import Traversable
+from pathlib import Path
+
+import x8manager
+
+__all__ = ["TEMPLATES", "ScaffoldError", "Template", "add_parser", "create_app"]
+
+DEFAULT_IMAGE_PREFIX = "hub.foundries.io/${FACTORY}"
+# Subpackages of x8manager copied into the app: the client library and what it may import.
+VENDORED_PACKAGES = ("rpc", "common")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_TOKEN = re.compile(r"@@[A-Z_]+@@")
+
+
+class ScaffoldError(Exception):
+    """The app cannot be created (bad name/port, folder exists, unwritable)."""
+
+
+@dataclass(frozen=True)
+class Template:
+    name: str
+    package: str
+    summary: str
+    default_port: int | None
+    user: str
+
+
+TEMPLATES: dict[str, Template] = {
+    template.name: template
+    for template in (
+        Template("m4-service", "m4_service", "Linux procedures the M4 calls (RpcService)", 5005,
+                 "65534:65534"),
+        Template("m4-client", "m4_client", "a Linux client that calls the M4 (M4Client)", None,
+                 "65534:65534"),
+        Template("serial-forwarder", "serial_forwarder",
+                 "the M4's Serial (tty) output to the console or a file", 5002, "65534:65534"),
+    )
+}
+
+
+def _template_dir(package: str) -> Traversable:
+    return resources.files("x8manager.apps.templates").joinpath(package)
+
+
+def _render(text: str, values: dict[str, str], origin: str) -> str:
+    for key, value in values.items():
+        text = text.replace(f"@@{key}@@", value)
+    leftover = _TOKEN.search(text)
+    if leftover:
+        raise ScaffoldError(f"template {origin} uses the unknown placeholder {leftover.group(0)}")
+    return text
+
+
+def _vendor_library(target: Path) -> None:
+    """Copy x8manager's client library (pure Python) into *target*/x8manager."""
+    package_root = Path(x8manager.__file__).parent
+    destination = target / "x8manager"
+    destination.mkdir(parents=True)
+    shutil.copy2(package_root / "__init__.py", destination / "__init__.py")
+    for name in VENDORED_PACKAGES:
+        source = package_root / name
+        if source.is_dir():
+            shutil.copytree(source, destination / name,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.tmpl"))
+
+
+def _validate(name: str, template: Template, port: int | None) -> int | None:
+    if not _NAME.match(name):
+        raise ScaffoldError(
+            f"app name {name!r}: use lower-case letters, digits, '-' and '_' (it becomes the folder, "
+            "the compose service and the image name)"
+        )
+    if port is not None and template.default_port is None:
+        raise ScaffoldError(f"template {template.name} serves no procedures, so it takes no --port")
+    chosen = port if port is not None else template.default_port
+    if chosen is not None and not 1024 <= chosen <= 65535:
+        raise ScaffoldError(f"--port {chosen}: use a port from 1024 to 65535 (5002-5020 is the custom)")
+    if chosen in (5000, 5001):
+        raise ScaffoldError(f"--port {chosen} is m4-proxy's own port; use another (5002-5020 is the custom)")
+    return chosen
+
+
+def create_app(name: str, template_name: str, root: Path, *, port: int | None = None,
+               image_prefix: str = DEFAULT_IMAGE_PREFIX) -> Path:
+    """Create ``root/name`` from *template_name*; return the folder. Never overwrites anything."""
+    if template_name not in TEMPLATES:
+        raise ScaffoldError(f"unknown template {template_name!r}; choose from {', '.join(TEMPLATES)}")
+    template = TEMPLATES[template_name]
+    chosen_port = _validate(name, template, port)
+    app = root / name
+    if app.exists():
+        raise ScaffoldError(f"{app} already exists; choose another name or remove it first")
+    image = f"{image_prefix.rstrip('/')}/{name}:latest"
+    values = {
+        "NAME": name,
+        "IMAGE": image,
+        "IMAGE_EXAMPLE": image.replace("${FACTORY}", "<factory>"),
+        "PORT": str(chosen_port or ""),
+        "USER": template.user,
+    }
+    staging = root / f".{name}.x8-apps-new"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        staging.mkdir()
+        for directory in (_template_dir("common"), _template_dir(template.package)):
+            for entry in directory.iterdir():
+                if not entry.name.endswith(".tmpl"):
+                    continue
+                target = staging / entry.name.removesuffix(".tmpl")
+                target.write_text(_render(entry.read_text(encoding="utf-8"), values, entry.name),
+                                  encoding="utf-8")
+        _vendor_library(staging / "vendor")
+        # Rename last, so an interrupted run leaves no half-made app behind under the real name.
+        staging.rename(app)
+    except OSError as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ScaffoldError(f"cannot create {app}: {error}") from error
+    except ScaffoldError:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return app
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    listing = "; ".join(f"{t.name}: {t.summary}" for t in TEMPLATES.values())
+    parser = commands.add_parser("new", help="create an app folder (containers.git layout)",
+                                 description=f"Create NAME/ with a compose file, Dockerfile and app code. "
+                                 f"Templates: {listing}.")
+    parser.add_argument("name", metavar="NAME")
+    parser.add_argument("--template", "-t", required=True, choices=sorted(TEMPLATES))
+    parser.add_argument("--dir", type=Path, default=Path("."),
+                        help="the containers.git checkout to create the app in (default: .)")
+    parser.add_argument("--port", type=int, help="the port the app serves its procedures on")
+    parser.add_argument("--factory-image-prefix", default=DEFAULT_IMAGE_PREFIX,
+                        help=f"registry and repository before /NAME:latest (default {DEFAULT_IMAGE_PREFIX})")
+    parser.set_defaults(handler=_run_new)
+
+
+def _run_new(args: argparse.Namespace) -> int:
+    try:
+        app = create_app(args.name, args.template, args.dir, port=args.port,
+                         image_prefix=args.factory_image_prefix)
+    except ScaffoldError as error:
+        print(f"x8-apps new: {error}", file=sys.stderr)
+        return 2
+    print(f"created {app} from template {args.template}")
+    print(f"  check it:   x8-apps lint {app}")
+    image = f"{args.factory_image_prefix.rstrip('/')}/{args.name}:latest".replace("${FACTORY}", "dev")
+    print(f"  build it:   docker build -t {image} {app}")
+    print(f"  run it:     FACTORY=dev docker compose -f {app}/docker-compose.yml up -d")
+    print("  ship it:    commit the folder to your Factory's containers.git")
+    return 0

@@ -1,0 +1,158 @@
+"""Load a compose file with PyYAML and remember the line of every key and value.
+
+PyYAML's composer keeps a start mark on each node; we build the plain Python document from the
+node tree ourselves so that each path (``("services", "web", "ports", 0)``) maps to the line it
+came from. Later checks report problems by path and look the line up here. Duplicate keys,
+which PyYAML silently collapses but ``docker compose`` rejects, are reported while walking.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+__all__ = ["ComposeSource", "DuplicateKey", "Path", "YamlLoadError", "load_compose_text"]
+
+Path = tuple[str | int, ...]
+
+
+class YamlLoadError(Exception):
+    """The text is not YAML (or not a single YAML document); *line* is 1-based, 0 if unknown."""
+
+    def __init__(self, message: str, line: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.line = line
+
+
+@dataclass(frozen=True)
+class DuplicateKey:
+    path: Path
+    key: str
+    line: int
+    first_line: int
+
+
+@dataclass
+class ComposeSource:
+    """A parsed compose document and the line of each path inside it."""
+
+    document: Any
+    lines: dict[Path, int] = field(default_factory=dict)
+    key_lines: dict[Path, int] = field(default_factory=dict)
+    duplicates: list[DuplicateKey] = field(default_factory=list)
+
+    def line_of(self, path: Path, *, key: bool = False) -> int:
+        """The line of *path* (of its key when *key*), else of its nearest ancestor; 1 for the root."""
+        table = self.key_lines if key else self.lines
+        probe = tuple(path)
+        while probe:
+            if probe in table:
+                return table[probe]
+            if probe in self.lines:
+                return self.lines[probe]
+            probe = probe[:-1]
+        return self.lines.get((), 1)
+
+
+def _line(node: yaml.Node) -> int:
+    return int(node.start_mark.line) + 1
+
+
+class _Builder:
+    """Turns a composed node tree into Python values, recording lines on the way."""
+
+    def __init__(self, source: ComposeSource) -> None:
+        self.source = source
+        self.constructor = yaml.SafeLoader("")
+        self.active: set[int] = set()
+
+    def scalar(self, node: yaml.ScalarNode) -> Any:
+        return self.constructor.construct_object(node, deep=True)
+
+    def build(self, node: yaml.Node, path: Path) -> Any:
+        self.source.lines.setdefault(path, _line(node))
+        if isinstance(node, yaml.ScalarNode):
+            return self.scalar(node)
+        if id(node) in self.active:
+            raise YamlLoadError("recursive YAML alias", _line(node))
+        self.active.add(id(node))
+        try:
+            if isinstance(node, yaml.SequenceNode):
+                return [self.build(item, (*path, index)) for index, item in enumerate(node.value)]
+            if isinstance(node, yaml.MappingNode):
+                return self.mapping(node, path)
+        finally:
+            self.active.discard(id(node))
+        raise YamlLoadError(f"unsupported YAML node {node.tag}", _line(node))
+
+    def mapping(self, node: yaml.MappingNode, path: Path) -> dict[Any, Any]:
+        result: dict[Any, Any] = {}
+        merged: dict[Any, Any] = {}
+        seen: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                # "<<: *anchor" (used in compose files for shared settings): explicit keys win.
+                for source in self._merge_sources(value_node):
+                    value = self.build(source, path)
+                    if not isinstance(value, dict):
+                        raise YamlLoadError("a merge key (<<) needs a mapping or a list of mappings",
+                                            _line(value_node))
+                    for merged_key, merged_value in value.items():
+                        merged.setdefault(merged_key, merged_value)
+                continue
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise YamlLoadError("a mapping key must be a plain value, not a list or mapping",
+                                    _line(key_node))
+            key = self.scalar(key_node)
+            if not isinstance(key, str | int | float | bool) and key is not None:
+                raise YamlLoadError(f"unsupported mapping key {key!r}", _line(key_node))
+            label = key if isinstance(key, str | int) else str(key)
+            if key in seen:
+                self.source.duplicates.append(
+                    DuplicateKey(path=path, key=str(key), line=_line(key_node), first_line=seen[key])
+                )
+            else:
+                seen[key] = _line(key_node)
+            child = (*path, label)
+            self.source.key_lines[child] = _line(key_node)
+            self.source.lines[child] = _line(value_node)
+            result[key] = self.build(value_node, child)
+        for merged_key, merged_value in merged.items():
+            result.setdefault(merged_key, merged_value)
+        return result
+
+    @staticmethod
+    def _merge_sources(node: yaml.Node) -> list[yaml.Node]:
+        if isinstance(node, yaml.SequenceNode):
+            return list(node.value)
+        return [node]
+
+
+def load_compose_text(text: str) -> ComposeSource:
+    """Parse one YAML document; raise :class:`YamlLoadError` with a line number on bad input."""
+    try:
+        nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        line = int(mark.line) + 1 if mark is not None else 0
+        problem = error.problem or str(error)
+        context = f" ({error.context})" if error.context else ""
+        raise YamlLoadError(f"invalid YAML: {problem}{context}", line) from error
+    except yaml.YAMLError as error:
+        raise YamlLoadError(f"invalid YAML: {error}", 0) from error
+    if len(nodes) > 1:
+        raise YamlLoadError("a compose file holds one YAML document, this one has several",
+                            _line(nodes[1]))
+    source = ComposeSource(document=None)
+    if not nodes:
+        return source
+    try:
+        source.document = _Builder(source).build(nodes[0], ())
+    except yaml.constructor.ConstructorError as error:
+        mark = error.problem_mark
+        line = int(mark.line) + 1 if mark is not None else 0
+        raise YamlLoadError(f"invalid YAML value: {error.problem}", line) from error
+    return source

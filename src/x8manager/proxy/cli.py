@@ -1,0 +1,111 @@
+"""``m4-proxy``: the M4 RPC proxy daemon (drop-in for Arduino's ``m4_proxy``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from x8manager.common.logs import setup_logging
+from x8manager.common.systemd import notify_ready, notify_stopping
+from x8manager.proxy.core import DEFAULT_CALL_TIMEOUT, DEFAULT_SERVICE_TIMEOUT, M4Proxy, ProxyConfig
+from x8manager.proxy.link import StartupError
+
+__all__ = ["build_parser", "main"]
+
+log = logging.getLogger("x8manager.proxy")
+
+LOG_IDENTIFIER = "m4_proxy"  # what users grep the journal for, as with the original
+EXIT_STARTUP_FAILED = 1
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port {value} out of range 0..65535")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be a positive number of seconds")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = ProxyConfig()
+    parser = argparse.ArgumentParser(
+        prog="m4-proxy",
+        description="Forward MessagePack-RPC between Linux programs (TCP) and the M4 core (char device).",
+    )
+    parser.add_argument("--device", default=defaults.device,
+                        help="M4 link: char device, tty/pty/virtio port path, or tcp:HOST:PORT "
+                             "(default %(default)s)")
+    parser.add_argument("--bind", default=None, metavar="ADDR",
+                        help="listen on this address only (default: all interfaces, IPv4 and IPv6)")
+    parser.add_argument("--register-port", type=_port, default=defaults.register_port, metavar="N",
+                        help="port for register() (default %(default)s; 0 picks a free one)")
+    parser.add_argument("--call-port", type=_port, default=defaults.call_port, metavar="N",
+                        help="port for calls into the M4 (default %(default)s; 0 picks a free one)")
+    parser.add_argument("--call-timeout", type=_seconds, default=DEFAULT_CALL_TIMEOUT, metavar="S",
+                        help="wait this long for the M4's reply to a call (default %(default)s)")
+    parser.add_argument("--service-timeout", type=_seconds, default=DEFAULT_SERVICE_TIMEOUT, metavar="S",
+                        help="wait this long for a Linux service's reply to an M4 call (default %(default)s)")
+    parser.add_argument("--timeout-error-reply", action="store_true",
+                        help="answer a call the M4 did not reply to with an error reply "
+                             "(default: close without a reply, as the original proxy)")
+    parser.add_argument("--m4-error-replies", action="store_true",
+                        help="answer M4 calls to unregistered methods or unreachable services with an "
+                             "error reply (default: drop them, as the original proxy)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return parser
+
+
+async def _run(config: ProxyConfig) -> int:
+    proxy = M4Proxy(config)
+    try:
+        await proxy.start()
+    except StartupError as exc:
+        log.error("m4-proxy cannot start: %s", exc)
+        return EXIT_STARTUP_FAILED
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    listening = ", ".join(f"{host}:{port}" for host, port in proxy.register_ports)
+    calling = ", ".join(f"{host}:{port}" for host, port in proxy.call_ports)
+    log.info("ready: register port %d, call port %d (register on %s; calls on %s), M4 link %s",
+             proxy.register_port, proxy.call_port, listening, calling, proxy.link_description)
+    notify_ready(f"M4 link {proxy.link_description}; register port {proxy.register_port}, "
+                 f"call port {proxy.call_port}")
+    await stop.wait()
+    notify_stopping()
+    log.info("stopping")
+    await proxy.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(LOG_IDENTIFIER, verbose=args.verbose)
+    config = ProxyConfig(
+        device=args.device,
+        bind=args.bind,
+        register_port=args.register_port,
+        call_port=args.call_port,
+        call_timeout=args.call_timeout,
+        service_timeout=args.service_timeout,
+        timeout_error_reply=args.timeout_error_reply,
+        m4_error_replies=args.m4_error_replies,
+    )
+    try:
+        return asyncio.run(_run(config))
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

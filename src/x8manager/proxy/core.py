@@ -1,0 +1,455 @@
+"""The proxy itself: the M4 link, the register port (5000) and the call port (5001).
+
+Data paths:
+
+- Linux→M4 (call port): one message per connection, checked, forwarded verbatim except for
+  the msgid (a proxy-assigned uint32 on the M4 wire), the M4's reply returned with the
+  client's msgid bytes restored, then a graceful close.
+- M4→Linux (link): the byte stream is cut into messages by a streaming decoder; replies go to
+  the waiting caller by msgid, calls and notifications to the registered local service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import socket
+from dataclasses import dataclass
+from typing import Any, Final
+
+import msgpack
+
+from x8manager.proxy.link import LinkDown, M4Link, StartupError, open_link
+from x8manager.proxy.pending import PendingCalls
+from x8manager.proxy.registry import Registry, handle_register_connection
+from x8manager.proxy.services import NotificationChannel, ServiceCallFailed, call_service
+from x8manager.rpc.framing import (
+    M4_MAX_MESSAGE,
+    Frame,
+    InvalidMessage,
+    Notification,
+    Request,
+    Response,
+    StreamDecoder,
+    msgid_span,
+    pack_raw_compat,
+    pack_response,
+    parse_message,
+    replace_msgid,
+)
+
+__all__ = ["M4Proxy", "ProxyConfig"]
+
+log = logging.getLogger(__name__)
+
+# The original waits 1 s for the M4's reply; clients (msgpack-rpc-python) are tuned to it.
+DEFAULT_CALL_TIMEOUT: Final = 1.0
+# M4→Linux calls: the original waits forever for a service, which freezes every other call.
+DEFAULT_SERVICE_TIMEOUT: Final = 10.0
+# A call-port client gets this long to send its one message (the original waits forever).
+CLIENT_SEND_TIMEOUT: Final = 30.0
+# After answering, the proxy half-closes and reads what the client still sends, so pipelined
+# data never makes the kernel answer with RST; this bounds how long it waits for the client.
+DRAIN_TIMEOUT: Final = 1.0
+# The biggest message the call port reads; larger ones cannot reach the M4 in any case.
+MAX_CLIENT_MESSAGE: Final = 64 * 1024
+# The M4 link carries ≤ ~496 bytes per RPMsg message; a larger partial object is garbage.
+M4_DECODER_BUFFER: Final = 8 * 1024
+# M4→Linux calls in flight; the M4 has at most 10 callers, anything past this is garbage.
+MAX_SERVICE_CALLS: Final = 64
+READ_CHUNK: Final = 64 * 1024
+
+
+@dataclass
+class ProxyConfig:
+    device: str = "/dev/x8h7_ui"
+    bind: str | None = None  # None: all interfaces (IPv4 and IPv6)
+    register_port: int = 5000
+    call_port: int = 5001
+    call_timeout: float = DEFAULT_CALL_TIMEOUT
+    service_timeout: float = DEFAULT_SERVICE_TIMEOUT
+    # Opt-in changes of behaviour the original's users can observe:
+    timeout_error_reply: bool = False  # Linux caller gets an error reply instead of a bare close
+    m4_error_replies: bool = False  # M4 gets an error reply for unregistered methods/dead services
+    max_message: int = M4_MAX_MESSAGE
+
+
+def _listen_socket(host: str, port: int, *, family: socket.AddressFamily,
+                   v6only: bool | None) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6 and v6only is not None:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
+        sock.bind((host, port))
+        sock.listen(128)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _bind_error(what: str, host: str, port: int, exc: OSError) -> StartupError:
+    return StartupError(f"cannot listen for {what} on {host or '*'}:{port}: {exc.strerror or exc}")
+
+
+def make_listeners(what: str, bind: str | None, port: int, *, dual_stack: bool) -> list[socket.socket]:
+    """Listening sockets for one port.
+
+    With --bind: that address only. Otherwise *dual_stack* gives one ``[::]`` socket that also
+    takes IPv4 (the original's register port), else ``0.0.0.0`` plus a best-effort IPv6-only
+    ``[::]`` on the same port (the original's call port is IPv4 only).
+    """
+    if bind is not None:
+        try:
+            infos = socket.getaddrinfo(bind, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        except socket.gaierror as exc:
+            raise StartupError(f"--bind {bind!r}: {exc}") from exc
+        family, _, _, _, address = infos[0]
+        try:
+            return [_listen_socket(str(address[0]), port, family=family, v6only=True)]
+        except OSError as exc:
+            raise _bind_error(what, bind, port, exc) from exc
+    if dual_stack:
+        try:
+            return [_listen_socket("::", port, family=socket.AF_INET6, v6only=False)]
+        except OSError as exc:
+            if exc.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+                raise _bind_error(what, "[::]", port, exc) from exc
+            # No IPv6 on this host: IPv4 alone.
+    try:
+        sockets = [_listen_socket("0.0.0.0", port, family=socket.AF_INET, v6only=None)]
+    except OSError as exc:
+        raise _bind_error(what, "0.0.0.0", port, exc) from exc
+    actual_port = sockets[0].getsockname()[1]
+    try:
+        sockets.append(_listen_socket("::", actual_port, family=socket.AF_INET6, v6only=True))
+    except OSError as exc:
+        log.debug("no IPv6 listener for %s on port %d: %s", what, actual_port, exc)
+    return sockets
+
+
+async def _read_one_object(reader: asyncio.StreamReader) -> bytes | None:
+    """The exact bytes of the first msgpack object on *reader*; None if the peer closed first."""
+    unpacker = msgpack.Unpacker(max_buffer_size=MAX_CLIENT_MESSAGE, strict_map_key=False)
+    received = bytearray()
+    while True:
+        data = await reader.read(READ_CHUNK)
+        if not data:
+            return None
+        received += data
+        try:
+            unpacker.feed(data)
+            unpacker.skip()
+        except msgpack.OutOfData:
+            continue
+        except msgpack.BufferFull:
+            raise InvalidMessage(f"message larger than {MAX_CLIENT_MESSAGE} bytes") from None
+        except Exception as exc:
+            raise InvalidMessage(f"not msgpack: {exc}") from None
+        end: int = unpacker.tell()
+        return bytes(received[:end])
+
+
+@dataclass
+class _Stats:
+    calls: int = 0
+    call_timeouts: int = 0
+    late_replies: int = 0
+    m4_calls: int = 0
+    m4_notifications: int = 0
+    unroutable: int = 0
+
+
+class M4Proxy:
+    """The m4-proxy daemon's engine; ``await start()``, then ``await stop()``."""
+
+    def __init__(self, config: ProxyConfig, link: M4Link | None = None) -> None:
+        self.config = config
+        self.registry = Registry()
+        self.stats = _Stats()
+        self._link = link
+        self._pending = PendingCalls()
+        self._decoder = StreamDecoder(M4_DECODER_BUFFER)
+        self._servers: list[asyncio.Server] = []
+        self._channels: dict[int, NotificationChannel] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._service_calls = asyncio.Semaphore(MAX_SERVICE_CALLS)
+        self.register_ports: list[tuple[str, int]] = []
+        self.call_ports: list[tuple[str, int]] = []
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the M4 link and the listeners; raise :class:`StartupError` on failure."""
+        config = self.config
+        register_sockets = make_listeners("register calls", config.bind, config.register_port,
+                                          dual_stack=True)
+        try:
+            call_sockets = make_listeners("M4 calls", config.bind, config.call_port, dual_stack=False)
+        except StartupError:
+            for sock in register_sockets:
+                sock.close()
+            raise
+        try:
+            if self._link is None:
+                self._link = open_link(config.device)
+            await self._link.open()
+        except BaseException:
+            for sock in register_sockets + call_sockets:
+                sock.close()
+            raise
+        self._link.start(self._on_m4_data, self._on_m4_reset)
+        for sock in register_sockets:
+            self._servers.append(await asyncio.start_server(self._on_register_connection, sock=sock))
+        for sock in call_sockets:
+            self._servers.append(await asyncio.start_server(self._on_call_connection, sock=sock))
+        self.register_ports = [s.getsockname()[:2] for s in register_sockets]
+        self.call_ports = [s.getsockname()[:2] for s in call_sockets]
+
+    @property
+    def register_port(self) -> int:
+        return self.register_ports[0][1]
+
+    @property
+    def call_port(self) -> int:
+        return self.call_ports[0][1]
+
+    @property
+    def link_description(self) -> str:
+        return self._link.description if self._link is not None else self.config.device
+
+    async def stop(self) -> None:
+        for server in self._servers:
+            server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        for channel in self._channels.values():
+            await channel.close()
+        if self._link is not None:
+            await self._link.close()
+        for server in self._servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 1.0)
+        self._servers.clear()
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- register port ----------------------------------------------------------------------
+
+    async def _on_register_connection(self, reader: asyncio.StreamReader,
+                                      writer: asyncio.StreamWriter) -> None:
+        try:
+            await handle_register_connection(reader, writer, self.registry)
+        except Exception:  # the proxy outlives any peer
+            log.exception("register connection failed")
+            writer.close()
+
+    # -- call port (Linux → M4) -------------------------------------------------------------
+
+    async def _on_call_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            reply = await self._serve_call(reader, peer)
+            if reply:
+                writer.write(reply)
+                await writer.drain()
+        except OSError as exc:
+            log.debug("call connection from %s broke: %s", peer, exc)
+        except Exception:
+            log.exception("call from %s failed", peer)
+        finally:
+            await self._close_gracefully(reader, writer)
+
+    async def _close_gracefully(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Half-close, swallow what the client still sends, then close: no RST for pipelined data."""
+        try:
+            if writer.can_write_eof():
+                writer.write_eof()
+            async with asyncio.timeout(DRAIN_TIMEOUT):
+                while await reader.read(READ_CHUNK):
+                    pass
+        except (OSError, TimeoutError):
+            pass
+        finally:
+            writer.close()
+
+    def _error_reply(self, msgid_bytes: bytes, text: str) -> bytes:
+        # [1, msgid, "text", nil] with the client's own msgid bytes and old-style raw text.
+        return b"\x94\x01" + msgid_bytes + pack_raw_compat(text) + b"\xc0"
+
+    async def _serve_call(self, reader: asyncio.StreamReader, peer: Any) -> bytes | None:
+        """Handle the one message of a call-port connection; return the bytes to answer with."""
+        try:
+            async with asyncio.timeout(CLIENT_SEND_TIMEOUT):
+                raw = await _read_one_object(reader)
+        except TimeoutError:
+            log.warning("call port: %s sent no complete message within %g s", peer, CLIENT_SEND_TIMEOUT)
+            return None
+        except InvalidMessage as exc:
+            log.warning("call port: refused message from %s: %s", peer, exc.reason)
+            return None
+        if raw is None:
+            log.debug("call port: %s closed before sending a message", peer)
+            return None
+        try:
+            unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, unicode_errors="surrogateescape")
+            unpacker.feed(raw)
+            frame = Frame(parse_message(unpacker.unpack()), raw)
+        except InvalidMessage as exc:
+            log.warning("call port: invalid message from %s: %s", peer, exc.reason)
+            if exc.msgid is None:
+                return None
+            return self._error_reply(_msgid_bytes(raw), f"invalid message: {exc.reason}")
+        except Exception as exc:
+            log.warning("call port: undecodable message from %s: %s", peer, exc)
+            return None
+        if isinstance(frame.message, Response):
+            log.warning("call port: %s sent a response; only requests and notifications are forwarded", peer)
+            return None
+        if isinstance(frame.message, Notification):
+            await self._notify_m4(frame, peer)
+            return None
+        return await self._call_m4(frame, peer)
+
+    async def _notify_m4(self, frame: Frame, peer: Any) -> None:
+        if len(frame.raw) > self.config.max_message:
+            log.warning("call port: notification %r from %s is %d bytes, over the M4 link limit "
+                        "of %d; dropped", frame.message, peer, len(frame.raw), self.config.max_message)
+            return
+        assert self._link is not None
+        try:
+            await self._link.write(frame.raw)
+        except LinkDown as exc:
+            log.warning("call port: notification from %s lost: %s", peer, exc)
+
+    async def _call_m4(self, frame: Frame, peer: Any) -> bytes | None:
+        request = frame.message
+        assert isinstance(request, Request) and self._link is not None
+        self.stats.calls += 1
+        wire_msgid, reply = self._pending.open()
+        try:
+            wire, client_msgid = replace_msgid(frame.raw, msgpack.packb(wire_msgid))
+            if len(wire) > self.config.max_message:
+                log.warning("call port: %s from %s is %d bytes, over the M4 link limit of %d",
+                            request.method, peer, len(wire), self.config.max_message)
+                return self._error_reply(
+                    client_msgid, f"message too large for the M4 link: {len(wire)} bytes "
+                    f"(limit {self.config.max_message})")
+            try:
+                await self._link.write(wire)
+            except LinkDown as exc:
+                log.warning("call port: %s from %s not sent: %s", request.method, peer, exc)
+                return self._error_reply(client_msgid, f"M4 link down: {exc}")
+            try:
+                async with asyncio.timeout(self.config.call_timeout):
+                    m4_reply = await reply
+            except TimeoutError:
+                self.stats.call_timeouts += 1
+                log.info("call port: no reply from the M4 to %s within %g s", request.method,
+                         self.config.call_timeout)
+                if self.config.timeout_error_reply:
+                    return self._error_reply(
+                        client_msgid, f"no reply from the M4 within {self.config.call_timeout:g} s")
+                return None
+            restored, _ = replace_msgid(m4_reply, client_msgid)
+            return restored
+        finally:
+            self._pending.close(wire_msgid)
+
+    # -- M4 link (M4 → Linux) ---------------------------------------------------------------
+
+    def _on_m4_reset(self) -> None:
+        # The M4 (or the link) restarted: the tail of a half-received message will never come.
+        if self._decoder.pending:
+            log.info("M4 link reset: discarding %d bytes of a partial message", self._decoder.pending)
+        self._decoder.reset()
+
+    def _on_m4_data(self, data: bytes) -> None:
+        try:
+            frames = self._decoder.feed_frames(data)
+        except Exception:  # pragma: no cover - the decoder resynchronises on its own
+            log.exception("M4 stream decoder failed; resetting it")
+            self._decoder.reset()
+            return
+        for frame in frames:
+            try:
+                self._on_m4_frame(frame)
+            except Exception:
+                log.exception("M4 message %s could not be handled", frame.raw[:64].hex(" "))
+
+    def _on_m4_frame(self, frame: Frame) -> None:
+        message = frame.message
+        if isinstance(message, Response):
+            if not self._pending.resolve(message.msgid, frame.raw):
+                self.stats.late_replies += 1
+                log.info("M4 reply for msgid %d dropped: no caller waits for it (late or unsolicited)",
+                         message.msgid)
+            return
+        port = self.registry.port_of(message.method)
+        if port is None:
+            self.stats.unroutable += 1
+            log.warning("M4 %s %r: no Linux service registered for it",
+                        "call" if isinstance(message, Request) else "notification", message.method)
+            if isinstance(message, Request) and self.config.m4_error_replies:
+                self._reply_to_m4(message.msgid, f"m4-proxy: no service registered for '{message.method}'")
+            return
+        if isinstance(message, Notification):
+            self.stats.m4_notifications += 1
+            channel = self._channels.get(port)
+            if channel is None:
+                channel = self._channels[port] = NotificationChannel(port)
+            channel.send(frame.raw)
+            return
+        self.stats.m4_calls += 1
+        if self._service_calls.locked():
+            log.warning("M4 call %r dropped: %d calls already in flight", message.method, MAX_SERVICE_CALLS)
+            return
+        self._spawn(self._forward_m4_call(frame, message, port), f"m4-call:{message.method}")
+
+    async def _forward_m4_call(self, frame: Frame, request: Request, port: int) -> None:
+        async with self._service_calls:
+            try:
+                reply = await call_service(port, frame, wait=self.config.service_timeout)
+            except ServiceCallFailed as exc:
+                log.warning("M4 call %r: %s", request.method, exc)
+                if self.config.m4_error_replies:
+                    await self._write_to_m4(pack_response(request.msgid, f"m4-proxy: {exc}", None))
+                return
+            if len(reply.raw) > self.config.max_message:
+                log.error("M4 call %r: the reply is %d bytes, over the M4 link limit of %d; "
+                          "sending an error instead", request.method, len(reply.raw), self.config.max_message)
+                await self._write_to_m4(pack_response(
+                    request.msgid, f"reply too large for the M4 link ({len(reply.raw)} bytes)", None))
+                return
+            await self._write_to_m4(reply.raw)
+
+    def _reply_to_m4(self, msgid: int, text: str) -> None:
+        self._spawn(self._write_to_m4(pack_response(msgid, text, None)), "m4-error-reply")
+
+    async def _write_to_m4(self, message: bytes) -> None:
+        assert self._link is not None
+        try:
+            await self._link.write(message)
+        except LinkDown as exc:
+            log.warning("reply to the M4 lost: %s", exc)
+
+
+def _msgid_bytes(raw: bytes) -> bytes:
+    """The msgid bytes of a request-shaped message (for error replies to invalid ones)."""
+    try:
+        start, end = msgid_span(raw)
+    except InvalidMessage:
+        return b"\x00"
+    return raw[start:end]
+

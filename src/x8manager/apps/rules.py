@@ -211,10 +211,12 @@ def _check_proxy_wiring(check: _Checker, name: str, service: dict[str, Any], bas
                         hosts: dict[str, tuple[str, int | str]], network_host: bool) -> None:
     if PROXY_HOSTNAME in hosts:
         address, key = hosts[PROXY_HOSTNAME]
-        if _is_fixed_ip(address):
+        loopback_on_host = network_host and address in ("127.0.0.1", "::1")
+        if _is_fixed_ip(address) and not loopback_on_host:
             check.report("X8102", (*base, "extra_hosts", key),
-                         f"m4-proxy is mapped to the fixed address {address}, which only works while "
-                         "docker0 keeps that address; use \"m4-proxy:host-gateway\"", name)
+                         f"m4-proxy is mapped to the fixed address {address}, which breaks when the "
+                         "Docker bridge's address differs (custom bip, compose networks); use "
+                         "\"m4-proxy:host-gateway\"", name)
         return
     for variable, (value, key) in env.items():
         if value and variable.endswith("_HOST") and value.strip() == LEGACY_GATEWAY:

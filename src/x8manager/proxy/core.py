@@ -16,6 +16,7 @@ import contextlib
 import errno
 import logging
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -225,8 +226,10 @@ class M4Proxy:
     async def stop(self) -> None:
         for server in self._servers:
             server.close()
-        for task in list(self._tasks):
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         for channel in self._channels.values():
             await channel.close()
         if self._link is not None:
@@ -235,6 +238,23 @@ class M4Proxy:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 1.0)
         self._servers.clear()
+
+    @contextlib.contextmanager
+    def _connection_task(self) -> Iterator[None]:
+        """Track a connection handler so stop() can end it.
+
+        Handlers end normally even when cancelled: asyncio's start_server callback in Python
+        3.11 calls task.exception() on the finished handler, which raises for a cancelled task
+        and logs a spurious error at every shutdown.
+        """
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        try:
+            yield
+        finally:
+            if task is not None:
+                self._tasks.discard(task)
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)
@@ -245,11 +265,14 @@ class M4Proxy:
 
     async def _on_register_connection(self, reader: asyncio.StreamReader,
                                       writer: asyncio.StreamWriter) -> None:
-        try:
-            await handle_register_connection(reader, writer, self.registry)
-        except Exception:  # the proxy outlives any peer
-            log.exception("register connection failed")
-            writer.close()
+        with self._connection_task():
+            try:
+                await handle_register_connection(reader, writer, self.registry)
+            except asyncio.CancelledError:
+                writer.close()  # shutting down (see _connection_task)
+            except Exception:  # the proxy outlives any peer
+                log.exception("register connection failed")
+                writer.close()
 
     # -- call port (Linux → M4) -------------------------------------------------------------
 
@@ -259,17 +282,21 @@ class M4Proxy:
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        try:
-            reply = await self._serve_call(reader, peer)
-            if reply:
-                writer.write(reply)
-                await writer.drain()
-        except OSError as exc:
-            log.debug("call connection from %s broke: %s", peer, exc)
-        except Exception:
-            log.exception("call from %s failed", peer)
-        finally:
-            await self._close_gracefully(reader, writer)
+        with self._connection_task():
+            try:
+                reply = await self._serve_call(reader, peer)
+                if reply:
+                    writer.write(reply)
+                    await writer.drain()
+            except asyncio.CancelledError:
+                writer.close()  # shutting down (see _connection_task)
+                return
+            except OSError as exc:
+                log.debug("call connection from %s broke: %s", peer, exc)
+            except Exception:
+                log.exception("call from %s failed", peer)
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._close_gracefully(reader, writer)
 
     async def _close_gracefully(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Half-close, swallow what the client still sends, then close: no RST for pipelined data."""

@@ -211,9 +211,13 @@ class RpcService:
                         log.debug("ignoring a response from %s: %r", peer, message)
         except (ConnectionError, OSError) as exc:
             log.debug("connection from %s broke: %s", peer, exc)
+        except asyncio.CancelledError:
+            # End normally: Python 3.11's start_server callback calls task.exception() on the
+            # handler, which raises for a cancelled task and logs a spurious error.
+            notifier.cancel()
         finally:
             notifications.put_nowait(None)
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception, asyncio.CancelledError):
                 await notifier
             writer.close()
 

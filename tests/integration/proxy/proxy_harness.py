@@ -22,6 +22,7 @@ from typing import Any
 import msgpack
 
 from x8manager.proxy import M4Proxy, ProxyConfig
+from x8manager.rpc import RpcService
 from x8manager.rpc.framing import Frame, Request, Response, StreamDecoder
 
 # The M4 stamps its calls with the RTOS thread id (reference §6).
@@ -208,3 +209,20 @@ async def register(port: int, data: bytes, replies: int = 1, within: float = WAI
         return got
     finally:
         writer.close()
+
+
+@contextlib.asynccontextmanager
+async def serving(proxy: M4Proxy, **procedures: Procedure) -> AsyncIterator[RpcService]:
+    """A Linux service with *procedures*, registered with *proxy* for as long as the block runs."""
+    service = RpcService(0, host="127.0.0.1")
+    for name, fn in procedures.items():
+        service.add(name, fn)
+    task = asyncio.create_task(service.serve(register_port=proxy.register_port))
+    try:
+        await asyncio.wait_for(service.wait_registered(), WAIT)
+        yield service
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await service.close()

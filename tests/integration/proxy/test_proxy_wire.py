@@ -8,9 +8,9 @@ from pathlib import Path
 
 import msgpack
 import pytest
-from proxy_harness import exchange, register, running_proxy, wait_for
+from proxy_harness import exchange, register, running_proxy, serving, wait_for
 
-from x8manager.rpc import AsyncM4Client, RpcService
+from x8manager.rpc import AsyncM4Client
 
 # msgpack-rpc-python 0.4.1 byte vectors (reference §11.2)
 LEGACY_REGISTER = bytes.fromhex("940000a8726567697374657292cd138d92a86d756c7469706c79a6646976696465")
@@ -67,14 +67,9 @@ def test_client_msgid_encoding_restored_exactly(tmp_path: Path) -> None:
 def test_e8_m4_call_reaches_service_and_reply_returns_unchanged(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with running_proxy(tmp_path) as (proxy, m4):
-            service = RpcService(0, host="127.0.0.1")
-            service.add("multiply", lambda a, b: a * b)
-            task = asyncio.create_task(service.serve(register_port=proxy.register_port))
-            await asyncio.wait_for(service.wait_registered(), 10)
-            reply = await m4.call("multiply", 3, 4)
+            async with serving(proxy, multiply=lambda a, b: a * b):
+                reply = await m4.call("multiply", 3, 4)
             assert reply.raw == bytes.fromhex("9401ce10003000c00c")
-            task.cancel()
-            await service.close()
     asyncio.run(scenario())
 
 
@@ -82,14 +77,9 @@ def test_e8b_tty_notification_bin_payload_reaches_service(tmp_path: Path) -> Non
     async def scenario() -> None:
         async with running_proxy(tmp_path) as (proxy, m4):
             got: list[bytes] = []
-            service = RpcService(0, host="127.0.0.1")
-            service.add("tty", got.append)
-            task = asyncio.create_task(service.serve(register_port=proxy.register_port))
-            await asyncio.wait_for(service.wait_registered(), 10)
-            m4.write(bytes.fromhex("9302a3747479 91c407") + b"hello\r\n")
-            await wait_for(lambda: got == [b"hello\r\n"], what="tty notification")
-            task.cancel()
-            await service.close()
+            async with serving(proxy, tty=got.append):
+                m4.write(bytes.fromhex("9302a3747479 91c407") + b"hello\r\n")
+                await wait_for(lambda: got == [b"hello\r\n"], what="tty notification")
     asyncio.run(scenario())
 
 

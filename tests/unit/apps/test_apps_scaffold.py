@@ -1,0 +1,82 @@
+"""x8-apps new: containers.git layout, Factory image names, proxy wiring, lint-clean output."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+
+from x8manager.apps.cli import main
+from x8manager.apps.scaffold import TEMPLATES, ScaffoldError, create_app
+
+
+@pytest.mark.parametrize("template", sorted(TEMPLATES))
+def test_every_template_scaffolds_a_lint_clean_factory_app(
+    template: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["new", "demo-app", "--template", template, "--dir", str(tmp_path)]) == 0
+    app = tmp_path / "demo-app"
+    assert {p.name for p in app.iterdir()} == {"docker-compose.yml", "Dockerfile", "docker-build.conf",
+                                              "main.py", "vendor"}
+    compose = yaml.safe_load((app / "docker-compose.yml").read_text())
+    service = compose["services"]["demo-app"]
+    assert service["image"] == "hub.foundries.io/${FACTORY}/demo-app:latest"
+    assert service["restart"] == "unless-stopped"
+    assert service["read_only"] is True
+    assert "/tmp:/tmp" in service["volumes"]
+    assert service["extra_hosts"] == ["m4-proxy:host-gateway"]
+    assert service["environment"]["M4_PROXY_HOST"] == "m4-proxy"
+    port = TEMPLATES[template].default_port
+    if port is None:
+        assert "ports" not in service
+    else:
+        assert service["ports"] == [f"{port}:{port}"]
+        assert service["environment"]["RPC_SERVICE_PORT"] == str(port)
+    ast.parse((app / "main.py").read_text())
+    assert (app / "vendor" / "x8manager" / "rpc" / "__init__.py").is_file()
+    assert not list(app.rglob("*.tmpl")) and not list(app.rglob("__pycache__"))
+    assert "@@" not in "".join(p.read_text() for p in app.rglob("*") if p.is_file())
+    capsys.readouterr()
+    assert main(["lint", str(app)]) == 0, capsys.readouterr().out
+
+
+def test_port_and_image_prefix_options(tmp_path: Path) -> None:
+    app = create_app("svc", "m4-service", tmp_path, port=5012, image_prefix="registry.example/team/")
+    service = yaml.safe_load((app / "docker-compose.yml").read_text())["services"]["svc"]
+    assert service["image"] == "registry.example/team/svc:latest"
+    assert service["ports"] == ["5012:5012"]
+    assert 'os.environ.get("RPC_SERVICE_PORT", "5012")' in (app / "main.py").read_text()
+
+
+@pytest.mark.parametrize(
+    ("name", "template", "port", "message"),
+    [
+        ("Bad_Name", "m4-service", None, "use lower-case letters"),
+        ("a/b", "m4-service", None, "use lower-case letters"),
+        ("ok", "m4-client", 5005, "serves no procedures"),
+        ("ok", "m4-service", 5001, "m4-proxy's own port"),
+        ("ok", "m4-service", 80, "from 1024 to 65535"),
+        ("ok", "nope", None, "unknown template"),
+    ],
+)
+def test_bad_requests_are_refused(tmp_path: Path, name: str, template: str, port: int | None,
+                                  message: str) -> None:
+    with pytest.raises(ScaffoldError, match=message):
+        create_app(name, template, tmp_path, port=port)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_app_is_never_overwritten(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "main.py").write_text("precious")
+    assert main(["new", "mine", "-t", "m4-service", "--dir", str(tmp_path)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert (tmp_path / "mine" / "main.py").read_text() == "precious"
+
+
+def test_template_is_required(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["new", "x", "--dir", str(tmp_path)])
+    assert exit_info.value.code == 2

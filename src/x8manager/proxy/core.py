@@ -377,7 +377,7 @@ class M4Proxy:
                 await self._link.write(wire)
             except LinkDown as exc:
                 log.warning("call port: %s from %s not sent: %s", request.method, peer, exc)
-                return self._error_reply(client_msgid, f"M4 link down: {exc}")
+                return self._error_reply(client_msgid, str(exc))
             try:
                 async with asyncio.timeout(self.config.call_timeout):
                     m4_reply = await reply

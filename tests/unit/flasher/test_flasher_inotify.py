@@ -1,0 +1,93 @@
+"""The upload-path watcher: close-write, rename, a folder that appears late or is recreated."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from x8manager.flasher.inotify import FileWatcher
+
+
+def _put(path: Path, data: bytes) -> None:
+    path.write_bytes(data)
+
+
+Scenario = Callable[[Path, list[str], Callable[[int], Awaitable[None]]], Awaitable[None]]
+
+
+def _watch(path: Path, scenario: Scenario) -> list[str]:
+    events: list[str] = []
+
+    async def main() -> None:
+        changed = asyncio.Event()
+
+        def record(reason: str) -> None:
+            events.append(reason)
+            changed.set()
+
+        watcher = FileWatcher(path, record)
+        watcher.start()
+
+        async def until(count: int) -> None:
+            async with asyncio.timeout(10):
+                while len(events) < count:
+                    changed.clear()
+                    await changed.wait()
+
+        try:
+            await scenario(path, events, until)
+        finally:
+            watcher.close()
+
+    asyncio.run(main())
+    return events
+
+
+def test_close_write_and_rename_are_seen(tmp_path: Path) -> None:
+    async def scenario(path: Path, events: list[str], until: Callable[[int], Awaitable[None]]) -> None:
+        _put(path, b"one")
+        await until(1)
+        temp = path.with_name(".upload.tmp")
+        _put(temp, b"two")
+        os.rename(temp, path)
+        await until(2)
+        _put((path.parent / "other.elf"), b"not ours")
+        _put(path, b"three")
+        await until(3)
+
+    assert _watch(tmp_path / "m4-user-sketch.elf", scenario) == ["close-write", "moved-to", "close-write"]
+
+
+def test_folder_created_later_and_recreated(tmp_path: Path) -> None:
+    target = tmp_path / "tmp" / "arduino" / "m4-user-sketch.elf"
+
+    async def scenario(path: Path, events: list[str], until: Callable[[int], Awaitable[None]]) -> None:
+        path.parent.mkdir(parents=True)  # two levels appear at once: the watch climbs down
+        _put(path, b"one")
+        await until(1)
+        shutil.rmtree(path.parent)
+        path.parent.mkdir()
+        _put(path, b"two")
+        await until(2)
+
+    events = _watch(target, scenario)
+    # "appeared" when the file was already there by the time the directory watch was set up.
+    assert len(events) == 2 and set(events) <= {"close-write", "appeared"}
+
+
+def test_folder_moved_away_and_back(tmp_path: Path) -> None:
+    target = tmp_path / "arduino" / "m4-user-sketch.elf"
+    target.parent.mkdir()
+
+    async def scenario(path: Path, events: list[str], until: Callable[[int], Awaitable[None]]) -> None:
+        os.rename(path.parent, tmp_path / "moved")
+        _put((tmp_path / "moved" / path.name), b"not watched any more")
+        os.rename(tmp_path / "moved", path.parent)
+        _put(path, b"new")
+        await until(1)
+
+    events = _watch(target, scenario)
+    assert events[-1] in ("close-write", "appeared")

@@ -1,0 +1,124 @@
+"""The H7 lock between processes, and the crash-safe state directory."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from x8manager.flasher.lock import LockCancelled, LockTimeout, h7_lock, lock_holder
+from x8manager.flasher.state import HISTORY_LENGTH, StateDir, atomic_write
+
+HOLD_LOCK = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.write(fd, b"pid %d: stm32h7-program (test)\\n" % os.getpid())
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.fixture
+def other_holder(tmp_path: Path):  # type: ignore[no-untyped-def]
+    lock = tmp_path / "h7.lock"
+    process = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(lock)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert process.stdout is not None and process.stdout.readline().strip() == "held"
+    yield lock
+    assert process.stdin is not None
+    process.stdin.close()
+    process.wait(timeout=10)
+
+
+def test_lock_held_by_another_process_times_out_with_the_holder_named(other_holder: Path) -> None:
+    assert "stm32h7-program (test)" in (lock_holder(other_holder) or "")
+
+    async def scenario() -> None:
+        async with h7_lock(other_holder, "test", wait_limit=0.2):
+            pytest.fail("lock should be taken")
+
+    with pytest.raises(LockTimeout, match="stm32h7-program"):
+        asyncio.run(scenario())
+
+
+def test_waiting_for_the_lock_can_be_abandoned(other_holder: Path) -> None:
+    async def scenario() -> None:
+        cancel = asyncio.Event()
+        cancel.set()
+        async with h7_lock(other_holder, "test", wait_limit=30, cancel=cancel):
+            pytest.fail("lock should be taken")
+
+    with pytest.raises(LockCancelled):
+        asyncio.run(scenario())
+
+
+def test_lock_is_exclusive_and_released(tmp_path: Path) -> None:
+    lock = tmp_path / "run" / "lock" / "h7.lock"
+
+    async def scenario() -> None:
+        async with h7_lock(lock, "first", wait_limit=1):
+            assert "first" in (lock_holder(lock) or "")
+            with pytest.raises(LockTimeout):
+                async with h7_lock(lock, "second", wait_limit=0.1):
+                    pass
+        assert lock_holder(lock) is None
+        async with h7_lock(lock, "third", wait_limit=1):
+            pass
+
+    asyncio.run(scenario())
+
+
+def test_atomic_write_replaces_whole_files_and_leaves_no_temp(tmp_path: Path) -> None:
+    target = tmp_path / "status.json"
+    atomic_write(target, b"one")
+    atomic_write(target, b"two")
+    assert target.read_bytes() == b"two"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["status.json"]
+
+
+def test_status_keeps_latest_outcome_and_a_bounded_history(tmp_path: Path) -> None:
+    state = StateDir(tmp_path / "state")
+    state.prepare()
+    for number in range(HISTORY_LENGTH + 3):
+        state.record_outcome({"result": "success", "reason": str(number)})
+    status = json.loads(state.status_path.read_text())
+    assert status["reason"] == str(HISTORY_LENGTH + 2)
+    assert len(status["history"]) == HISTORY_LENGTH
+    assert status["state"] == "idle" and status["schema"] == 1
+
+
+def test_damaged_status_file_is_rebuilt(tmp_path: Path) -> None:
+    state = StateDir(tmp_path / "state", tmp_path / "elsewhere" / "status.json")
+    state.prepare()
+    state.status_path.write_text("{not json")
+    state.record_outcome({"result": "rejected", "reason": "x"})
+    assert json.loads(state.status_path.read_text())["result"] == "rejected"
+
+
+def test_marker_round_trip_and_damaged_marker_still_counts(tmp_path: Path) -> None:
+    state = StateDir(tmp_path)
+    state.prepare()
+    assert state.read_marker() is None
+    state.write_marker({"sketch": {"sha256": "ab"}})
+    assert state.read_marker() == {"sketch": {"sha256": "ab"}}
+    state.marker_path.write_text("garbage")
+    assert state.read_marker() == {"damaged": True}
+    state.clear_marker()
+    assert state.read_marker() is None
+
+
+def test_last_good_needs_both_files(tmp_path: Path) -> None:
+    state = StateDir(tmp_path)
+    state.prepare()
+    elf = tmp_path / "a.elf"
+    elf.write_bytes(b"\x7fELF")
+    state.save_last_good(elf, {"sha256": "x"})
+    assert state.last_good() == {"sha256": "x"}
+    state.last_good_elf.unlink()
+    assert state.last_good() is None

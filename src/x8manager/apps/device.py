@@ -23,8 +23,17 @@ from typing import Any
 
 from .lint import compose_file_in
 
-__all__ = ["App", "ComposeTool", "DockerUnavailable", "SotaConfig", "add_parsers", "discover_apps",
-           "find_compose_tool", "read_sota_config"]
+__all__ = [
+    "App",
+    "ComposeTool",
+    "DockerUnavailable",
+    "SotaConfig",
+    "add_parsers",
+    "discover_apps",
+    "find_compose_tool",
+    "parse_compose_ps",
+    "read_sota_config",
+]
 
 DEFAULT_APPS_ROOT = Path("/var/sota/compose-apps")
 SOTA_TOML = Path("/var/sota/sota.toml")
@@ -170,7 +179,7 @@ def find_compose_tool(docker: str | None = None) -> ComposeTool:
         "the Docker engine runs, but neither 'docker compose' (plugin) nor 'docker-compose' is installed")
 
 
-def _parse_ps(output: str) -> list[dict[str, Any]]:
+def parse_compose_ps(output: str) -> list[dict[str, Any]]:
     """``docker compose ps --format json``: a JSON array (compose < 2.21) or one object a line."""
     text = output.strip()
     if not text:
@@ -192,7 +201,7 @@ def app_state(tool: ComposeTool, app: App) -> str:
     if result.returncode != 0:
         return f"unknown ({(result.stderr or '').strip().splitlines()[-1:] or 'ps failed'})"
     try:
-        containers = _parse_ps(result.stdout)
+        containers = parse_compose_ps(result.stdout)
     except ValueError:
         return "unknown (unreadable docker compose ps output)"
     if not containers:

@@ -215,3 +215,18 @@ def test_serial_forwarder_writes_the_m4_serial_output_to_a_file(
     rig.m4_sim("serial-write", "hello from the M4\r\n")
     wait_until(lambda: output.exists() and b"hello from the M4\r\n" in output.read_bytes(),
                "the forwarded serial output")
+
+
+@pytest.mark.parametrize("template", ["m4-service", "m4-client", "serial-forwarder"])
+def test_factory_test_cmd_imports_the_app_without_starting_it(tmp_path: Path, template: str) -> None:
+    """docker-build.conf's TEST_CMD, as FoundriesFactory runs it in the built image (here: on the host)."""
+    app = create_app("probe", template, tmp_path)
+    conf = (app / "docker-build.conf").read_text()
+    command = re.search(r"^TEST_CMD=\"(.*)\"$", conf, re.MULTILINE)
+    assert command is not None
+    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(app / "vendor"),
+           "PYTHONDONTWRITEBYTECODE": "1"}
+    python_code = command.group(1).removeprefix("python3 -c '").removesuffix("'")
+    result = subprocess.run([sys.executable, "-c", python_code], cwd=app, env=env, capture_output=True,
+                            text=True, timeout=DEADLINE, check=False)
+    assert result.returncode == 0, result.stderr

@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 
 from x8manager.apps.cli import main
-from x8manager.apps.device import DockerUnavailable, discover_apps, find_compose_tool, read_sota_config
+from x8manager.apps.device import (
+    DockerUnavailable,
+    discover_apps,
+    find_compose_tool,
+    parse_compose_ps,
+    read_sota_config,
+)
 
 COMPOSE = "services:\n  {name}:\n    image: hub.foundries.io/${{FACTORY}}/{name}:latest\n"
 
@@ -147,3 +153,11 @@ def test_missing_roots_have_no_apps(tmp_path: Path, capsys: pytest.CaptureFixtur
                  "--docker", str(tmp_path / "no-docker")])
     assert code == 3
     assert f"no apps in {tmp_path / 'none'}" in capsys.readouterr().out
+
+
+def test_compose_ps_json_in_both_formats() -> None:
+    array = '[{"Name": "a-web-1", "State": "running"}, {"Name": "a-db-1", "State": "exited"}]'
+    lines = '{"Name": "a-web-1", "State": "running"}\n{"Name": "a-db-1", "State": "exited"}\n'
+    assert parse_compose_ps(array) == parse_compose_ps(lines) == [
+        {"Name": "a-web-1", "State": "running"}, {"Name": "a-db-1", "State": "exited"}]
+    assert parse_compose_ps("") == []

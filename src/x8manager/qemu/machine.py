@@ -194,6 +194,12 @@ class Machine:
         self.boots += 1
         return time.monotonic() - started
 
+    def console_socket_fd(self) -> int:
+        """The serial console's socket, for bridging it to a terminal (bypassing the driver)."""
+        if self._console_sock is None:
+            raise MachineError("machine not started")
+        return self._console_sock.fileno()
+
     def require_console(self) -> Console:
         if self.console is None:
             raise MachineError("machine not started")

@@ -14,6 +14,7 @@ import ipaddress
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path as FilePath
 from typing import Any
 
 from .findings import Finding, Severity
@@ -28,6 +29,7 @@ PROXY_PORTS = (5000, 5001)
 # Our templates tell lint (and the app itself) which port the app registers with the proxy.
 RPC_PORT_VARIABLES = ("RPC_SERVICE_PORT", "RPC_SERVICE_PORTS")
 LEGACY_GATEWAY = "172.17.0.1"
+FACTORY_IMAGE = re.compile(r"^hub\.foundries\.io/\$\{FACTORY\}/(?P<repository>[a-z0-9._-]+)(?::[\w.-]+)?$")
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,8 @@ RULES: dict[str, Rule] = {
         Rule("X8110", "restart-policy-missing", Severity.WARNING,
              "no restart policy: the app stays down after a crash or reboot"),
         Rule("X8111", "root-writable", Severity.NOTE, "the container's root file system is writable"),
+        Rule("X8112", "factory-image-not-built", Severity.WARNING,
+             "in containers.git, a Factory image that no app folder builds"),
     )
 }
 
@@ -192,8 +196,8 @@ def _check_image(check: _Checker, name: str, service: dict[str, Any], base: Path
 
 def _check_restart(check: _Checker, name: str, service: dict[str, Any], base: Path) -> None:
     restart = service.get("restart")
-    deploy_policy = (service.get("deploy") or {}).get("restart_policy") if isinstance(
-        service.get("deploy"), dict) else None
+    deploy = service.get("deploy")
+    deploy_policy = deploy.get("restart_policy") if isinstance(deploy, dict) else None
     if restart in (None, "no") and not deploy_policy:
         where: Path = (*base, "restart") if restart is not None else base
         check.report("X8110", where, "add restart: unless-stopped (as Arduino's apps do)", name,
@@ -374,13 +378,32 @@ def _check_privileges(check: _Checker, name: str, service: dict[str, Any], base:
                          "allows every device; list the major numbers the app needs", name)
 
 
+def _check_factory_image(check: _Checker, name: str, service: dict[str, Any], base: Path,
+                         app_folder: FilePath) -> None:
+    """FoundriesFactory builds ``<folder>/Dockerfile`` of containers.git as ``.../${FACTORY}/<folder>``."""
+    image = service.get("image")
+    match = FACTORY_IMAGE.match(image) if isinstance(image, str) else None
+    if match is None:
+        return
+    built_by = app_folder.parent / match.group("repository")
+    if not (built_by / "Dockerfile").is_file():
+        check.report("X8112", (*base, "image"),
+                     f"no folder {match.group('repository')}/ with a Dockerfile next to this app in "
+                     f"containers.git, so the Factory never builds {image}", name)
+
+
 def check_x8_rules(source: ComposeSource, path: str) -> list[Finding]:
     """Apply the X8 rules to a document that passed the Compose schema."""
     check = _Checker(source, path)
     document = source.document
     services = document.get("services") if isinstance(document, dict) else None
+    # An app folder with a Dockerfile is a containers.git checkout (on a device there is none).
+    app_folder = FilePath(path).parent
+    in_containers_git = (app_folder / "Dockerfile").is_file()
     if isinstance(services, dict):
         for name, service in services.items():
             if isinstance(service, dict):
                 _service_checks(check, str(name), service)
+                if in_containers_git:
+                    _check_factory_image(check, str(name), service, ("services", str(name)), app_folder)
     return check.findings

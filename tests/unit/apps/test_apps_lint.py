@@ -213,3 +213,21 @@ def test_rules_command_lists_every_rule(capsys: pytest.CaptureFixture[str]) -> N
     out = capsys.readouterr().out
     for rule in ("X8000", "X8101", "X8111"):
         assert rule in out
+
+
+def test_factory_image_must_be_built_by_a_containers_git_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    service = ("services:\n  {name}:\n    image: hub.foundries.io/${{FACTORY}}/{image}:latest\n"
+               "    restart: unless-stopped\n    read_only: true\n")
+    for name, image in (("api", "api"), ("worker", "api"), ("typo", "tpyo")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "Dockerfile").write_text("FROM scratch\n")
+        (tmp_path / name / "docker-compose.yml").write_text(service.format(name=name, image=image))
+    code, findings = run_json(capsys, tmp_path)
+    assert code == 1
+    assert places(findings) == [("X8112", 3, "typo")]
+    assert "no folder tpyo/ with a Dockerfile" in str(findings[0]["message"])
+    # On a device (/var/sota/compose-apps) app folders hold no Dockerfile: the rule stays quiet.
+    (tmp_path / "typo" / "Dockerfile").unlink()
+    assert run_json(capsys, tmp_path / "typo") == (0, [])

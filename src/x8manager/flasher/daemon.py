@@ -184,9 +184,16 @@ class FlasherDaemon:
 
     # --- the one flashing worker ----------------------------------------------------------------
     async def _worker(self) -> None:
+        marker = self.flasher.state.read_marker() or {}
         outcome = await self.flasher.recover()
         if outcome is not None:
             notify_status(f"recovered interrupted flash: {outcome.result.value}")
+            interrupted_sha = (marker.get("sketch") or {}).get("sha256")
+            if marker.get("source") == "upload" and interrupted_sha:
+                # Recovery dealt with that upload; the rescan below must not flash it a second time.
+                self.flasher.state.update_status(
+                    lambda status: status.__setitem__("last_upload_sha256", interrupted_sha)
+                )
         self.flasher.sweep_spool()
         self._rescan_at_start()
         while not self._stop.is_set():

@@ -29,6 +29,7 @@ __all__ = [
     "RunVerdict",
     "Verdict",
     "classify",
+    "kill_orphaned_run",
     "packaged_config_dir",
     "run_openocd",
 ]
@@ -188,6 +189,23 @@ def classify(run: OpenocdRun) -> RunVerdict:
     return RunVerdict(Verdict.FAILED, f"openocd failed (exit {run.exit_code}): {detail}")
 
 
+def kill_orphaned_run(pid: int, elf: str) -> bool:
+    """Kill the process group of an openocd left running by a flasher that died (SIGKILL).
+
+    Only when ``pid`` still runs a command line naming *elf* (a pid may have been reused).
+    """
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    if not any(elf.encode() in part for part in cmdline):
+        return False
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+        return True
+    return False
+
+
 def _kill_group(process: asyncio.subprocess.Process, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, sig)
@@ -211,6 +229,7 @@ async def run_openocd(
     time_limit: float,
     cancel: asyncio.Event | None = None,
     on_line: Callable[[str], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
     env: dict[str, str] | None = None,
 ) -> OpenocdRun:
     """Run openocd once; stop it at *time_limit*, or when *cancel* is set before programming starts."""
@@ -228,6 +247,8 @@ async def run_openocd(
     except OSError as error:
         run.start_error = f"{argv[0]}: {error.strerror or error}"
         return run
+    if on_start is not None:
+        on_start(process.pid)
     assert process.stdout is not None
     stdout = process.stdout
 

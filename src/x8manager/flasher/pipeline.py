@@ -22,7 +22,7 @@ from typing import Any
 
 from x8manager.flasher.elfcheck import MAX_SKETCH_FILE_BYTES, SketchInfo, SketchRejected, validate_sketch
 from x8manager.flasher.lock import LockCancelled, LockTimeout, h7_lock
-from x8manager.flasher.openocd import OpenocdCommand, Verdict, classify, run_openocd
+from x8manager.flasher.openocd import OpenocdCommand, Verdict, classify, kill_orphaned_run, run_openocd
 from x8manager.flasher.state import StateDir, utc_now
 
 __all__ = ["FlashResult", "Flasher", "FlasherSettings", "Job", "Outcome"]
@@ -193,7 +193,12 @@ class Flasher:
         attempts = 0
         while True:
             attempts += 1
-            run = await run_openocd(argv, time_limit=settings.attempt_timeout, cancel=supersede)
+            run = await run_openocd(
+                argv,
+                time_limit=settings.attempt_timeout,
+                cancel=supersede,
+                on_start=lambda pid: self.state.write_marker({**marker, "openocd_pid": pid}),
+            )
             verdict = classify(run)
             record["attempts"] = attempts
             record["openocd_exit"] = run.exit_code
@@ -250,6 +255,10 @@ class Flasher:
         marker = self.state.read_marker()
         if marker is None:
             return None
+        orphan, spooled = marker.get("openocd_pid"), marker.get("spool_path")
+        if isinstance(orphan, int) and spooled and kill_orphaned_run(orphan, str(spooled)):
+            # Without systemd's cgroup clean-up the dead flasher's openocd may still drive the pins.
+            log.warning("killed openocd (pid %d) left running by the interrupted flash", orphan)
         sketch = marker.get("sketch") or {}
         sha = str(sketch.get("sha256", "unknown"))
         attempts = int(marker.get("recovery_attempts", 0)) + 1

@@ -1,43 +1,5 @@
-"""Shared set-up of the flasher unit tests: fixture ELFs, the SWD-probe stand-in, settings."""
+"""pytest fixtures of the flasher unit tests (defined in flasher_unit_support)."""
 
-from __future__ import annotations
+from flasher_unit_support import flasher, standin_env
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
-
-from x8manager.flasher.openocd import OpenocdCommand
-from x8manager.flasher.pipeline import Flasher, FlasherSettings
-
-ROOT = Path(__file__).resolve().parents[3]
-ELF_DIR = ROOT / "tests" / "fixtures" / "elf"
-STANDIN = ROOT / "tests" / "standins" / "openocd-standin"
-
-
-@pytest.fixture
-def standin_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """Point the stand-in's state (chip, invocation log, mode) into the test's directory."""
-    directory = tmp_path / "probe"
-    monkeypatch.setenv("OPENOCD_STANDIN_DIR", str(directory))
-    monkeypatch.setenv("OPENOCD_STANDIN_MODE_FILE", str(directory / "mode"))
-    monkeypatch.setenv("OPENOCD_STANDIN_CONNECT_SECONDS", "0.01")
-    monkeypatch.setenv("OPENOCD_STANDIN_PROGRAM_SECONDS", "0.01")
-    monkeypatch.delenv("OPENOCD_STANDIN_MODE", raising=False)
-    yield directory
-
-
-@pytest.fixture
-def flasher(tmp_path: Path, standin_env: Path) -> Flasher:
-    settings = FlasherSettings(
-        state_dir=tmp_path / "state",
-        openocd=OpenocdCommand(program=str(STANDIN)),
-        lock_path=tmp_path / "h7.lock",
-        attempt_timeout=20.0,
-        retries=2,
-        retry_delay=0.0,
-        lock_timeout=20.0,
-    )
-    instance = Flasher(settings)
-    instance.state.prepare()
-    return instance
+__all__ = ["flasher", "standin_env"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import ELF_DIR
+from flasher_unit_support import ELF_DIR
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ELF_DIR, STANDIN
+from flasher_unit_support import ELF_DIR, STANDIN
 
 from x8manager.flasher.openocd import OpenocdCommand, OpenocdRun, Verdict, classify, run_openocd
 

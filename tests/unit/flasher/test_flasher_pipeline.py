@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import ELF_DIR
+from flasher_unit_support import ELF_DIR
 
 from x8manager.flasher.elfcheck import SketchRejected
 from x8manager.flasher.pipeline import Flasher, FlashResult, Outcome

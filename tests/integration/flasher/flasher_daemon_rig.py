@@ -1,0 +1,151 @@
+"""Run the real ``m4-flasher daemon`` process against the SWD-probe stand-in (shared by these tests)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[3]
+ELF_DIR = ROOT / "tests" / "fixtures" / "elf"
+STANDIN = ROOT / "tests" / "standins" / "openocd-standin"
+GOOD = (ELF_DIR / "sketch-ok.elf").read_bytes()
+
+
+def wait_for(condition: Callable[[], Any], what: str, limit: float = 30.0) -> Any:
+    """Poll *condition* until it returns something truthy; fail with *what* after *limit* seconds."""
+    deadline = time.monotonic() + limit
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {limit} s waiting for {what}")
+        time.sleep(0.02)
+
+
+def variant(number: int) -> bytes:
+    """A valid sketch with a distinct sha256: trailing bytes after the ELF data change nothing."""
+    return GOOD + f"\nvariant {number}\n".encode()
+
+
+class Rig:
+    """Paths, the stand-in's state, and the daemon/CLI processes of one test."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.upload = root / "tmp" / "arduino" / "m4-user-sketch.elf"
+        self.state_dir = root / "state"
+        self.probe = root / "probe"
+        self.lock = root / "lock" / "x8-h7-swd.lock"
+        self.daemon: subprocess.Popen[str] | None = None
+        self.env = dict(os.environ)
+        self.env.update(
+            OPENOCD_STANDIN_DIR=str(self.probe),
+            OPENOCD_STANDIN_MODE_FILE=str(self.probe / "mode"),
+            OPENOCD_STANDIN_CONNECT_SECONDS="0.05",
+            OPENOCD_STANDIN_PROGRAM_SECONDS="0.05",
+            PYTHONUNBUFFERED="1",
+        )
+        self.env.pop("OPENOCD_STANDIN_MODE", None)
+        self.env.pop("JOURNAL_STREAM", None)
+        self.probe.mkdir(parents=True)
+        self._notify: socket.socket | None = None
+
+    def common_args(self) -> list[str]:
+        return ["--state-dir", str(self.state_dir), "--lock", str(self.lock)]
+
+    def set_mode(self, mode: str) -> None:
+        (self.probe / "mode").write_text(mode + "\n")
+
+    def start(self, *extra: str, wait_ready: bool = True) -> subprocess.Popen[str]:
+        notify_path = self.root / f"notify-{time.monotonic_ns()}.sock"
+        self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._notify.bind(str(notify_path))
+        env = dict(self.env, NOTIFY_SOCKET=str(notify_path))
+        argv = [
+            sys.executable,
+            "-m",
+            "x8manager.flasher.cli",
+            "daemon",
+            "--watch",
+            str(self.upload),
+            "--openocd",
+            str(STANDIN),
+            "--retry-delay",
+            "0",
+            "--timeout",
+            "20",
+            *self.common_args(),
+            *extra,
+        ]
+        self.daemon = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True)
+        if wait_ready:
+            self._notify.settimeout(30)
+            message = self._notify.recv(4096).decode()
+            assert "READY=1" in message, message
+        return self.daemon
+
+    def stop(self, sig: int = signal.SIGTERM) -> tuple[int, str]:
+        assert self.daemon is not None
+        self.daemon.send_signal(sig)
+        try:
+            _, err = self.daemon.communicate(timeout=30)
+        finally:
+            if self._notify is not None:
+                self._notify.close()
+        code = self.daemon.returncode
+        self.daemon = None
+        return code, err
+
+    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        command, *rest = args
+        argv = [sys.executable, "-m", "x8manager.flasher.cli", command, *self.common_args(), *rest]
+        return subprocess.run(
+            argv, check=False, env=self.env, capture_output=True, text=True, timeout=timeout
+        )
+
+    def upload_bytes(self, data: bytes) -> None:
+        """What adb push does: create/truncate, write, close (one IN_CLOSE_WRITE)."""
+        self.upload.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.upload, "wb") as handle:
+            handle.write(data)
+
+    def status(self) -> dict[str, Any]:
+        path = self.state_dir / "status.json"
+        return dict(json.loads(path.read_text())) if path.exists() else {}
+
+    def chip(self) -> dict[str, Any]:
+        path = self.probe / "chip.json"
+        return dict(json.loads(path.read_text())) if path.exists() else {}
+
+    def runs(self) -> list[dict[str, Any]]:
+        path = self.probe / "invocations.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    def history(self) -> list[dict[str, Any]]:
+        return list(self.status().get("history", []))
+
+    def outcome_for(self, sha256: str, result: str | None = None) -> dict[str, Any] | None:
+        for entry in self.history():
+            if entry.get("sketch", {}).get("sha256") == sha256 and result in (None, entry["result"]):
+                return entry
+        return None
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    instance = Rig(tmp_path)
+    yield instance
+    if instance.daemon is not None and instance.daemon.poll() is None:
+        instance.daemon.kill()
+        instance.daemon.communicate(timeout=30)

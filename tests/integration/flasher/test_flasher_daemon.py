@@ -6,8 +6,6 @@ import hashlib
 import json
 import shutil
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 from flasher_daemon_rig import ELF_DIR, GOOD, STANDIN, Rig, variant, wait_for
@@ -152,41 +150,12 @@ def test_upload_made_while_the_daemon_was_down_is_flashed_once(rig: Rig) -> None
 
 
 def test_startup_errors_exit_non_zero(rig: Rig) -> None:
-    argv = [
-        sys.executable,
-        "-m",
-        "x8manager.flasher.cli",
-        "daemon",
-        "--watch",
-        str(rig.upload),
-        *rig.common_args(),
-    ]
-    no_openocd = subprocess.run(
-        [*argv, "--openocd", "/nonexistent/openocd"],
-        check=False,
-        env=rig.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    watch = ("--watch", str(rig.upload))
+    no_openocd = rig.cli("daemon", *watch, "--openocd", "/nonexistent/openocd")
     assert no_openocd.returncode != 0 and "not found" in no_openocd.stderr
     blocked = rig.root / "blocked"
     blocked.write_text("a file where the state directory should be")
-    bad_state = subprocess.run(
-        [*argv, "--openocd", str(STANDIN), "--state-dir", str(blocked)],
-        check=False,
-        env=rig.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    bad_state = rig.cli("daemon", *watch, "--openocd", str(STANDIN), "--state-dir", str(blocked))
     assert bad_state.returncode != 0 and "state directory" in bad_state.stderr
-    no_config = subprocess.run(
-        [*argv, "--openocd", str(STANDIN), "--adapter-config", "/nonexistent.cfg"],
-        check=False,
-        env=rig.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    no_config = rig.cli("daemon", *watch, "--openocd", str(STANDIN), "--adapter-config", "/nonexistent.cfg")
     assert no_config.returncode != 0 and "config file" in no_config.stderr

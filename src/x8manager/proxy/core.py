@@ -61,6 +61,9 @@ M4_DECODER_BUFFER: Final = 8 * 1024
 # M4→Linux calls in flight; the M4 has at most 10 callers, anything past this is garbage.
 MAX_SERVICE_CALLS: Final = 64
 READ_CHUNK: Final = 64 * 1024
+# A partial M4 message with no new byte for this long is abandoned (the M4 reset mid-message).
+# The H7 forwards one message's chunks back to back, so real gaps are far shorter.
+STALE_PARTIAL_AFTER: Final = 0.5
 
 
 @dataclass
@@ -163,6 +166,8 @@ class _Stats:
     m4_calls: int = 0
     m4_notifications: int = 0
     unroutable: int = 0
+    m4_bytes: int = 0
+    stale_partials: int = 0
 
 
 class M4Proxy:
@@ -175,6 +180,7 @@ class M4Proxy:
         self._link = link
         self._pending = PendingCalls()
         self._decoder = StreamDecoder(M4_DECODER_BUFFER)
+        self._last_m4_data = 0.0
         self._servers: list[asyncio.Server] = []
         self._channels: dict[int, NotificationChannel] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -203,7 +209,7 @@ class M4Proxy:
             for sock in register_sockets + call_sockets:
                 sock.close()
             raise
-        self._link.start(self._on_m4_data, self._on_m4_reset)
+        self._link.start(self._on_m4_data, self.discard_partial_message)
         for sock in register_sockets:
             self._servers.append(await asyncio.start_server(self._on_register_connection, sock=sock))
         for sock in call_sockets:
@@ -396,13 +402,21 @@ class M4Proxy:
 
     # -- M4 link (M4 → Linux) ---------------------------------------------------------------
 
-    def _on_m4_reset(self) -> None:
-        # The M4 (or the link) restarted: the tail of a half-received message will never come.
+    def discard_partial_message(self) -> None:
+        """Forget a half-received M4 message (called when the link reopens: its tail is gone)."""
         if self._decoder.pending:
-            log.info("M4 link reset: discarding %d bytes of a partial message", self._decoder.pending)
+            log.info("M4 link: discarding %d bytes of a partial message", self._decoder.pending)
         self._decoder.reset()
 
     def _on_m4_data(self, data: bytes) -> None:
+        now = asyncio.get_running_loop().time()
+        self.stats.m4_bytes += len(data)
+        if self._decoder.pending and now - self._last_m4_data > STALE_PARTIAL_AFTER:
+            # x8h7_ui never reports an M4 reset: a message cut short by one would otherwise
+            # swallow the start of the next one. Chunks of one message come milliseconds apart.
+            self.stats.stale_partials += 1
+            self.discard_partial_message()
+        self._last_m4_data = now
         try:
             frames = self._decoder.feed_frames(data)
         except Exception:  # pragma: no cover - the decoder resynchronises on its own

@@ -10,6 +10,7 @@ import msgpack
 from proxy_harness import WAIT, exchange, running_proxy, serving, wait_for
 
 from x8manager.proxy import M4Proxy, ProxyConfig
+from x8manager.proxy.core import STALE_PARTIAL_AFTER
 from x8manager.rpc import AsyncM4Client, M4Client, RpcError
 
 CALLERS = 32
@@ -128,4 +129,19 @@ def test_tcp_link_for_development_and_reconnect(tmp_path: Path) -> None:
         finally:
             await proxy.stop()
             m4_server.close()
+    asyncio.run(scenario())
+
+
+def test_partial_message_abandoned_after_a_pause(tmp_path: Path) -> None:
+    """x8h7_ui never reports an M4 reset: a message cut short must not swallow the next one."""
+    async def scenario() -> None:
+        async with running_proxy(tmp_path) as (proxy, m4), serving(proxy, linux=lambda: "up"):
+            m4.write(b"\x94\x00\xce\x10")  # the M4 resets after four bytes; the device stays open
+            await wait_for(lambda: proxy.stats.m4_bytes >= 4, what="partial message read")
+            cut_at = asyncio.get_running_loop().time()
+            await wait_for(lambda: asyncio.get_running_loop().time() - cut_at > STALE_PARTIAL_AFTER,
+                           what="the pause after the partial message")
+            reply = await m4.call("linux", msgid=5)
+            assert msgpack.unpackb(reply.raw) == [1, 5, None, "up"]
+            assert proxy.stats.stale_partials == 1
     asyncio.run(scenario())

@@ -3,8 +3,9 @@
 We do not write the specification ourselves: the schema file is the one the ``check-jsonschema``
 project vendors from compose-spec (``check_jsonschema/builtin_schemas/vendor/compose-spec.json``).
 It is read as a data file through the distribution's file list, so none of check-jsonschema's own
-imports (click, requests, ...) are needed at run time. ``$X8_APPS_COMPOSE_SCHEMA`` or
-``--schema`` point at another copy of the file (e.g. on a device without that package).
+imports (click, requests, ...) are needed at run time. ``--schema`` or ``$X8_APPS_COMPOSE_SCHEMA``
+point at another copy of the file; a system image without that package can install the file as
+``/usr/share/x8manager/compose-spec.json`` instead.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ __all__ = ["SchemaProblem", "SchemaUnavailable", "compose_schema", "schema_probl
 SCHEMA_DISTRIBUTION = "check-jsonschema"
 SCHEMA_MEMBER = "check_jsonschema/builtin_schemas/vendor/compose-spec.json"
 SCHEMA_ENV = "X8_APPS_COMPOSE_SCHEMA"
+SYSTEM_SCHEMA = FilePath("/usr/share/x8manager/compose-spec.json")
 
 
 class SchemaUnavailable(Exception):
@@ -42,14 +44,16 @@ class SchemaProblem:
     message: str
 
 
-def _packaged_schema_path() -> FilePath:
+def _packaged_schema_path(system_schema: FilePath = SYSTEM_SCHEMA) -> FilePath:
     try:
         distribution = metadata.distribution(SCHEMA_DISTRIBUTION)
     except metadata.PackageNotFoundError as error:
+        if system_schema.is_file():
+            return system_schema
         raise SchemaUnavailable(
             f"the Compose specification schema comes with the Python package {SCHEMA_DISTRIBUTION!r}, "
-            f"which is not installed (pip install {SCHEMA_DISTRIBUTION}; or set ${SCHEMA_ENV} "
-            "to a compose-spec.json file)"
+            f"which is not installed (pip install {SCHEMA_DISTRIBUTION}; or install the schema as "
+            f"{system_schema}; or set ${SCHEMA_ENV} to a compose-spec.json file)"
         ) from error
     for member in distribution.files or ():
         if str(member) == SCHEMA_MEMBER:
@@ -72,7 +76,7 @@ def _load(path: str) -> dict[str, Any]:
 
 
 def compose_schema(path: str | None = None) -> dict[str, Any]:
-    """The Compose specification schema: from *path*, ``$X8_APPS_COMPOSE_SCHEMA`` or check-jsonschema."""
+    """The Compose spec schema: *path*, ``$X8_APPS_COMPOSE_SCHEMA``, check-jsonschema's, or the system's."""
     chosen = path or os.environ.get(SCHEMA_ENV) or str(_packaged_schema_path())
     return _load(chosen)
 

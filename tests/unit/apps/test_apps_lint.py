@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from importlib import metadata
 from pathlib import Path
 
 import pytest
 
+from x8manager.apps import schema
 from x8manager.apps.cli import main
 from x8manager.apps.lint import lint_text
 from x8manager.apps.schema import compose_schema
@@ -231,3 +233,17 @@ def test_factory_image_must_be_built_by_a_containers_git_folder(
     # On a device (/var/sota/compose-apps) app folders hold no Dockerfile: the rule stays quiet.
     (tmp_path / "typo" / "Dockerfile").unlink()
     assert run_json(capsys, tmp_path / "typo") == (0, [])
+
+
+def test_without_check_jsonschema_the_system_copy_or_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def not_installed(name: str) -> metadata.Distribution:
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(schema.metadata, "distribution", not_installed)
+    missing = tmp_path / "compose-spec.json"
+    with pytest.raises(schema.SchemaUnavailable, match="pip install check-jsonschema"):
+        schema._packaged_schema_path(missing)
+    missing.write_text("{}")
+    assert schema._packaged_schema_path(missing) == missing

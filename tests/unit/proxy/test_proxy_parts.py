@@ -1,0 +1,139 @@
+"""Proxy parts without the M4: registry messages, pending calls, listeners, flags, link specs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from x8manager.proxy.cli import build_parser
+from x8manager.proxy.core import make_listeners
+from x8manager.proxy.link import DeviceLink, StartupError, TcpLink, open_link
+from x8manager.proxy.pending import PendingCalls
+from x8manager.proxy.registry import Registry, handle_register_message
+
+
+def test_registry_last_writer_wins_and_go_map_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    registry = Registry()
+    with caplog.at_level(logging.INFO):
+        registry.register(5005, ["tty", "count"])
+        registry.register(5006, ["len", "tty"])
+    assert registry.snapshot() == {"count": 5005, "len": 5006, "tty": 5006}
+    assert (
+        caplog.messages[-1]
+        == "Registering service on port  5006  with functions  map[count:5005 len:5006 tty:5006]"
+    )
+    assert registry.port_of("nothing") is None and len(registry) == 3
+
+
+def test_register_message_replies() -> None:
+    registry = Registry()
+    assert handle_register_message([0, 0, "register", [5005, ["a"]]], registry) == bytes.fromhex("940100c0a0")
+    assert handle_register_message([2, "register", [5006, ["b"]]], registry) is None
+    assert handle_register_message([0, 300, b"register", [5007, [b"c"]]], registry) == bytes.fromhex(
+        "9401d1012cc0a0"
+    )
+    reply = handle_register_message([0, 9, "registry", []], registry)
+    assert reply is not None and msgpack.unpackb(reply) == [1, 9, None, {"a": 5005, "b": 5006, "c": 5007}]
+    assert handle_register_message([2, "nope", []], registry) is None
+
+
+def test_pending_calls_ids_unique_and_late_replies_refused() -> None:
+    async def scenario() -> None:
+        pending = PendingCalls(first_id=2**32 - 2)
+        ids = [pending.open() for _ in range(4)]
+        assert [msgid for msgid, _ in ids] == [2**32 - 2, 2**32 - 1, 0, 1]  # wraps inside uint32
+        first_id, first = ids[0]
+        assert pending.resolve(first_id, b"reply") and await first == b"reply"
+        assert not pending.resolve(first_id, b"again")  # answered already
+        pending.close(first_id)
+        second_id, second = ids[1]
+        pending.close(second_id)  # the caller timed out
+        assert second.cancelled() and not pending.resolve(second_id, b"late")
+        assert not pending.resolve(12345, b"unsolicited")
+        assert len(pending) == 2
+
+    asyncio.run(scenario())
+
+
+def test_pending_calls_skip_ids_still_in_flight() -> None:
+    async def scenario() -> None:
+        pending = PendingCalls(first_id=7)
+        held, _ = pending.open()
+        pending._next = held  # the counter came all the way round
+        assert pending.open()[0] == held + 1
+
+    asyncio.run(scenario())
+
+
+def test_default_listeners_dual_stack_register_ipv4_plus_ipv6_calls() -> None:
+    register = make_listeners("register", None, 0, dual_stack=True)
+    calls = make_listeners("calls", None, 0, dual_stack=False)
+    try:
+        assert register[0].family in (socket.AF_INET6, socket.AF_INET)
+        if register[0].family == socket.AF_INET6:
+            assert register[0].getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 0
+            with socket.create_connection(("127.0.0.1", register[0].getsockname()[1]), timeout=5):
+                pass  # IPv4 reaches the dual-stack socket
+        assert calls[0].family == socket.AF_INET and calls[0].getsockname()[0] == "0.0.0.0"
+        if len(calls) == 2:
+            assert calls[1].family == socket.AF_INET6
+            assert calls[1].getsockname()[1] == calls[0].getsockname()[1]
+    finally:
+        for sock in register + calls:
+            sock.close()
+
+
+def test_listener_errors_are_startup_errors() -> None:
+    with pytest.raises(StartupError, match="--bind"):
+        make_listeners("calls", "no.such.host.invalid", 0, dual_stack=False)
+    first = make_listeners("calls", "127.0.0.1", 0, dual_stack=False)
+    try:
+        with pytest.raises(StartupError, match="in use"):
+            make_listeners("calls", "127.0.0.1", first[0].getsockname()[1], dual_stack=False)
+    finally:
+        first[0].close()
+
+
+def test_cli_flags_and_defaults() -> None:
+    args = build_parser().parse_args([])
+    assert (args.device, args.bind, args.register_port, args.call_port) == ("/dev/x8h7_ui", None, 5000, 5001)
+    assert args.call_timeout == 1.0 and not args.timeout_error_reply and not args.m4_error_replies
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--call-port", "70000"])
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--call-timeout", "0"])
+
+
+def test_link_specs() -> None:
+    assert isinstance(open_link("/dev/x8h7_ui"), DeviceLink)
+    link = open_link("tcp:[::1]:7000")
+    assert isinstance(link, TcpLink) and (link.host, link.port) == ("::1", 7000)
+    for bad in ("tcp:", "tcp:host", "tcp:host:port", "tcp::5"):
+        with pytest.raises(StartupError, match="tcp:HOST:PORT"):
+            open_link(bad)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.none()
+        | st.booleans()
+        | st.integers()
+        | st.floats()
+        | st.text(max_size=12)
+        | st.binary(max_size=12)
+        | st.lists(st.integers() | st.text(max_size=5), max_size=3),
+        max_size=5,
+    )
+)
+def test_fuzz_register_messages_never_raise(value: list[Any]) -> None:
+    reply = handle_register_message(value, Registry())
+    if reply is not None:
+        assert msgpack.unpackb(reply, raw=True)[0] == 1

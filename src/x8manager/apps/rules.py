@@ -227,11 +227,14 @@ def _check_proxy_wiring(check: _Checker, name: str, service: dict[str, Any], bas
             check.report("X8102", (*base, "environment", key),
                          f"{variable}={value} hard-codes the docker0 address; set {variable}=m4-proxy "
                          "and add extra_hosts: [\"m4-proxy:host-gateway\"]", name)
-    uses_name = any(_mentions_proxy(value) for value, _ in env.values()) or any(
-        _mentions_proxy(service.get(key)) for key in ("command", "entrypoint", "healthcheck"))
-    if uses_name:
+    # Where the app names the proxy: an environment value, else its command line or health check.
+    mentions: list[Path] = [(*base, "environment", key) for value, key in env.values()
+                            if _mentions_proxy(value)]
+    mentions += [(*base, key) for key in ("command", "entrypoint", "healthcheck")
+                 if _mentions_proxy(service.get(key))]
+    if mentions:
         how = "" if network_host else " (the name exists in a container only through extra_hosts)"
-        check.report("X8101", (*base, "environment") if "environment" in service else base,
+        check.report("X8101", mentions[0],
                      f"the app connects to {PROXY_HOSTNAME} but extra_hosts does not map it; add "
                      f"extra_hosts: [\"{PROXY_HOSTNAME}:host-gateway\"]{how}", name, key=True)
 

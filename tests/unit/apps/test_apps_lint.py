@@ -63,7 +63,7 @@ def test_containerised_proxy_conflicts_with_the_host_proxy(capsys: pytest.Captur
         ("bad-indent.yml", [("X8000", 7, None)]),
         ("duplicate-key.yml", [("X8001", 6, None)]),
         ("schema-errors.yml", [("X8002", 6, None), ("X8002", 10, None), ("X8002", 11, None)]),
-        ("proxy-wiring-missing.yml", [("X8101", 6, "app")]),
+        ("proxy-wiring-missing.yml", [("X8101", 7, "app")]),
         ("proxy-legacy-env.yml", [("X8102", 7, "app")]),
         ("procedure-ports.yml", [("X8103", 8, "unpublished"), ("X8104", 17, "other-number"),
                                  ("X8104", 25, "udp"), ("X8104", 34, "wrong-address")]),
@@ -247,3 +247,15 @@ def test_without_check_jsonschema_the_system_copy_or_a_clear_error(
         schema._packaged_schema_path(missing)
     missing.write_text("{}")
     assert schema._packaged_schema_path(missing) == missing
+
+
+def test_proxy_named_in_the_command_line_needs_the_wiring_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    compose = tmp_path / "docker-compose.yml"
+    compose.write_text("services:\n  app:\n    image: hub.foundries.io/${FACTORY}/app:latest\n"
+                       "    restart: unless-stopped\n    read_only: true\n"
+                       "    command: [\"python3\", \"main.py\", \"--proxy\", \"m4-proxy\"]\n")
+    code, findings = run_json(capsys, compose)
+    assert code == 1
+    assert places(findings) == [("X8101", 6, "app")]

@@ -195,9 +195,11 @@ async def _run(args: argparse.Namespace) -> int:
         if args.control:
             bound = await stack.enter_async_context(serve_control(m4, links.parse_endpoint(args.control)))
             print(f"control={bound}", flush=True)
-        # A listener waits for its first connection in the background, not before "ready".
+        # A listener waits for its first connection in the background, not before "ready"; with
+        # --reconnect a link that is not there yet (the VM not started) is retried the same way.
         listening = bool(args.listen)
-        await m4.start(opener, reconnect=args.reconnect or listening, open_now=not listening)
+        retrying = args.reconnect or listening
+        await m4.start(opener, reconnect=retrying, open_now=not retrying)
         stack.push_async_callback(m4.stop)
         log.info("virtual M4 (stand-in for the M4 sketch) ready; procedures: %s", ", ".join(m4.bound_names))
         print("ready", flush=True)
@@ -208,6 +210,9 @@ async def _run(args: argparse.Namespace) -> int:
         await asyncio.wait({runner, stopped}, return_when=asyncio.FIRST_COMPLETED)
         stopped.cancel()
         notify_stopping()
+        if runner.done() and not runner.cancelled() and runner.exception() is not None:
+            log.error("virtual M4 stopped: %s", runner.exception())
+            return 1
     return 0
 
 

@@ -243,23 +243,24 @@ class VirtualM4:
         await asyncio.wait_for(self._connected.wait(), within)
 
     async def _serve(self, link: Link | None, opener: LinkOpener, reconnect: bool) -> None:
-        delay = 0.1
-        if link is None:
-            link = await opener()
         while True:
+            if link is None:
+                link = await (self._open_retrying(opener) if reconnect else opener())
             await self._run_link(link)
+            link = None
             if not reconnect:
                 return
-            # Reconnect after EOF, e.g. the VM on the other end rebooted; back off while it is down.
-            while True:
-                try:
-                    link = await opener()
-                    delay = 0.1
-                    break
-                except OSError as exc:
-                    log.info("virtual M4: reconnect failed (%s); retrying in %.1f s", exc, delay)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 2.0)
+
+    async def _open_retrying(self, opener: LinkOpener) -> Link:
+        """Open a link, retrying while it is not there (the VM is booting or rebooting)."""
+        delay = 0.1
+        while True:
+            try:
+                return await opener()
+            except OSError as exc:
+                log.info("virtual M4: cannot open the link yet (%s); retrying in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     async def _run_link(self, link: Link) -> None:
         self._link = link

@@ -208,3 +208,35 @@ def test_cli_client_reports_unreachable_control() -> None:
     )
     assert done.returncode == 1
     assert "cannot reach m4-sim control" in done.stderr
+
+
+def test_cli_connect_unix_waits_for_the_vm_socket(tmp_path: Path) -> None:
+    """As with QEMU's virtio serial socket: m4-sim may start first and must connect once it exists,
+    and connect again after the VM side closes (a reboot)."""
+    path = tmp_path / "m4.sock"
+    process, _ = start_cli("--connect", f"unix:{path}", "--reconnect")
+
+    async def vm() -> None:
+        connections: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+
+        async def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await connections.put((reader, writer))
+
+        server = await asyncio.start_unix_server(accepted, str(path))
+        try:
+            for boot in (1, 2):
+                reader, writer = await asyncio.wait_for(connections.get(), 20)
+                writer.write(msgpack.packb([0, boot, "add", [boot, 1]]))
+                unpacker = msgpack.Unpacker(raw=False)
+                while not (found := list(unpacker)):
+                    unpacker.feed(await asyncio.wait_for(reader.read(1024), 10))
+                assert found == [[1, boot, None, boot + 1]]
+                writer.close()
+        finally:
+            server.close()
+
+    try:
+        asyncio.run(vm())
+    finally:
+        process.terminate()
+        assert process.wait(timeout=30) == 0

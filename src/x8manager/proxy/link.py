@@ -21,7 +21,7 @@ import threading
 import tty
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Final
+from typing import Final, Literal
 
 __all__ = ["DeviceLink", "LinkDown", "M4Link", "StartupError", "TcpLink", "open_link"]
 
@@ -73,24 +73,50 @@ class M4Link(abc.ABC):
         """Stop reading and close."""
 
 
+ReaderMode = Literal["auto", "thread", "poll"]
+
+
+def _set_once(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _pollable(fd: int) -> bool:
+    """Whether epoll can watch *fd*; x8h7_ui has no poll method and epoll_ctl gives EPERM."""
+    try:
+        with select.epoll() as probe:
+            probe.register(fd, select.EPOLLIN)
+    except OSError:
+        return False
+    return True
+
+
 class DeviceLink(M4Link):
     """A character device: ``/dev/x8h7_ui``, a tty, a pty or a virtio serial port.
 
-    Reading happens in a dedicated thread with blocking ``read()``: x8h7_ui has no poll method,
-    so asyncio cannot watch it. Writes go through a single-thread executor under a lock, one
-    ``write()`` per message, never interleaved and never racing a reopen.
+    Devices epoll can watch (ttys, ptys, virtio ports) are read and written on the event loop.
+    x8h7_ui cannot be watched (no poll method), so it gets a dedicated thread with blocking
+    ``read()``, and its writes go through a single-thread executor. Either way each message is
+    one ``write()``, writes never interleave and never race a reopen.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, reader: ReaderMode = "auto") -> None:
         self.path = path
         self.description = path
+        self.reader_mode = reader
+        self._use_thread = reader == "thread"
         self._fd: int | None = None
         self._is_tty = False
         self._lock = threading.Lock()  # guards _fd against a reopen while a write runs
         self._stop = threading.Event()
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="m4-link-write")
+        self._executor: ThreadPoolExecutor | None = None
         self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._on_data: DataCallback | None = None
+        self._on_reset: ResetCallback | None = None
+        self._write_lock = asyncio.Lock()
+        self._reopen_task: asyncio.Task[None] | None = None
 
     def _open_fd(self) -> int:
         fd = os.open(self.path, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
@@ -103,6 +129,8 @@ class DeviceLink(M4Link):
                 # A serial line would otherwise echo, translate CR/LF and eat control bytes:
                 # msgpack needs every byte as sent. TCSANOW keeps bytes already queued.
                 tty.setraw(fd, termios.TCSANOW)
+            if not self._use_thread:
+                os.set_blocking(fd, False)
         except BaseException:
             os.close(fd)
             raise
@@ -110,15 +138,27 @@ class DeviceLink(M4Link):
 
     async def open(self) -> None:
         try:
-            self._fd = self._open_fd()
+            fd = self._open_fd()
         except OSError as exc:
             raise StartupError(f"cannot open M4 device {self.path}: {exc.strerror or exc}") from exc
         except termios.error as exc:
             raise StartupError(f"cannot set raw mode on M4 device {self.path}: {exc}") from exc
-        log.info("M4 link open: %s%s", self.path, " (tty, raw mode)" if self._is_tty else "")
+        if self.reader_mode == "auto" and not _pollable(fd):
+            self._use_thread = True
+            os.set_blocking(fd, True)
+        self._fd = fd
+        log.info("M4 link open: %s (%s%s)", self.path, "tty in raw mode, " if self._is_tty else "",
+                 "blocking reader thread" if self._use_thread else "event loop")
 
     def start(self, on_data: DataCallback, on_reset: ResetCallback) -> None:
-        loop = asyncio.get_running_loop()
+        self._loop = asyncio.get_running_loop()
+        self._on_data, self._on_reset = on_data, on_reset
+        if not self._use_thread:
+            assert self._fd is not None
+            self._loop.add_reader(self._fd, self._on_readable)
+            return
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="m4-link-write")
+        loop = self._loop
 
         def deliver(data: bytes) -> None:
             with contextlib.suppress(RuntimeError):  # loop closed during shutdown
@@ -138,6 +178,76 @@ class DeviceLink(M4Link):
                 with contextlib.suppress(OSError):
                     os.close(self._fd)
                 self._fd = None
+
+    # -- event-loop reader (ttys, ptys, virtio ports) ---------------------------------------
+
+    def _on_readable(self) -> None:
+        fd = self._fd
+        if fd is None:
+            return
+        try:
+            data = os.read(fd, READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._lost(f"read failed ({exc.strerror or exc})")
+            return
+        if not data:  # a tty read of 0 is a hang-up: the other side went away
+            self._lost("end of file")
+            return
+        assert self._on_data is not None
+        self._on_data(data)
+
+    def _lost(self, why: str) -> None:
+        log.warning("M4 link %s: %s; reopening", self.path, why)
+        assert self._loop is not None
+        if self._fd is not None:
+            self._loop.remove_reader(self._fd)
+        self._drop_fd()
+        if self._reopen_task is None or self._reopen_task.done():
+            self._reopen_task = self._loop.create_task(self._reopen_on_loop(), name="m4-link-reopen")
+
+    async def _reopen_on_loop(self) -> None:
+        delay = REOPEN_FIRST_DELAY
+        while True:
+            try:
+                fd = self._open_fd()
+            except (OSError, StartupError, termios.error) as exc:
+                log.debug("reopening %s failed: %s", self.path, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, REOPEN_MAX_DELAY)
+                continue
+            with self._lock:
+                self._fd = fd
+            assert self._loop is not None and self._on_reset is not None
+            self._loop.add_reader(fd, self._on_readable)
+            log.warning("M4 link reopened: %s", self.path)
+            self._on_reset()
+            return
+
+    async def _write_on_loop(self, message: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        async with self._write_lock:
+            view = memoryview(message)
+            while view:
+                fd = self._fd
+                if fd is None:
+                    raise LinkDown(f"M4 link {self.path} is down (reopening)")
+                try:
+                    view = view[os.write(fd, view):]
+                except BlockingIOError:
+                    # The M4 side is not reading: wait until the device takes bytes again.
+                    writable: asyncio.Future[None] = loop.create_future()
+                    loop.add_writer(fd, _set_once, writable)
+                    try:
+                        await writable
+                    finally:
+                        with contextlib.suppress(OSError, ValueError):
+                            loop.remove_writer(fd)
+                except OSError as exc:
+                    raise LinkDown(f"write to M4 link {self.path} failed: {exc.strerror or exc}") from exc
+
+    # -- reader thread (x8h7_ui) ------------------------------------------------------------
 
     def _reopen(self, reset: Callable[[], None]) -> bool:
         delay = REOPEN_FIRST_DELAY
@@ -189,6 +299,7 @@ class DeviceLink(M4Link):
                 log.warning("M4 link %s: end of file; reopening", self.path)
                 self._drop_fd()
                 continue
+            # x8h7_ui returns 0 when a signal interrupts its wait: retry.
             zero_reads += 1
             if zero_reads >= ZERO_READS_BEFORE_PAUSE:
                 self._stop.wait(ZERO_READ_PAUSE)
@@ -200,16 +311,26 @@ class DeviceLink(M4Link):
             view = memoryview(message)
             try:
                 while view:
-                    written = os.write(self._fd, view)
-                    view = view[written:]
+                    view = view[os.write(self._fd, view):]
             except OSError as exc:
                 raise LinkDown(f"write to M4 link {self.path} failed: {exc.strerror or exc}") from exc
 
+    # -- both -------------------------------------------------------------------------------
+
     async def write(self, message: bytes) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._writer, self._write_blocking, message)
+        if self._executor is None:
+            await self._write_on_loop(message)
+        else:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._write_blocking, message)
 
     async def close(self) -> None:
         self._stop.set()
+        if self._reopen_task is not None:
+            self._reopen_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reopen_task
+        if self._loop is not None and self._fd is not None and self._executor is None:
+            self._loop.remove_reader(self._fd)
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"\0")
         thread = self._thread
@@ -217,7 +338,8 @@ class DeviceLink(M4Link):
             # A chardev read cannot be interrupted; the thread is a daemon and exits with us.
             await asyncio.to_thread(thread.join, 1.0)
         self._drop_fd()
-        self._writer.shutdown(wait=False, cancel_futures=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
         if thread is None or not thread.is_alive():
             for fd in (self._wake_r, self._wake_w):
                 with contextlib.suppress(OSError):

@@ -22,6 +22,7 @@ from typing import Any
 import msgpack
 
 from x8manager.proxy import M4Proxy, ProxyConfig
+from x8manager.proxy.link import DeviceLink, ReaderMode
 from x8manager.rpc import RpcService
 from x8manager.rpc.framing import Frame, Request, Response, StreamDecoder
 
@@ -164,12 +165,16 @@ def free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def running_proxy(tmp_path: Path, **options: Any) -> AsyncIterator[tuple[M4Proxy, PtyM4]]:
-    """The proxy in-process on loopback with ephemeral ports, and the pty M4 behind it."""
+async def running_proxy(tmp_path: Path, reader: ReaderMode = "auto",
+                        **options: Any) -> AsyncIterator[tuple[M4Proxy, PtyM4]]:
+    """The proxy in-process on loopback with ephemeral ports, and the pty M4 behind it.
+
+    ``reader="thread"`` reads the pty the way the proxy reads x8h7_ui (no poll method).
+    """
     m4 = PtyM4(tmp_path / "x8h7_ui")
     m4.start()
     config = ProxyConfig(device=str(m4.link_path), bind="127.0.0.1", register_port=0, call_port=0, **options)
-    proxy = M4Proxy(config)
+    proxy = M4Proxy(config, link=DeviceLink(config.device, reader=reader))
     await proxy.start()
     try:
         yield proxy, m4

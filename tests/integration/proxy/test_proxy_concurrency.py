@@ -7,19 +7,22 @@ import random
 from pathlib import Path
 
 import msgpack
+import pytest
 from proxy_harness import WAIT, exchange, running_proxy, serving, wait_for
 
 from x8manager.proxy import M4Proxy, ProxyConfig
 from x8manager.proxy.core import STALE_PARTIAL_AFTER
+from x8manager.proxy.link import ReaderMode
 from x8manager.rpc import AsyncM4Client, M4Client, RpcError
 
 CALLERS = 32
 
 
-def test_32_concurrent_callers_out_of_order_replies_no_crosstalk(tmp_path: Path) -> None:
+@pytest.mark.parametrize("reader", ["poll", "thread"])
+def test_32_concurrent_callers_out_of_order_replies_no_crosstalk(tmp_path: Path, reader: ReaderMode) -> None:
     """E24 of the original: two concurrent callers got each other's replies."""
     async def scenario() -> None:
-        async with running_proxy(tmp_path) as (proxy, m4):
+        async with running_proxy(tmp_path, reader=reader) as (proxy, m4):
             shuffle = random.Random(2)
             gates: list[asyncio.Future[None]] = []
 
@@ -72,9 +75,10 @@ def test_sync_client_and_m4_to_linux_concurrently(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
-def test_m4_reset_device_reopened_without_restarting_the_proxy(tmp_path: Path) -> None:
+@pytest.mark.parametrize("reader", ["poll", "thread"])
+def test_m4_reset_device_reopened_without_restarting_the_proxy(tmp_path: Path, reader: ReaderMode) -> None:
     async def scenario() -> None:
-        async with running_proxy(tmp_path) as (proxy, m4):
+        async with running_proxy(tmp_path, reader=reader) as (proxy, m4):
             m4.procedures["where"] = lambda: "first"
             client = AsyncM4Client("127.0.0.1", proxy.call_port)
             assert await client.call("where") == "first"

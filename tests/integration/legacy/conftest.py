@@ -170,7 +170,7 @@ class Legacy:
     python: Path
     tmp: Path
 
-    def run(self, script: str, *args: str | int, timeout: float = 60) -> list[str]:
+    def run(self, script: str, *args: str | int, timeout: float = 60, **env: str) -> list[str]:
         """Run a tests/legacy script to completion in the legacy venv; return its stdout lines."""
         done = subprocess.run(
             [str(self.python), str(LEGACY / script), *map(str, args)],
@@ -178,7 +178,7 @@ class Legacy:
             text=True,
             timeout=timeout,
             check=False,
-            env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"),
+            env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1", **env),
         )
         assert done.returncode == 0, f"{script} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
         return done.stdout.splitlines()

@@ -77,6 +77,22 @@ def test_new_client_per_call_gets_its_own_answers(legacy: Legacy, proxy: Proxy, 
     assert lines == [f"ok {100 + n}" for n in range(20)]
 
 
+def test_concurrent_legacy_clients_get_their_own_answers(legacy: Legacy, proxy: Proxy, m4: Sim) -> None:
+    """16 msgpackrpc clients at once, every one with msgid 0: the original routed replies FIFO
+    (crosstalk); the proxy matches them by its own ids on the M4 wire."""
+    lines = legacy.run("call_m4.py", "127.0.0.1", proxy.call_port, "threads:16", "add", 1000)
+    assert lines == [f"ok {1000 + n}" for n in range(16)]
+
+
+def test_no_stale_reply_after_a_timeout(legacy: Legacy, proxy: Proxy, m4: Sim) -> None:
+    """The M4 answers after the proxy's 1 s wait: the client times out as with the original, and
+    the late reply is dropped instead of being handed to the next caller (the stale shift)."""
+    slow = legacy.run("call_m4.py", "127.0.0.1", proxy.call_port, "call", "delay", 1500, CALL_TIMEOUT="2")
+    assert slow == ["error TimeoutError Request timed out"]
+    assert legacy.run("call_m4.py", "127.0.0.1", proxy.call_port, "call", "add", 1, 2) == ["ok 3"]
+    assert legacy.run("call_m4.py", "127.0.0.1", proxy.call_port, "call", "add", 2, 2) == ["ok 4"]
+
+
 def test_second_call_on_same_client(legacy: Legacy, proxy: Proxy, m4: Sim) -> None:
     """One call per connection, as the original: msgpackrpc's second call on the same Client then
     depends on when tornado notices the proxy's close. Allowed: the right answer (the client

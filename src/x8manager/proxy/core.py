@@ -373,6 +373,11 @@ class M4Proxy:
         wire_msgid, reply = self._pending.open()
         try:
             wire, client_msgid = replace_msgid(frame.raw, msgpack.packb(wire_msgid))
+            if len(wire) > self.config.max_message >= len(frame.raw):
+                # Our id made it longer than the client's own message: a one-byte id fits.
+                self._pending.close(wire_msgid)
+                wire_msgid, reply = self._pending.open(compact=True)
+                wire, _ = replace_msgid(frame.raw, msgpack.packb(wire_msgid))
             if len(wire) > self.config.max_message:
                 log.warning("call port: %s from %s is %d bytes, over the M4 link limit of %d",
                             request.method, peer, len(wire), self.config.max_message)

@@ -16,6 +16,9 @@ __all__ = ["PendingCalls"]
 
 log = logging.getLogger(__name__)
 
+# msgpack positive fixints: ids that take one byte on the wire.
+COMPACT_IDS = 128
+
 
 class PendingCalls:
     """One future per in-flight call; the caller removes its entry in ``finally``."""
@@ -23,18 +26,33 @@ class PendingCalls:
     def __init__(self, first_id: int = 1) -> None:
         self._next = first_id & MAX_MSGID
         self._waiting: dict[int, asyncio.Future[bytes]] = {}
+        self._compact = 0
 
     def __len__(self) -> int:
         return len(self._waiting)
 
-    def open(self) -> tuple[int, asyncio.Future[bytes]]:
-        """A fresh wire msgid and the future its reply will complete."""
-        if len(self._waiting) > MAX_MSGID:  # pragma: no cover - 4 billion calls in flight
-            raise RuntimeError("no free msgid")
-        while self._next in self._waiting:
+    def open(self, *, compact: bool = False) -> tuple[int, asyncio.Future[bytes]]:
+        """A fresh wire msgid and the future its reply will complete.
+
+        Ids count up through uint32, so a late reply cannot meet a new call with its id for a
+        very long time. *compact* takes a free id below 128 instead (one byte on the wire), for
+        a message the usual id would push over the M4 link's size limit.
+        """
+        if compact:
+            for offset in range(COMPACT_IDS):
+                msgid = (self._compact + offset) % COMPACT_IDS
+                if msgid not in self._waiting:
+                    break
+            else:
+                raise RuntimeError(f"all {COMPACT_IDS} one-byte msgids are in flight")
+            self._compact = (msgid + 1) % COMPACT_IDS
+        else:
+            if len(self._waiting) > MAX_MSGID:  # pragma: no cover - 4 billion calls in flight
+                raise RuntimeError("no free msgid")
+            while self._next in self._waiting:
+                self._next = (self._next + 1) & MAX_MSGID
+            msgid = self._next
             self._next = (self._next + 1) & MAX_MSGID
-        msgid = self._next
-        self._next = (self._next + 1) & MAX_MSGID
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._waiting[msgid] = future
         return msgid, future

@@ -289,3 +289,17 @@ def test_service_reply_too_large_for_the_m4_becomes_an_error(tmp_path: Path) -> 
             assert len(reply.raw) <= 248
             assert "too large" in msgpack.unpackb(reply.raw)[2]
     asyncio.run(scenario())
+
+
+def test_message_at_the_limit_still_fits_after_the_msgid_rewrite(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_proxy(tmp_path) as (proxy, m4):
+            m4.procedures["echo"] = len
+            proxy._pending._next = 2**31  # a long-running proxy: its ids take five bytes
+            head = msgpack.packb([0, 0, "echo", [""]])
+            payload = "p" * (248 - len(head) - 1)  # the empty string took 1 byte, str8 takes 2
+            message = msgpack.packb([0, 0, "echo", [payload]])
+            assert len(message) == 248
+            assert decode(await exchange(proxy.call_port, message)) == [1, 0, None, len(payload)]
+            assert len(m4.received[-1]) == 248
+    asyncio.run(scenario())

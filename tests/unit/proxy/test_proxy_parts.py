@@ -137,3 +137,18 @@ def test_fuzz_register_messages_never_raise(value: list[Any]) -> None:
     reply = handle_register_message(value, Registry())
     if reply is not None:
         assert msgpack.unpackb(reply, raw=True)[0] == 1
+
+
+def test_pending_compact_ids_are_one_byte_and_free() -> None:
+    async def scenario() -> None:
+        pending = PendingCalls(first_id=2**31)
+        first, _ = pending.open(compact=True)
+        second, _ = pending.open(compact=True)
+        assert (first, second) == (0, 1)
+        for _ in range(126):
+            pending.open(compact=True)
+        with pytest.raises(RuntimeError, match="one-byte msgids are in flight"):
+            pending.open(compact=True)
+        pending.close(5)
+        assert pending.open(compact=True)[0] == 5
+    asyncio.run(scenario())

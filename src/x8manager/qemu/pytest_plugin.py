@@ -75,6 +75,17 @@ def x8_machine(x8_profile: Profile, x8_console_log: TextIO) -> Iterator[Machine]
         machine.stop()
 
 
+def _machine_of(funcargs: dict[str, Any]) -> Machine | None:
+    """The machine a test used: the ``x8_machine`` fixture, or any fixture holding one as ``.machine``."""
+    for value in funcargs.values():
+        if isinstance(value, Machine):
+            return value
+        if isinstance(getattr(value, "machine", None), Machine):
+            machine: Machine = value.machine
+            return machine
+    return None
+
+
 def _console_tail(item: pytest.Item) -> str | None:
     log = item.funcargs.get("x8_console_log") if hasattr(item, "funcargs") else None
     if log is None or not hasattr(log, "name"):
@@ -90,9 +101,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = outcome.get_result()
     if report.when not in ("call", "setup") or not report.failed:
         return
-    funcargs = getattr(item, "funcargs", {})
-    machine = funcargs.get("x8_machine")
-    if isinstance(machine, Machine) and machine.console is not None:
+    machine = _machine_of(getattr(item, "funcargs", {}))
+    if machine is not None and machine.console is not None:
         report.sections.append(("guest journal (journalctl -b)", machine.journal()))
     tail = _console_tail(item)
     if tail:

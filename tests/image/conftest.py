@@ -1,0 +1,84 @@
+"""Image tests: one boot of the virtual X8 for the whole session (TCG is slow; CI has 2 cores).
+
+The machine comes from x8manager.qemu's pytest plugin options (``--x8-profile debian|lmp``). For the
+Debian profile the image is built first when its inputs changed (scripts/build-test-image; cached,
+a few seconds when nothing changed). The virtual M4 (m4-sim) is on the host end of the M4 link.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TextIO
+
+import pytest
+
+from x8manager.qemu import Machine, Profile
+from x8manager.qemu.pytest_plugin import profile_from_options
+from x8manager.qemu.virtual_x8 import VirtualX8
+
+ROOT = Path(__file__).resolve().parents[2]
+GUEST_FILES = ROOT / "images" / "x8-test" / "overlay" / "usr" / "lib" / "x8-test"
+STANDIN = ROOT / "tests" / "standins" / "openocd-standin"
+
+
+@pytest.fixture(scope="session")
+def x8_profile(request: pytest.FixtureRequest) -> Profile:
+    """Build the Debian test image if needed, then the profile the options ask for."""
+    options = request.config.getoption
+    if options("--x8-profile") == "debian" and not options("--x8-image-dir"):
+        if os.geteuid() != 0:
+            pytest.skip("building the test image needs root (mmdebstrap --mode=root); CI runs as root")
+        build = subprocess.run([str(ROOT / "scripts" / "build-test-image")], capture_output=True, text=True,
+                               check=False)
+        if build.returncode != 0:
+            pytest.fail(f"scripts/build-test-image failed:\n{build.stderr[-4000:]}", pytrace=False)
+    return profile_from_options(request.config)
+
+
+@pytest.fixture(scope="session")
+def virtual_x8(x8_profile: Profile, x8_console_log: TextIO) -> Iterator[VirtualX8]:
+    machine = Machine(x8_profile, console_log=x8_console_log)
+    x8 = VirtualX8(machine, m4_log=x8_console_log)
+    try:
+        x8.start()
+        prepare_guest(x8)
+        yield x8
+    finally:
+        x8.stop()
+
+
+@pytest.fixture(scope="session")
+def x8_machine(virtual_x8: VirtualX8) -> Machine:
+    """The plugin's machine fixture is the virtual X8's machine (one boot for everything)."""
+    return virtual_x8.machine
+
+
+def prepare_guest(x8: VirtualX8) -> None:
+    """Put the test helpers in place where the image lacks them (an LmP image built with the layer).
+
+    The Debian test image has them already; this only checks.
+    """
+    console = x8.machine.require_console()
+    _, missing = console.run("test -x /usr/lib/x8-test/demo-service && "
+                             "test -x /usr/lib/x8-test/openocd-standin")
+    if missing == 0:
+        return
+    console.write_file("/usr/lib/x8-test/demo-service", (GUEST_FILES / "demo-service").read_bytes(), 0o755)
+    console.write_file("/usr/lib/x8-test/openocd-standin", STANDIN.read_bytes(), 0o755)
+    console.write_file("/etc/default/m4-flasher",
+                       b"M4_FLASHER_ARGS=--openocd /usr/lib/x8-test/openocd-standin\n")
+    console.write_file("/etc/default/m4-proxy", b"M4_PROXY_ARGS=--device /dev/virtio-ports/m4\n")
+    console.check("systemctl restart m4-proxy m4-flasher")
+
+
+@pytest.fixture
+def demo_service(virtual_x8: VirtualX8) -> VirtualX8:
+    """The guest's demo service (x8manager.rpc.RpcService) running and registered with the proxy."""
+    console = virtual_x8.machine.require_console()
+    _, inactive = console.run("systemctl is-active --quiet x8-demo-service")
+    if inactive:
+        virtual_x8.start_demo_service()
+    return virtual_x8

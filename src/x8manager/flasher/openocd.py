@@ -126,6 +126,7 @@ class OpenocdRun:
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=LOG_TAIL_LINES))
     seen: list[str] = field(default_factory=list)  # lowercase lines that matter for classification
     started_at: float = 0.0
+    spawned_at: float = 0.0  # time.time() once exec succeeded (Popen returns only after the exec)
     duration: float = 0.0
     start_error: str | None = None
 
@@ -247,6 +248,7 @@ async def run_openocd(
     except OSError as error:
         run.start_error = f"{argv[0]}: {error.strerror or error}"
         return run
+    run.spawned_at = time.time()
     if on_start is not None:
         on_start(process.pid)
     assert process.stdout is not None

@@ -181,8 +181,16 @@ class Flasher:
             "pid": os.getpid(),
             "recovery_attempts": recovery_attempts,
         }
-        self.state.write_marker(marker)
-        self.state.record_in_progress({k: marker[k] for k in ("source", "origin", "sketch", "started_at")})
+        # The marker is in place (renamed in) before openocd starts, so a crash of this process
+        # always finds it; it is made durable (fsync) right after the spawn, in the time openocd
+        # spends on init and reset before it can write any flash (hundreds of ms over bit-banged
+        # SWD, against a few ms here). That keeps the fsync off the upload-to-openocd path.
+        self.state.write_marker(marker, durable=False)
+        in_progress = {k: marker[k] for k in ("source", "origin", "sketch", "started_at")}
+
+        def started(pid: int) -> None:
+            self.state.write_marker({**marker, "openocd_pid": pid})
+            self.state.record_in_progress({**in_progress, "openocd_pid": pid})
         log.info(
             "flashing %s sketch %s (%s)",
             job.source,
@@ -197,8 +205,9 @@ class Flasher:
                 argv,
                 time_limit=settings.attempt_timeout,
                 cancel=supersede,
-                on_start=lambda pid: self.state.write_marker({**marker, "openocd_pid": pid}),
+                on_start=started,
             )
+            record.setdefault("openocd_spawned_at", run.spawned_at or None)
             verdict = classify(run)
             record["attempts"] = attempts
             record["openocd_exit"] = run.exit_code
@@ -289,6 +298,9 @@ class Flasher:
             try:
                 data = path.read_bytes()
                 info = validate_sketch(data, max_file_bytes=self.settings.max_file_bytes)
+                if path != self.state.last_good_elf and info.sha256 != sha:
+                    # Spool files are not fsync-ed (speed); a power cut may leave one damaged.
+                    raise SketchRejected(f"the spooled copy is damaged (sha256 {info.sha256[:12]})")
             except (OSError, SketchRejected) as error:
                 log.warning("cannot restore %s from %s: %s", what, path, error)
                 continue

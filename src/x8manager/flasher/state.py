@@ -43,21 +43,26 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Replace *path* with *data*: temp file in the same directory, fsync, rename, fsync the directory."""
+def atomic_write(path: Path, data: bytes, mode: int = 0o644, *, durable: bool = True) -> None:
+    """Replace *path* with *data*: temp file in the same directory, fsync, rename, fsync the directory.
+
+    ``durable=False`` skips both fsyncs: readers still never see a half-written file.
+    """
     fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as temp:
             temp.write(data)
             temp.flush()
             os.fchmod(temp.fileno(), mode)
-            os.fsync(temp.fileno())
+            if durable:
+                os.fsync(temp.fileno())
         os.replace(temp_name, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp_name)
         raise
-    _fsync_directory(path.parent)
+    if durable:
+        _fsync_directory(path.parent)
 
 
 def _dump(document: JsonObject) -> bytes:
@@ -105,9 +110,13 @@ class StateDir:
         return self.spool / name
 
     def store_in_spool(self, data: bytes, name: str) -> Path:
-        """Keep *data* durably in the spool (it must survive a crash mid-flash)."""
+        """Put *data* in the spool, whole or not at all (write, rename).
+
+        Not fsync-ed: it sits on the upload-to-openocd path, and the recovery that reads it after
+        a power cut checks it against the sha256 in the (fsync-ed) in-progress marker.
+        """
         path = self.spool / name
-        atomic_write(path, data, mode=0o600)
+        atomic_write(path, data, mode=0o600, durable=False)
         return path
 
     def clean_spool(self, keep: set[Path]) -> None:
@@ -117,8 +126,8 @@ class StateDir:
                     entry.unlink()
 
     # --- in-progress marker ----------------------------------------------------------------
-    def write_marker(self, marker: JsonObject) -> None:
-        atomic_write(self.marker_path, _dump(marker))
+    def write_marker(self, marker: JsonObject, *, durable: bool = True) -> None:
+        atomic_write(self.marker_path, _dump(marker), durable=durable)
 
     def read_marker(self) -> JsonObject | None:
         try:

@@ -16,6 +16,7 @@ import contextlib
 import errno
 import logging
 import socket
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Final
@@ -51,8 +52,7 @@ DEFAULT_CALL_TIMEOUT: Final = 1.0
 DEFAULT_SERVICE_TIMEOUT: Final = 10.0
 # A call-port client gets this long to send its one message (the original waits forever).
 CLIENT_SEND_TIMEOUT: Final = 30.0
-# After answering, the proxy half-closes and reads what the client still sends, so pipelined
-# data never makes the kernel answer with RST; this bounds how long it waits for the client.
+# After answering, the proxy half-closes and waits this long for the client to close too.
 DRAIN_TIMEOUT: Final = 1.0
 # The biggest message the call port reads; larger ones cannot reach the M4 in any case.
 MAX_CLIENT_MESSAGE: Final = 64 * 1024
@@ -167,6 +167,7 @@ class _Stats:
     m4_notifications: int = 0
     unroutable: int = 0
     m4_bytes: int = 0
+    reset_after_answer: int = 0
     stale_partials: int = 0
 
 
@@ -305,17 +306,25 @@ class M4Proxy:
                 await self._close_gracefully(reader, writer)
 
     async def _close_gracefully(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Half-close, swallow what the client still sends, then close: no RST for pipelined data."""
+        """Half-close, then close once the client has: a clean end, with two exceptions.
+
+        Bytes pipelined behind the message (read with it) were already dropped, so they cause no
+        RST. Bytes arriving after the answer are a new call on a finished connection (e.g.
+        msgpack-rpc-python's second call() on the same Client): they are answered with a reset,
+        as the original proxy's close did, so that call fails at once instead of waiting for the
+        client's own timeout.
+        """
         try:
             if writer.can_write_eof():
                 writer.write_eof()
             async with asyncio.timeout(DRAIN_TIMEOUT):
-                while await reader.read(READ_CHUNK):
-                    pass
+                if await reader.read(READ_CHUNK):
+                    self.stats.reset_after_answer += 1
+                    _reset(writer)
+                    return
         except (OSError, TimeoutError):
             pass
-        finally:
-            writer.close()
+        writer.close()
 
     def _error_reply(self, msgid_bytes: bytes, text: str) -> bytes:
         # [1, msgid, "text", nil] with the client's own msgid bytes and old-style raw text.
@@ -489,6 +498,15 @@ class M4Proxy:
             await self._link.write(message)
         except LinkDown as exc:
             log.warning("reply to the M4 lost: %s", exc)
+
+
+def _reset(writer: asyncio.StreamWriter) -> None:
+    """Close with RST (SO_LINGER 0) instead of FIN."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
 
 
 def _msgid_bytes(raw: bytes) -> bytes:

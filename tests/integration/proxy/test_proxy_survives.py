@@ -190,8 +190,27 @@ def test_pipelined_second_request_is_ignored_without_reset(tmp_path: Path) -> No
             writer.write(two)
             reply = await asyncio.wait_for(reader.read(-1), 10)  # ConnectionResetError would fail here
             assert reply == bytes.fromhex("940101c001")
-            writer.write(msgpack.packb([0, 3, "n", []]))  # more after the proxy's FIN: still no RST
-            await writer.drain()
+            writer.close()
+            assert len(m4.received) == 1
+    asyncio.run(scenario())
+
+
+def test_second_call_on_a_finished_connection_fails_at_once(tmp_path: Path) -> None:
+    """msgpack-rpc-python's second call() on one Client: refused with a reset, as by the
+    original, instead of being swallowed until the client's own timeout."""
+    async def scenario() -> None:
+        async with running_proxy(tmp_path) as (proxy, m4):
+            m4.procedures["n"] = lambda: 1
+            reader, writer = await asyncio.open_connection("127.0.0.1", proxy.call_port)
+            writer.write(msgpack.packb([0, 1, "n", []]))
+            assert await asyncio.wait_for(reader.readexactly(5), 10) == bytes.fromhex("940101c001")
+            writer.write(msgpack.packb([0, 2, "n", []]))  # the client has not noticed the FIN yet
+            await wait_for(lambda: proxy.stats.reset_after_answer == 1, what="the reset")
+            with pytest.raises(ConnectionError):  # the reset surfaces at the latest on a write
+                for _ in range(100):
+                    writer.write(b"\x90")
+                    await writer.drain()
+                    await asyncio.sleep(0)
             writer.close()
             assert len(m4.received) == 1
     asyncio.run(scenario())

@@ -50,8 +50,9 @@ do_install:append() {
 }
 
 # One package per service; ${PN} itself is the shared library (x8manager.rpc, x8manager.common)
-# that apps and containers import.
-PACKAGES =+ "${PN}-proxy ${PN}-flasher ${PN}-apps ${PN}-sim"
+# that apps and containers import. -sim (the virtual M4) and -qemu (the harness that drives a
+# virtual X8 from a host) are development tools: packaged, but in no packagegroup.
+PACKAGES =+ "${PN}-proxy ${PN}-flasher ${PN}-apps ${PN}-sim ${PN}-qemu"
 
 X8_SITE = "${PYTHON_SITEPACKAGES_DIR}/x8manager"
 
@@ -71,6 +72,7 @@ FILES:${PN}-apps += "${bindir}/x8-apps \
                      ${X8_SITE}/apps"
 FILES:${PN}-sim += "${bindir}/m4-sim \
                     ${X8_SITE}/m4sim"
+FILES:${PN}-qemu += "${X8_SITE}/qemu"
 FILES:${PN} += "${X8_SITE} \
                 ${PYTHON_SITEPACKAGES_DIR}/x8manager-${PV}.dist-info"
 
@@ -91,6 +93,7 @@ RDEPENDS:${PN}-flasher = "${PN} openocd python3-crypt python3-fcntl python3-pyel
 X8_MANAGER_APPS_EXTRA_RDEPENDS ?= ""
 RDEPENDS:${PN}-apps = "${PN} ${X8_MANAGER_APPS_EXTRA_RDEPENDS} python3-jsonschema python3-pyyaml"
 RDEPENDS:${PN}-sim = "${PN} python3-fcntl python3-terminal"
+RDEPENDS:${PN}-qemu = "${PN} python3-pexpect python3-pytest"
 
 # Arduino's Go m4-proxy binds the same ports and the same /dev/x8h7_ui: never install both. With the
 # "x8-manager" distro feature our package also stands in for the name images ask for (meta-arduino's

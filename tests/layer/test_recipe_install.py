@@ -1,0 +1,226 @@
+"""The recipe's install, replayed on the host: the files SRC_URI names are unpacked as the
+fetcher would, the recipe's own do_configure and do_install:append shell code runs, and
+`pip install` stands in for python_pep517's wheel build + installer (both are PEP 517 builds of
+the same pyproject.toml). Then every installed file must land in the package its FILES give,
+every console script must be claimed explicitly, and every third-party import must be in the
+RDEPENDS of the package that ships the importing module."""
+
+from __future__ import annotations
+
+import ast
+import fnmatch
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tomllib
+from pathlib import Path
+
+import bb.data_smart
+import pytest
+
+from .conftest import LAYER_ROOT, new_datastore, parse_recipe
+
+pytestmark = pytest.mark.layer
+
+RECIPE = LAYER_ROOT / "recipes-python" / "x8-manager" / "x8-manager_0.1.0.bb"
+# Third-party Python modules -> the scarthgap recipes (oe-core / meta-python) that provide them.
+MODULE_RECIPES = {
+    "msgpack": "python3-msgpack",
+    "elftools": "python3-pyelftools",
+    "yaml": "python3-pyyaml",
+    "jsonschema": "python3-jsonschema",
+    "pexpect": "python3-pexpect",
+    "pytest": "python3-pytest",
+}
+HOST_SITE = f"${{libdir}}/python{sys.version_info.major}.{sys.version_info.minor}/site-packages"
+# The parsed recipe, the image directory (${D}) and the files each package gets.
+Installed = tuple[bb.data_smart.DataSmart, Path, dict[str, set[str]]]
+
+
+def unpack(d: bb.data_smart.DataSmart, workdir: Path) -> None:
+    """file:// entries of SRC_URI copied to WORKDIR/<subdir>, searched like FILESPATH does."""
+    search = [Path(p) for p in d.getVar("FILESEXTRAPATHS").split(":") if p and p != "__default"]
+    search.append(RECIPE.parent / "files")
+    for entry in d.getVar("SRC_URI").split():
+        name, *params = entry.removeprefix("file://").split(";")
+        subdir = dict(param.split("=", 1) for param in params).get("subdir", "")
+        source = next(base / name for base in search if (base / name).exists())
+        target = workdir / subdir / Path(name).name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, symlinks=True)
+        else:
+            shutil.copy2(source, target)
+
+
+def run_shell_task(d: bb.data_smart.DataSmart, task: str) -> None:
+    body = d.getVar(task)
+    subprocess.run(["bash", "-euo", "pipefail", "-c", body], check=True, timeout=60)
+
+
+def claim(files: list[str], patterns: list[str], root: Path) -> set[str]:
+    """package.bbclass semantics, simplified: a FILES entry is a glob; a directory takes its tree."""
+    claimed: set[str] = set()
+    for pattern in patterns:
+        for path in files:
+            if fnmatch.fnmatchcase(path, pattern) or path.startswith(pattern.rstrip("/") + "/"):
+                claimed.add(path)
+    return claimed
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory, oe_core_standin_dir: Path) -> Installed:
+    tmp = tmp_path_factory.mktemp("recipe-install")
+    d = new_datastore(oe_core_standin_dir)
+    d.setVar("PYTHON_SITEPACKAGES_DIR", HOST_SITE)
+    d.setVar("WORKDIR", str(tmp / "work"))
+    d.setVar("D", str(tmp / "image"))
+    d = parse_recipe(d, RECIPE)
+
+    unpack(d, Path(d.getVar("WORKDIR")))
+    source = Path(d.getVar("S"))
+    run_shell_task(d, "do_configure")
+    image = Path(d.getVar("D"))
+    env = dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1")
+    subprocess.run(
+        # --ignore-installed: without it pip would first uninstall the project's own (editable)
+        # installation from the running venv, although the target is another root.
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-compile",
+            "--ignore-installed",
+            "--root",
+            str(image),
+            "--prefix",
+            d.getVar("prefix"),
+            str(source),
+        ],
+        check=True,
+        timeout=180,
+        env=env,
+    )
+    run_shell_task(d, "do_install")
+
+    files = sorted("/" + str(path.relative_to(image)) for path in image.rglob("*") if not path.is_dir())
+    packages: dict[str, set[str]] = {}
+    remaining = list(files)
+    for package in d.getVar("PACKAGES").split():
+        patterns = (d.getVar(f"FILES:{package}") or "").split()
+        packages[package] = claim(remaining, patterns, image)
+        remaining = [path for path in remaining if path not in packages[package]]
+    packages["<not packaged>"] = set(remaining)
+    return d, image, packages
+
+
+def test_the_project_version_is_the_recipe_version(installed: Installed) -> None:
+    d, _, _ = installed
+    project = tomllib.loads((LAYER_ROOT / "pyproject.toml").read_text())["project"]
+    assert d.getVar("PV") == project["version"], "rename the recipe to x8-manager_<pyproject version>.bb"
+
+
+def test_every_installed_file_is_packaged(installed: Installed) -> None:
+    _, _, packages = installed
+    # bitbake's installed-vs-shipped QA check would fail the build on any of these.
+    assert packages["<not packaged>"] == set()
+
+
+def test_console_scripts_go_to_their_service_package(installed: Installed) -> None:
+    d, _, packages = installed
+    scripts = set(tomllib.loads((LAYER_ROOT / "pyproject.toml").read_text())["project"]["scripts"])
+    bindir = d.getVar("bindir")
+    installed_scripts = {
+        Path(path).name for files in packages.values() for path in files if path.startswith(bindir)
+    }
+    assert installed_scripts == scripts
+    expected = {
+        "m4-proxy": "x8-manager-proxy",
+        "m4-flasher": "x8-manager-flasher",
+        "x8-apps": "x8-manager-apps",
+        "m4-sim": "x8-manager-sim",
+    }
+    for script in scripts:
+        assert script in expected, (
+            f"new console script {script}: give it a package and an explicit FILES entry"
+        )
+        assert f"{bindir}/{script}" in packages[expected[script]]
+        assert f"{bindir}/{script}" in d.getVar(f"FILES:{expected[script]}").split()
+
+
+def test_units_and_config_are_installed_with_real_paths(installed: Installed) -> None:
+    d, image, packages = installed
+    unitdir = d.getVar("systemd_system_unitdir")
+    for package, unit, program in (
+        ("x8-manager-proxy", "m4-proxy.service", "m4-proxy"),
+        ("x8-manager-flasher", "m4-flasher.service", "m4-flasher"),
+    ):
+        assert f"{unitdir}/{unit}" in packages[package]
+        assert f"/etc/default/{program}" in packages[package]
+        text = (image / unitdir.lstrip("/") / unit).read_text()
+        assert "@BINDIR@" not in text and "@SYSCONFDIR@" not in text
+        assert f"ExecStart={d.getVar('bindir')}/{program}" in text
+        assert "EnvironmentFile=-/etc/default/" in text
+        assert "After=stm32h7-program.service" in text
+        assert d.getVar(f"SYSTEMD_SERVICE:{package}") == unit
+
+
+def test_package_data_lands_with_its_service(installed: Installed) -> None:
+    d, _, packages = installed
+    site = d.getVar("PYTHON_SITEPACKAGES_DIR")
+    for package, subpackage in (
+        ("x8-manager-proxy", "proxy"),
+        ("x8-manager-flasher", "flasher"),
+        ("x8-manager-apps", "apps"),
+        ("x8-manager-sim", "m4sim"),
+        ("x8-manager-qemu", "qemu"),
+    ):
+        prefix = f"{site}/x8manager/{subpackage}/"
+        shipped = {path for files in packages.values() for path in files if path.startswith(prefix)}
+        assert shipped and shipped <= packages[package], package
+    library = packages["x8-manager"]
+    assert f"{site}/x8manager/__init__.py" in library
+    assert any(path.startswith(f"{site}/x8manager/rpc/") for path in library)
+    assert any(path.endswith(".dist-info/METADATA") for path in library)
+
+
+def third_party_imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return {name for name in names if name not in sys.stdlib_module_names and name != "x8manager"}
+
+
+def test_third_party_imports_are_rdepends(installed: Installed) -> None:
+    d, image, packages = installed
+    library_rdepends = set(d.getVar("RDEPENDS:x8-manager").split())
+    for package, files in packages.items():
+        rdepends = set((d.getVar(f"RDEPENDS:{package}") or "").split())
+        if "x8-manager" in rdepends:
+            rdepends |= library_rdepends
+        for path in files:
+            if not path.endswith(".py"):
+                continue
+            for module in third_party_imports(image / path.lstrip("/")):
+                assert module in MODULE_RECIPES, (
+                    f"{path} imports {module}: add its recipe to {package}'s RDEPENDS and to MODULE_RECIPES"
+                )
+                assert MODULE_RECIPES[module] in rdepends, (
+                    f"{path} imports {module}: {package} lacks its RDEPENDS"
+                )
+
+
+def test_sysconfig_scheme_matches_the_recipe_layout() -> None:
+    """pip's --prefix layout is the one the recipe's PYTHON_SITEPACKAGES_DIR describes."""
+    purelib = sysconfig.get_path("purelib", "posix_prefix", {"base": "/usr", "platbase": "/usr"})
+    assert purelib == f"/usr/lib/python{sys.version_info.major}.{sys.version_info.minor}/site-packages"

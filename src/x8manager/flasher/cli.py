@@ -250,6 +250,11 @@ def main(argv: list[str] | None = None) -> int:
         return handlers[args.command](args)
     except KeyboardInterrupt:
         return 130
+    except OSError as error:
+        # A state directory, lock or status file this user may not write (run as root?), a full disk.
+        where = f" ({error.filename})" if error.filename else ""
+        print(f"m4-flasher {args.command}: {error.strerror or error}{where}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -126,7 +126,7 @@ class FlasherDaemon:
             data = self.flasher.snapshot(self.watch_path)
         except OSError as error:
             # Gone again (or unreadable) before we looked: a later event will bring the next version.
-            log.info("upload at %s vanished before it could be read (%s): %s", self.watch_path, reason, error)
+            log.warning("upload at %s could not be read (%s): %s", self.watch_path, reason, error)
             return
         log.debug("upload seen (%s): %d bytes", reason, len(data))
         self._admit(data, reason)

@@ -189,6 +189,7 @@ class Flasher:
         in_progress = {k: marker[k] for k in ("source", "origin", "sketch", "started_at")}
 
         def started(pid: int) -> None:
+            self.state.make_durable(job.spool_path)  # recovery after a power cut needs the sketch
             self.state.write_marker({**marker, "openocd_pid": pid})
             self.state.record_in_progress({**in_progress, "openocd_pid": pid})
         log.info(
@@ -299,7 +300,7 @@ class Flasher:
                 data = path.read_bytes()
                 info = validate_sketch(data, max_file_bytes=self.settings.max_file_bytes)
                 if path != self.state.last_good_elf and info.sha256 != sha:
-                    # Spool files are not fsync-ed (speed); a power cut may leave one damaged.
+                    # A power cut before the spool copy was fsync-ed may leave it damaged.
                     raise SketchRejected(f"the spooled copy is damaged (sha256 {info.sha256[:12]})")
             except (OSError, SketchRejected) as error:
                 log.warning("cannot restore %s from %s: %s", what, path, error)

@@ -112,18 +112,22 @@ class StateDir:
     def store_in_spool(self, data: bytes, name: str) -> Path:
         """Put *data* in the spool, whole or not at all (write, rename).
 
-        Not fsync-ed: it sits on the upload-to-openocd path, and the recovery that reads it after
-        a power cut checks it against the sha256 in the (fsync-ed) in-progress marker.
+        Not fsync-ed here: this is on the upload-to-openocd path. The flash makes it durable right
+        after openocd starts, and recovery checks it against the sha256 in the in-progress marker.
         """
         path = self.spool / name
         atomic_write(path, data, mode=0o600, durable=False)
         return path
 
-    def clean_spool(self, keep: set[Path]) -> None:
-        for entry in self.spool.iterdir():
-            if entry not in keep:
-                with contextlib.suppress(FileNotFoundError, IsADirectoryError):
-                    entry.unlink()
+    def make_durable(self, path: Path) -> None:
+        """fsync a file written with ``durable=False`` and the directory entry that names it."""
+        with contextlib.suppress(FileNotFoundError):
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            _fsync_directory(path.parent)
 
     # --- in-progress marker ----------------------------------------------------------------
     def write_marker(self, marker: JsonObject, *, durable: bool = True) -> None:

@@ -90,10 +90,17 @@ class Rig:
         ]
         self.daemon = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True)
         if wait_ready:
-            self._notify.settimeout(30)
-            message = self._notify.recv(4096).decode()
-            assert "READY=1" in message, message
+            self.wait_notify("READY=1")
         return self.daemon
+
+    def wait_notify(self, text: str, limit: float = 30) -> str:
+        """The next sd_notify datagram containing *text* (READY=1, STOPPING=1, STATUS=...)."""
+        assert self._notify is not None
+        self._notify.settimeout(limit)
+        while True:
+            message = self._notify.recv(4096).decode()
+            if text in message:
+                return message
 
     def stop(self, sig: int = signal.SIGTERM) -> tuple[int, str]:
         assert self.daemon is not None

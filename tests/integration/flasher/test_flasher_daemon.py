@@ -160,3 +160,41 @@ def test_startup_errors_exit_non_zero(rig: Rig) -> None:
     assert bad_state.returncode != 0 and "state directory" in bad_state.stderr
     no_config = rig.cli("daemon", *watch, "--openocd", str(STANDIN), "--adapter-config", "/nonexistent.cfg")
     assert no_config.returncode != 0 and "config file" in no_config.stderr
+
+
+def test_sigterm_lets_a_running_write_finish(rig: Rig) -> None:
+    rig.set_mode("hold-programming")
+    rig.start()
+    rig.upload_bytes(GOOD)
+    wait_for(lambda: rig.chip().get("state") == "programming", "programming to begin")
+    during = rig.cli("status")
+    assert "flashing sketch" in during.stdout and "H7 programming lock: held by" in during.stdout, (
+        during.stdout
+    )
+    assert rig.daemon is not None
+    rig.daemon.send_signal(signal.SIGTERM)
+    rig.wait_notify("STOPPING=1")
+    (rig.probe / "release").touch()  # the write completes after the daemon was told to stop
+    code, err = rig.stop(signal.SIGTERM)
+    assert code == 0, err
+    assert "letting the running flash finish" in err
+    assert rig.chip()["state"] == "programmed"
+    assert rig.outcome_for(sha(GOOD), "success")
+    assert not (rig.state_dir / "in-progress.json").exists()
+
+
+def test_status_file_elsewhere_and_unreadable_upload_keep_the_daemon_running(rig: Rig) -> None:
+    status_file = rig.root / "run" / "m4-flasher-status.json"
+    rig.start("--status", str(status_file))
+    rig.upload.parent.mkdir(parents=True)
+    rig.upload.mkdir()  # a directory where the sketch should be: nothing to read, nothing to do
+    rig.upload.rmdir()
+    rig.upload_bytes(GOOD)
+    wait_for(
+        lambda: status_file.exists() and json.loads(status_file.read_text()).get("result") == "success",
+        "the status in the chosen file",
+    )
+    shown = rig.cli("status", "--json")  # finds the file through the daemon's recorded settings
+    assert json.loads(shown.stdout)["sketch"]["sha256"] == sha(GOOD)
+    assert rig.daemon is not None and rig.daemon.poll() is None
+    rig.stop()

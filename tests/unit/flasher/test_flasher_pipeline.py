@@ -150,3 +150,15 @@ def test_recovery_without_anything_to_restore_says_so(flasher: Flasher, standin_
 def test_nothing_to_recover_is_a_no_op(flasher: Flasher, standin_env: Path) -> None:
     assert asyncio.run(flasher.recover()) is None
     assert _runs(standin_env) == 0
+
+
+def test_outcomes_carry_journal_fields(
+    flasher: Flasher, standin_env: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO")
+    outcome = _flash(flasher, GOOD)
+    fields = [getattr(record, "journal", {}) for record in caplog.records]
+    final = next(f for f in fields if "FLASH_RESULT" in f)
+    assert final["FLASH_RESULT"] == "success"
+    assert final["SKETCH_SHA256"] == outcome.record["sketch"]["sha256"]
+    assert final["OPENOCD_EXIT"] == 0 and final["FLASH_ATTEMPTS"] == 1 and final["FLASH_SOURCE"] == "manual"

@@ -21,6 +21,7 @@ from pathlib import Path
 from x8manager.common.systemd import notify_ready, notify_status, notify_stopping
 from x8manager.flasher.elfcheck import SketchRejected
 from x8manager.flasher.inotify import FileWatcher, InotifyError
+from x8manager.flasher.lock import LockTimeout
 from x8manager.flasher.pipeline import Flasher, FlashResult, Job, Outcome
 
 __all__ = ["FlasherDaemon", "StartupError"]
@@ -58,6 +59,10 @@ class FlasherDaemon:
         missing = settings.openocd.missing_files()
         if missing:
             raise StartupError(f"openocd config file(s) missing: {', '.join(missing)}")
+        try:
+            settings.openocd.argv(self.flasher.state.spool_file("probe.elf"))
+        except ValueError as error:
+            raise StartupError(f"state directory {settings.state_dir} is not usable: {error}") from error
         try:
             settings.lock_path.parent.mkdir(parents=True, exist_ok=True)
             os.close(os.open(settings.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644))
@@ -185,7 +190,12 @@ class FlasherDaemon:
     # --- the one flashing worker ----------------------------------------------------------------
     async def _worker(self) -> None:
         marker = self.flasher.state.read_marker() or {}
-        outcome = await self.flasher.recover()
+        try:
+            outcome = await self.flasher.recover()
+        except LockTimeout as error:
+            # Someone else keeps the H7; the next flash recovers first (every flash checks).
+            log.error("could not check for an interrupted flash: %s", error)
+            outcome = None
         if outcome is not None:
             notify_status(f"recovered interrupted flash: {outcome.result.value}")
             interrupted_sha = (marker.get("sketch") or {}).get("sha256")

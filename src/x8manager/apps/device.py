@@ -117,6 +117,7 @@ def read_sota_config(sota_toml: Path = SOTA_TOML,
 def discover_apps(apps_root: Path, dev_root: Path | None, sota: SotaConfig) -> list[App]:
     """Every folder with a compose file under the roots (a missing root simply has no apps)."""
     apps: list[App] = []
+    names: set[str] = set()
     for root, in_apps_root in ((apps_root, True), (dev_root, False)):
         if root is None or not root.is_dir():
             continue
@@ -124,6 +125,13 @@ def discover_apps(apps_root: Path, dev_root: Path | None, sota: SotaConfig) -> l
             compose = compose_file_in(folder)
             if compose is None:
                 continue
+            if not in_apps_root and folder.name in names:
+                # docker compose names the project after the folder: both would be one project.
+                print(f"x8-apps: ignoring {folder}: an app of the same name is in {apps_root}, and "
+                      "docker compose would treat both as one project; rename the folder",
+                      file=sys.stderr)
+                continue
+            names.add(folder.name)
             managed = in_apps_root and sota.manages(folder.name)
             apps.append(App(folder.name, folder, compose, in_apps_root, managed))
     return apps
@@ -191,23 +199,37 @@ def parse_compose_ps(output: str) -> list[dict[str, Any]]:
             if isinstance(item := json.loads(line), dict)]
 
 
-def app_state(tool: ComposeTool, app: App) -> str:
-    """``running 2/2``, ``stopped``, or why we could not tell."""
-    if tool.command[-1] != "compose":
-        result = tool.run(app, ["ps", "-q"], capture=True)
-        ids = result.stdout.split() if result.returncode == 0 else []
-        return f"{len(ids)} container(s)" if result.returncode == 0 else "unknown (docker-compose ps failed)"
-    result = tool.run(app, ["ps", "--all", "--format", "json"], capture=True)
+def _container_states(tool: ComposeTool, app: App) -> list[str]:
+    """The state (running, exited, ...) of each of the app's containers; raise ValueError if unknown."""
+    if tool.command[-1] == "compose":
+        result = tool.run(app, ["ps", "--all", "--format", "json"], capture=True)
+        if result.returncode != 0:
+            raise ValueError((result.stderr or "").strip().splitlines()[-1:] or "docker compose ps failed")
+        return [str(c.get("State", "")).lower() for c in parse_compose_ps(result.stdout)]
+    # docker-compose v1 has no JSON output: ask the engine about the containers it lists.
+    result = tool.run(app, ["ps", "-q"], capture=True)
     if result.returncode != 0:
-        return f"unknown ({(result.stderr or '').strip().splitlines()[-1:] or 'ps failed'})"
+        raise ValueError("docker-compose ps failed")
+    ids = result.stdout.split()
+    if not ids:
+        return []
+    inspect = subprocess.run([tool.docker, "inspect", "--format", "{{.State.Status}}", *ids],
+                             capture_output=True, text=True, check=False)
+    if inspect.returncode != 0:
+        raise ValueError("docker inspect failed")
+    return inspect.stdout.split()
+
+
+def app_state(tool: ComposeTool, app: App) -> str:
+    """``running 2/2``, ``stopped 0/1``, ``not created``, or why we could not tell."""
     try:
-        containers = parse_compose_ps(result.stdout)
-    except ValueError:
-        return "unknown (unreadable docker compose ps output)"
-    if not containers:
+        states = _container_states(tool, app)
+    except ValueError as error:
+        return f"unknown ({error})"
+    if not states:
         return "not created"
-    running = sum(1 for c in containers if str(c.get("State", "")).lower() == "running")
-    return f"running {running}/{len(containers)}" if running else f"stopped 0/{len(containers)}"
+    running = states.count("running")
+    return f"running {running}/{len(states)}" if running else f"stopped 0/{len(states)}"
 
 
 # -- command line ---------------------------------------------------------------------------------

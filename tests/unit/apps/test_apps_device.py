@@ -161,3 +161,13 @@ def test_compose_ps_json_in_both_formats() -> None:
     assert parse_compose_ps(array) == parse_compose_ps(lines) == [
         {"Name": "a-web-1", "State": "running"}, {"Name": "a-db-1", "State": "exited"}]
     assert parse_compose_ps("") == []
+
+
+def test_dev_app_with_the_name_of_an_installed_app_is_ignored(
+    device: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_apps(device["dev"], "shellhttpd")
+    apps = discover_apps(device["apps"], device["dev"], read_sota_config(device["sota"], ()))
+    assert [(a.name, a.in_apps_root) for a in apps] == [
+        ("m4-service", True), ("shellhttpd", True), ("my-experiment", False)]
+    assert "same name" in capsys.readouterr().err

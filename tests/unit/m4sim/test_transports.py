@@ -160,7 +160,7 @@ def start_cli(*args: str) -> tuple[subprocess.Popen[str], dict[str, str]]:
 
 
 def test_cli_pty_and_client_commands() -> None:
-    process, info = start_cli("--pty", "--control", "tcp:127.0.0.1:0")
+    process, info = start_cli("--pty", "--control", "tcp:127.0.0.1:0", "--call-timeout", "0.2")
     try:
         fd = os.open(info["pty"], os.O_RDWR | os.O_NOCTTY)
         try:
@@ -180,6 +180,17 @@ def test_cli_pty_and_client_commands() -> None:
                 [*M4_SIM, "stats", "--control", info["control"]], capture_output=True, text=True, check=True
             )
             assert '"calls_answered": 1' in stats.stdout
+            # Nobody on the Linux side answers: the M4's call times out and the CLI says so.
+            unanswered = subprocess.run(
+                [*M4_SIM, "call", "--control", info["control"], "nobody", "1", '"two"'],
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=30,
+            )
+            assert unanswered.returncode == 1
+            assert "no reply from Linux to 'nobody'" in unanswered.stderr
+            assert read_messages(fd, 1) == [[0, 0x10003000, "nobody", [1, "two"]]]
         finally:
             os.close(fd)
     finally:

@@ -3,12 +3,7 @@
 In-process use::
 
     m4 = VirtualM4()                   # demo procedures and SerialRPC's tty bound
-    link, path = open_pty()            # Linux (m4-proxy --device PATH) opens *path*
-
-    async def opener() -> Link:
-        return link
-
-    await m4.start(opener)
+    path = await m4.start_on_pty()     # Linux (m4-proxy --device PATH) opens *path*
     await m4.call("multiply", 3, 4)    # an M4 -> Linux call
     await m4.serial_println("hello")   # Serial output: two tty notifications
     await m4.stop()

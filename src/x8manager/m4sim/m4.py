@@ -29,7 +29,7 @@ from typing import Any
 
 from x8manager.m4sim import wire
 from x8manager.m4sim.demo import bind_demo_procedures
-from x8manager.m4sim.links import Link
+from x8manager.m4sim.links import Link, open_pty
 from x8manager.rpc.framing import M4_MAX_MESSAGE, StreamDecoder
 
 __all__ = [
@@ -216,6 +216,17 @@ class VirtualM4:
         """
         link = await opener() if open_now else None
         self._runner = asyncio.create_task(self._serve(link, opener, reconnect), name="m4sim-serve")
+
+    async def start_on_pty(self) -> str:
+        """Create a raw pty, serve on it in the background, return the path Linux opens."""
+        link, path = open_pty()
+
+        async def same_pty() -> Link:
+            # The pty outlives the other side closing and reopening it: one link for good.
+            return link
+
+        await self.start(same_pty)
+        return path
 
     @property
     def runner(self) -> asyncio.Task[None] | None:

@@ -12,8 +12,8 @@ from typing import Any
 import msgpack
 import pytest
 
-from x8manager.m4sim import ControlClient, ControlError, VirtualM4, open_pty, parse_endpoint, serve_control
-from x8manager.m4sim.links import Endpoint, FdLink, StreamLink, connect
+from x8manager.m4sim import ControlClient, ControlError, VirtualM4, parse_endpoint, serve_control
+from x8manager.m4sim.links import Endpoint, StreamLink, connect
 
 M4_SIM = [sys.executable, "-m", "x8manager.m4sim.cli"]
 
@@ -41,12 +41,7 @@ def test_parse_endpoint() -> None:
 def test_pty_survives_linux_closing_and_reopening() -> None:
     async def main() -> None:
         m4 = VirtualM4()
-        link, path = open_pty()
-
-        async def opener() -> FdLink:
-            return link
-
-        await m4.start(opener)
+        path = await m4.start_on_pty()
         try:
             for msgid in (1, 2):  # the proxy restarts: the second open must work the same
                 fd = os.open(path, os.O_RDWR | os.O_NOCTTY)
@@ -99,12 +94,7 @@ def test_tcp_reconnect_after_end_of_stream() -> None:
 def test_control_surface() -> None:
     async def main() -> None:
         m4 = VirtualM4()
-        link, path = open_pty()
-
-        async def opener() -> FdLink:
-            return link
-
-        await m4.start(opener)
+        path = await m4.start_on_pty()
         fd = os.open(path, os.O_RDWR | os.O_NOCTTY)
         try:
             async with serve_control(m4, Endpoint("tcp", host="127.0.0.1", port=0)) as bound:

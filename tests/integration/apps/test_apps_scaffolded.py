@@ -121,6 +121,13 @@ class Rig:
         }
 
 
+def assert_stops_on_sigterm(process: Process) -> None:
+    """docker stop sends SIGTERM; as PID 1 in a container the app must handle it to stop cleanly."""
+    process.popen.terminate()
+    assert process.popen.wait(timeout=DEADLINE) == 0, process.output
+    wait_until(lambda: any("stopping" in line for line in process.lines), "the app's goodbye", within=5)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -182,6 +189,7 @@ def test_m4_service_answers_the_m4_and_shows_in_x8_apps_rpc(
     # The sketch calls Linux: RPC.call("multiply", 6, 7) through the proxy.
     assert json.loads(rig.m4_sim("call", "multiply", "6", "7")) == 42
     assert json.loads(rig.m4_sim("call", "whoami")) == "multiplier"
+    assert_stops_on_sigterm(service)
 
 
 def test_m4_client_calls_the_m4(rig: Rig) -> None:
@@ -215,6 +223,14 @@ def test_serial_forwarder_writes_the_m4_serial_output_to_a_file(
     rig.m4_sim("serial-write", "hello from the M4\r\n")
     wait_until(lambda: output.exists() and b"hello from the M4\r\n" in output.read_bytes(),
                "the forwarded serial output")
+    assert_stops_on_sigterm(forwarder)
+
+
+def test_m4_client_polls_until_docker_stop(rig: Rig) -> None:
+    app = create_app("poller", "m4-client", rig.workdir / "containers")
+    client = rig.run_app(app, {"M4_PROCEDURES": "temperature", "POLL_SECONDS": "0.05"})
+    wait_until(lambda: client.lines.count("temperature = 215") >= 2, "two polling rounds")
+    assert_stops_on_sigterm(client)
 
 
 @pytest.mark.parametrize("template", ["m4-service", "m4-client", "serial-forwarder"])

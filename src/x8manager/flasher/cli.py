@@ -206,6 +206,13 @@ def _describe_status(status: dict[str, Any], state: StateDir, lock: Path) -> lis
             lines.extend(f"    {line}" for line in status["openocd_log_tail"][-10:])
     else:
         lines.append("no flash recorded yet")
+    history = status.get("history") or []
+    if len(history) > 1:
+        lines.append("recent:")
+        for entry in history[:5]:
+            sha = str((entry.get("sketch") or {}).get("sha256", "?"))[:12]
+            result, source = entry.get("result"), entry.get("source")
+            lines.append(f"  {entry.get('finished_at')}  {result:<11} {sha}  {source}")
     good = status.get("last_good") or state.last_good()
     if good:
         lines.append(

@@ -192,6 +192,7 @@ class Flasher:
             self.state.make_durable(job.spool_path)  # recovery after a power cut needs the sketch
             self.state.write_marker({**marker, "openocd_pid": pid})
             self.state.record_in_progress({**in_progress, "openocd_pid": pid})
+
         log.info(
             "flashing %s sketch %s (%s)",
             job.source,

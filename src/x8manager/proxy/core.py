@@ -26,7 +26,7 @@ import msgpack
 from x8manager.proxy.link import LinkDown, M4Link, StartupError, open_link
 from x8manager.proxy.pending import PendingCalls
 from x8manager.proxy.registry import Registry, handle_register_connection
-from x8manager.proxy.services import NotificationChannel, ServiceCallFailed, call_service
+from x8manager.proxy.services import ServiceCallFailed, ServiceLink
 from x8manager.rpc.framing import (
     M4_MAX_MESSAGE,
     Frame,
@@ -183,7 +183,7 @@ class M4Proxy:
         self._decoder = StreamDecoder(M4_DECODER_BUFFER)
         self._last_m4_data = 0.0
         self._servers: list[asyncio.Server] = []
-        self._channels: dict[int, NotificationChannel] = {}
+        self._services: dict[int, ServiceLink] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._service_calls = asyncio.Semaphore(MAX_SERVICE_CALLS)
         self.register_ports: list[tuple[str, int]] = []
@@ -237,8 +237,8 @@ class M4Proxy:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        for channel in self._channels.values():
-            await channel.close()
+        for service in self._services.values():
+            await service.close()
         if self._link is not None:
             await self._link.close()
         for server in self._servers:
@@ -284,11 +284,7 @@ class M4Proxy:
     # -- call port (Linux → M4) -------------------------------------------------------------
 
     async def _on_call_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
-        sock = writer.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer = writer.get_extra_info("peername")  # (asyncio sets TCP_NODELAY itself)
         with self._connection_task():
             try:
                 reply = await self._serve_call(reader, peer)
@@ -461,10 +457,7 @@ class M4Proxy:
             return
         if isinstance(message, Notification):
             self.stats.m4_notifications += 1
-            channel = self._channels.get(port)
-            if channel is None:
-                channel = self._channels[port] = NotificationChannel(port)
-            channel.send(frame.raw)
+            self._service(port).notify(frame.raw)
             return
         self.stats.m4_calls += 1
         if self._service_calls.locked():
@@ -475,7 +468,7 @@ class M4Proxy:
     async def _forward_m4_call(self, frame: Frame, request: Request, port: int) -> None:
         async with self._service_calls:
             try:
-                reply = await call_service(port, frame, wait=self.config.service_timeout)
+                reply = await self._service(port).call(frame, request.msgid, wait=self.config.service_timeout)
             except ServiceCallFailed as exc:
                 log.warning("M4 call %r: %s", request.method, exc)
                 if self.config.m4_error_replies:
@@ -488,6 +481,12 @@ class M4Proxy:
                     request.msgid, f"reply too large for the M4 link ({len(reply.raw)} bytes)", None))
                 return
             await self._write_to_m4(reply.raw)
+
+    def _service(self, port: int) -> ServiceLink:
+        service = self._services.get(port)
+        if service is None:
+            service = self._services[port] = ServiceLink(port)
+        return service
 
     def _reply_to_m4(self, msgid: int, text: str) -> None:
         self._spawn(self._write_to_m4(pack_response(msgid, text, None)), "m4-error-reply")

@@ -1,9 +1,15 @@
 """M4→Linux traffic: forward the M4's calls and notifications to local services.
 
 Like the original, a service is reached at ``127.0.0.1:<registered port>`` and receives the
-M4's raw bytes unchanged. Unlike the original, a call finishes as soon as one complete reply
-has arrived (no 100 ms idle wait), is bounded by a timeout, and runs concurrently with every
-other call; notifications keep their order per service.
+M4's raw bytes unchanged. Unlike the original:
+
+- the connection to a service is kept open and shared by the M4's calls (replies matched by
+  msgid; rpclib's msgids are the calling threads' ids, unique while a call is in flight) and
+  notifications (written in the order the M4 sent them), so a call costs no TCP set-up;
+- a call finishes as soon as its reply has arrived (no 100 ms idle wait), is bounded by a
+  timeout, and never waits for another call;
+- a service that closes connections after each reply (one call per connection) still works:
+  a request that meets a connection the service has just closed is sent again on a new one.
 """
 
 from __future__ import annotations
@@ -15,20 +21,19 @@ from typing import Final
 
 from x8manager.rpc.framing import Frame, Response, StreamDecoder
 
-__all__ = ["NotificationChannel", "ServiceCallFailed", "call_service"]
+__all__ = ["ServiceCallFailed", "ServiceLink", "call_service"]
 
 log = logging.getLogger(__name__)
 
 SERVICE_HOST: Final = "127.0.0.1"
 READ_CHUNK: Final = 64 * 1024
-# A service reply larger than this is refused anyway (the M4 takes 248 bytes per write), but
-# it is read to the end so the service sees a clean close.
+# A service reply larger than this is refused anyway (the M4 takes 248 bytes per write).
 MAX_SERVICE_REPLY: Final = 64 * 1024
 # Notifications waiting for one service; beyond this the service is not keeping up and new
 # ones are dropped with a warning rather than growing memory.
 NOTIFICATION_QUEUE: Final = 1024
-# A notification connection with nothing to send for this long is closed.
-NOTIFICATION_IDLE_CLOSE: Final = 30.0
+# A service connection with no traffic for this long is closed; the next message reopens it.
+IDLE_CLOSE: Final = 60.0
 
 
 class ServiceCallFailed(Exception):
@@ -36,7 +41,7 @@ class ServiceCallFailed(Exception):
 
 
 async def call_service(port: int, request: Frame, *, wait: float) -> Frame:
-    """Send the M4's raw request to the service on *port*; return its first complete response."""
+    """One call on its own connection: send the raw request, return the first complete response."""
     try:
         async with asyncio.timeout(wait):
             reader, writer = await asyncio.open_connection(SERVICE_HOST, port)
@@ -56,74 +61,144 @@ async def call_service(port: int, request: Frame, *, wait: float) -> Frame:
         raise ServiceCallFailed(f"service on port {port}: {exc.strerror or exc}") from exc
 
 
-class NotificationChannel:
-    """In-order delivery of the M4's notifications to one service port.
+class _Connection:
+    """One open connection to a service and the calls waiting for a reply on it."""
 
-    One worker and one kept-open connection per port: ``tty`` output must reach the service in
-    the order the M4 wrote it, which separate concurrent connections would not guarantee.
-    """
+    def __init__(self, port: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.port = port
+        self.writer = writer
+        self.waiting: dict[int, asyncio.Future[Frame]] = {}
+        self.last_used = asyncio.get_running_loop().time()
+        self.reader_task = asyncio.get_running_loop().create_task(self._read(reader), name=f"service:{port}")
+
+    @property
+    def usable(self) -> bool:
+        return not self.reader_task.done() and not self.writer.is_closing()
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        decoder = StreamDecoder(MAX_SERVICE_REPLY)
+        reason = "closed the connection"
+        try:
+            while data := await reader.read(READ_CHUNK):
+                self.last_used = asyncio.get_running_loop().time()
+                for frame in decoder.feed_frames(data):
+                    if not isinstance(frame.message, Response):
+                        continue
+                    future = self.waiting.get(frame.message.msgid)
+                    if future is not None and not future.done():
+                        future.set_result(frame)
+                    else:
+                        log.info("service on port %d answered msgid %d, which nobody waits for",
+                                 self.port, frame.message.msgid)
+        except OSError as exc:
+            reason = f"broke the connection ({exc.strerror or exc})"
+        finally:
+            self.writer.close()
+            for future in self.waiting.values():
+                if not future.done():
+                    future.set_exception(ConnectionResetError(f"service on port {self.port} {reason}"))
+
+    def close(self) -> None:
+        self.writer.close()
+        self.reader_task.cancel()
+
+
+class ServiceLink:
+    """The kept-open connection to the service on one port, shared by calls and notifications."""
 
     def __init__(self, port: int) -> None:
         self.port = port
-        self._queue: asyncio.Queue[bytes] = asyncio.Queue(NOTIFICATION_QUEUE)
-        self._task: asyncio.Task[None] | None = None
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
+        self._connection: _Connection | None = None
+        self._connecting = asyncio.Lock()
+        self._notifications: asyncio.Queue[bytes] = asyncio.Queue(NOTIFICATION_QUEUE)
+        self._notifier: asyncio.Task[None] | None = None
 
-    def send(self, raw: bytes) -> None:
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run(), name=f"notify:{self.port}")
+    async def _connect(self) -> tuple[_Connection, bool]:
+        """The open connection, or a new one; the flag says whether it is new."""
+        async with self._connecting:
+            current = self._connection
+            if current is not None and current.usable:
+                return current, False
+            if current is not None:
+                current.close()
+            reader, writer = await asyncio.open_connection(SERVICE_HOST, self.port)
+            self._connection = _Connection(self.port, reader, writer)
+            return self._connection, True
+
+    async def call(self, request: Frame, msgid: int, *, wait: float) -> Frame:
+        """Send the M4's raw request; return the service's response with the same msgid."""
         try:
-            self._queue.put_nowait(raw)
+            async with asyncio.timeout(wait):
+                for attempt in (1, 2):
+                    connection, fresh = await self._connect()
+                    if msgid in connection.waiting:
+                        # Two M4 calls with one msgid (not rpclib, which uses thread ids): the
+                        # second one gets a connection of its own so the replies cannot mix.
+                        return await call_service(self.port, request, wait=wait)
+                    future: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
+                    connection.waiting[msgid] = future
+                    try:
+                        connection.writer.write(request.raw)
+                        await connection.writer.drain()
+                        return await future
+                    except ConnectionError:
+                        # Sent on a connection the service had just closed: once more on a new one.
+                        if fresh or attempt == 2:
+                            raise
+                    finally:
+                        connection.waiting.pop(msgid, None)
+                        connection.last_used = asyncio.get_running_loop().time()
+                raise AssertionError("unreachable")  # pragma: no cover
+        except TimeoutError:
+            raise ServiceCallFailed(f"service on port {self.port} did not answer within {wait:g} s") from None
+        except OSError as exc:
+            raise ServiceCallFailed(f"service on port {self.port}: {exc.strerror or exc}") from exc
+
+    def notify(self, raw: bytes) -> None:
+        """Queue a notification; they reach the service in the order they were queued."""
+        if self._notifier is None or self._notifier.done():
+            self._notifier = asyncio.get_running_loop().create_task(
+                self._deliver_notifications(), name=f"notify:{self.port}")
+        try:
+            self._notifications.put_nowait(raw)
         except asyncio.QueueFull:
             log.warning("service on port %d is not keeping up: notification dropped", self.port)
 
-    def _connected(self) -> bool:
-        # The service never writes on this connection, so EOF shows up as at_eof() at once.
-        return (self._writer is not None and not self._writer.is_closing()
-                and self._reader is not None and not self._reader.at_eof())
-
-    def _disconnect(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-        self._reader = self._writer = None
-
-    async def _deliver(self, raw: bytes) -> None:
-        for attempt in (1, 2):  # a kept connection may have died since the last message
-            if not self._connected():
-                self._disconnect()
-                self._reader, self._writer = await asyncio.open_connection(SERVICE_HOST, self.port)
-            assert self._writer is not None
+    async def _deliver_notifications(self) -> None:
+        while True:
             try:
-                self._writer.write(raw)
-                await self._writer.drain()
-                return
-            except OSError:
-                self._disconnect()
-                if attempt == 2:
-                    raise
-
-    async def _run(self) -> None:
-        try:
-            while True:
+                async with asyncio.timeout(IDLE_CLOSE):
+                    raw = await self._notifications.get()
+            except TimeoutError:
+                self._close_if_idle()
+                continue
+            for attempt in (1, 2):
                 try:
-                    async with asyncio.timeout(NOTIFICATION_IDLE_CLOSE):
-                        raw = await self._queue.get()
-                except TimeoutError:
-                    self._disconnect()
-                    if self._queue.empty():
-                        return
-                    continue
-                try:
-                    await self._deliver(raw)
+                    connection, fresh = await self._connect()
+                    connection.writer.write(raw)
+                    await connection.writer.drain()
+                    break
                 except OSError as exc:
-                    log.warning("notification to service on port %d lost: %s", self.port, exc.strerror or exc)
-        finally:
-            self._disconnect()
+                    if fresh or attempt == 2:
+                        log.warning("notification to service on port %d lost: %s",
+                                    self.port, exc.strerror or exc)
+                        break
+
+    def _close_if_idle(self) -> None:
+        connection = self._connection
+        if connection is None or connection.waiting:
+            return
+        if asyncio.get_running_loop().time() - connection.last_used >= IDLE_CLOSE:
+            connection.close()
+            self._connection = None
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        if self._notifier is not None:
+            self._notifier.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        self._disconnect()
+                await self._notifier
+        if self._connection is not None:
+            self._connection.close()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._connection.reader_task
+            self._connection = None

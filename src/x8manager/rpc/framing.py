@@ -340,13 +340,29 @@ def _object_end(raw: bytes, offset: int) -> int:
     return offset + consumed
 
 
+# Total size of an integer by its first byte, beyond fixints: uint8..64, int8..64.
+_INT_SIZE: Final = {0xCC: 2, 0xCD: 3, 0xCE: 5, 0xCF: 9, 0xD0: 2, 0xD1: 3, 0xD2: 5, 0xD3: 9}
+
+
+def _element_end(raw: bytes, offset: int) -> int:
+    """End of the element at *offset*: integers directly (the hot path), others by msgpack."""
+    if offset >= len(raw):
+        raise InvalidMessage(f"message ends at byte {offset}, before its msgid")
+    lead = raw[offset]
+    size = 1 if lead <= 0x7F or lead >= 0xE0 else _INT_SIZE.get(lead)
+    if size is None:
+        return _object_end(raw, offset)
+    if offset + size > len(raw):
+        raise InvalidMessage(f"message ends inside the integer at byte {offset}")
+    return offset + size
+
+
 def msgid_span(raw: bytes) -> tuple[int, int]:
     """``(start, end)`` of the msgid's bytes in a raw request or response."""
     if not raw:
         raise InvalidMessage("empty message")
-    type_start = _skip_header(raw)
-    msgid_start = _object_end(raw, type_start)
-    return msgid_start, _object_end(raw, msgid_start)
+    msgid_start = _element_end(raw, _skip_header(raw))
+    return msgid_start, _element_end(raw, msgid_start)
 
 
 def replace_msgid(raw: bytes, encoded_msgid: bytes) -> tuple[bytes, bytes]:

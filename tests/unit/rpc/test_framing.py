@@ -268,3 +268,17 @@ def test_pack_raw_compat_uses_the_old_raw_family() -> None:
     text = "The number of the given arguments (1) doesn't match the arity (2)"
     assert pack_raw_compat(text)[:3] == b"\xda\x00\x41"  # E14b
     assert pack_raw_compat(b"x" * 70000)[:5] == b"\xdb\x00\x01\x11\x70"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    msgid=st.integers(-(2**63), 2**64 - 1) | st.text(max_size=3) | st.none(),
+    kind=st.integers(0, 1) | st.just(300),
+    rest=st.lists(rpc_values, min_size=2, max_size=2),
+)
+def test_fuzz_msgid_span_finds_the_second_element(msgid: Any, kind: int, rest: list[Any]) -> None:
+    raw = msgpack.packb([kind, msgid, *rest], use_bin_type=True)
+    start, end = msgid_span(raw)
+    assert msgpack.unpackb(raw[start:end], raw=False) == msgid
+    with pytest.raises(InvalidMessage):
+        msgid_span(raw[:start])

@@ -5,13 +5,22 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 from flasher_unit_support import ELF_DIR, STANDIN
 
-from x8manager.flasher.openocd import OpenocdCommand, OpenocdRun, Verdict, classify, run_openocd
+from x8manager.flasher.openocd import (
+    OpenocdCommand,
+    OpenocdRun,
+    Verdict,
+    classify,
+    kill_orphaned_run,
+    run_openocd,
+)
 
 GOOD = ELF_DIR / "sketch-ok.elf"
 
@@ -180,3 +189,21 @@ def test_lying_openocd_that_exits_zero_is_not_believed(
     run = asyncio.run(run_openocd(_argv(), time_limit=20))
     assert run.exit_code == 0
     assert classify(run).verdict is Verdict.FAILED
+
+
+def test_orphan_kill_only_hits_a_process_running_that_sketch(tmp_path: Path) -> None:
+    elf = tmp_path / "spool" / "000001-42-abcdef.elf"
+    other = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    # Stands for an openocd whose command line names the sketch ("program {ELF} ...").
+    orphan = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)", str(elf)], start_new_session=True
+    )
+    try:
+        assert not kill_orphaned_run(other.pid, str(elf)), "a reused pid must not be killed"
+        assert other.poll() is None
+        assert kill_orphaned_run(orphan.pid, str(elf))
+        assert orphan.wait(timeout=10) == -9
+    finally:
+        for process in (other, orphan):
+            process.kill()
+            process.wait(timeout=10)

@@ -12,25 +12,26 @@ Exit codes: 0 done (flashed and verified), 1 the flash failed or the H7 stayed b
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from x8manager.common.logs import setup_logging
-from x8manager.flasher.daemon import FlasherDaemon, StartupError
-from x8manager.flasher.elfcheck import SketchRejected
 from x8manager.flasher.lock import DEFAULT_LOCK_PATH, LockTimeout, lock_holder
-from x8manager.flasher.openocd import (
+from x8manager.flasher.state import StateDir
+from x8manager.flasher.swdconfig import (
     ADAPTER_CONFIG_NAME,
     TARGET_CONFIG_NAME,
     OpenocdCommand,
     packaged_config_dir,
 )
-from x8manager.flasher.pipeline import Flasher, FlasherSettings, Outcome
-from x8manager.flasher.state import StateDir
+
+# asyncio, pyelftools and the daemon are imported by the commands that use them: `m4-flasher
+# status` is polled by people and tests, and on a slow board it starts several times faster.
+if TYPE_CHECKING:
+    from x8manager.flasher.pipeline import Flasher, FlasherSettings, Outcome
 
 __all__ = ["main"]
 
@@ -112,6 +113,8 @@ def _resolve(args: argparse.Namespace, inherit: bool) -> None:
 
 
 def _settings(args: argparse.Namespace) -> FlasherSettings:
+    from x8manager.flasher.pipeline import FlasherSettings  # noqa: PLC0415 - see the imports
+
     openocd = OpenocdCommand(
         program=args.openocd,
         config_dir=Path(args.openocd_config_dir) if args.openocd_config_dir else packaged_config_dir(),
@@ -144,6 +147,8 @@ def _report(outcome: Outcome) -> int:
 
 
 async def _flash_file(flasher: Flasher, path: Path, source: str) -> int:
+    from x8manager.flasher.elfcheck import SketchRejected  # noqa: PLC0415 - see the imports
+
     try:
         data = flasher.snapshot(path)
     except OSError as error:
@@ -163,10 +168,18 @@ async def _flash_file(flasher: Flasher, path: Path, source: str) -> int:
 
 
 def _cmd_flash(args: argparse.Namespace) -> int:
+    import asyncio  # noqa: PLC0415 - see the imports
+
+    from x8manager.flasher.pipeline import Flasher  # noqa: PLC0415
+
     return asyncio.run(_flash_file(Flasher(_settings(args)), args.file, "manual"))
 
 
 def _cmd_rollback(args: argparse.Namespace) -> int:
+    import asyncio  # noqa: PLC0415 - see the imports
+
+    from x8manager.flasher.pipeline import Flasher  # noqa: PLC0415
+
     flasher = Flasher(_settings(args))
     record = flasher.state.last_good()
     if record is None:
@@ -239,6 +252,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_daemon(args: argparse.Namespace) -> int:
+    import asyncio  # noqa: PLC0415 - see the imports
+
+    from x8manager.flasher.daemon import FlasherDaemon, StartupError  # noqa: PLC0415
+    from x8manager.flasher.pipeline import Flasher  # noqa: PLC0415
+
     daemon = FlasherDaemon(Flasher(_settings(args)), args.watch)
     try:
         asyncio.run(daemon.run())

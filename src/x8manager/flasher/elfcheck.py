@@ -14,9 +14,10 @@ import hashlib
 import io
 import itertools
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
+if TYPE_CHECKING:
+    from elftools.elf.elffile import ELFFile
 
 __all__ = [
     "M4_FLASH_END",
@@ -111,6 +112,10 @@ def _check_identity(data: bytes) -> None:
 
 
 def _parse(data: bytes) -> ELFFile:
+    # pyelftools is imported on first use: commands that never validate start faster without it.
+    from elftools.common.exceptions import ELFError  # noqa: PLC0415
+    from elftools.elf.elffile import ELFFile  # noqa: PLC0415
+
     try:
         return ELFFile(io.BytesIO(data))
     except ELFError as error:
@@ -135,6 +140,8 @@ def _check_kind(elf: ELFFile) -> None:
 
 def _load_segments(elf: ELFFile, file_size: int) -> tuple[list[LoadSegment], list[tuple[int, int]]]:
     """Return the segments openocd writes, and (vaddr, size) of the ones that execute in place."""
+    from elftools.common.exceptions import ELFError  # noqa: PLC0415 - see _parse
+
     loads = []
     try:
         for segment in elf.iter_segments():

@@ -8,13 +8,16 @@ into the file so a waiting process can say who it waits for.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import fcntl
 import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = ["DEFAULT_LOCK_PATH", "LockCancelled", "LockTimeout", "h7_lock", "lock_holder"]
 
@@ -60,6 +63,8 @@ async def h7_lock(
 
     Polls with a non-blocking flock so waiting stays cancellable and never blocks the event loop.
     """
+    import asyncio  # noqa: PLC0415 - here so `m4-flasher status` (lock_holder) starts without asyncio
+
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:

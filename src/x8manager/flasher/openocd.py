@@ -1,10 +1,9 @@
 """Run openocd to program a sketch and decide, from its exit code *and* its output, what happened.
 
-The command is an argument list (no shell): ``openocd -s CONFIG_DIR -f ADAPTER -f TARGET -c
-"program {ELF} verify reset exit"``. openocd's ``program`` prints ``** Programming Started **``,
-``** Verified OK **`` and on failure ``** ... Failed **`` lines; a run counts as good only when
-openocd exits 0 *and* reported a verified write. openocd runs in its own process group so a hung
-run can be killed whole at its time limit.
+The command line comes from :mod:`x8manager.flasher.swdconfig`. openocd's ``program`` prints
+``** Programming Started **``, ``** Verified OK **`` and on failure ``** ... Failed **`` lines;
+a run counts as good only when openocd exits 0 *and* reported a verified write. openocd runs in
+its own process group so a hung run can be killed whole at its time limit.
 """
 
 from __future__ import annotations
@@ -18,8 +17,14 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
+
+from x8manager.flasher.swdconfig import (
+    ADAPTER_CONFIG_NAME,
+    TARGET_CONFIG_NAME,
+    OpenocdCommand,
+    packaged_config_dir,
+)
 
 __all__ = [
     "ADAPTER_CONFIG_NAME",
@@ -34,8 +39,6 @@ __all__ = [
     "run_openocd",
 ]
 
-ADAPTER_CONFIG_NAME = "x8-swd-imx-gpio.cfg"
-TARGET_CONFIG_NAME = "x8-stm32h7-target.cfg"
 LOG_TAIL_LINES = 40
 _KILL_GRACE_SECONDS = 2.0
 
@@ -71,47 +74,6 @@ _PERMANENT_MARKERS = (
     "** programming failed **",
     "** verify failed **",
 )
-
-
-def packaged_config_dir() -> Path:
-    """The directory holding the shipped openocd config files (package data)."""
-    return Path(str(resources.files("x8manager.flasher")))
-
-
-@dataclass(frozen=True)
-class OpenocdCommand:
-    """Everything that makes up one openocd invocation."""
-
-    program: str = "openocd"
-    config_dir: Path = field(default_factory=packaged_config_dir)
-    adapter_config: str = ADAPTER_CONFIG_NAME
-    target_config: str = TARGET_CONFIG_NAME
-
-    def argv(self, elf: Path) -> list[str]:
-        # The ELF path goes into a Tcl word in braces; braces or backslashes would end it early.
-        text = str(elf)
-        if any(char in text for char in "{}\\\n"):
-            raise ValueError(f"sketch path {text!r} cannot be passed to openocd safely")
-        return [
-            self.program,
-            "-s",
-            str(self.config_dir),
-            "-f",
-            self.adapter_config,
-            "-f",
-            self.target_config,
-            "-c",
-            f"program {{{text}}} verify reset exit",
-        ]
-
-    def missing_files(self) -> list[str]:
-        """Config files that do not exist (relative names are looked up in config_dir)."""
-        missing = []
-        for name in (self.adapter_config, self.target_config):
-            path = Path(name) if os.path.isabs(name) else self.config_dir / name
-            if not path.is_file():
-                missing.append(str(path))
-        return missing
 
 
 @dataclass

@@ -6,6 +6,7 @@ Requests are ``[0, msgid, method, params]`` on a persistent connection; replies 
 - ``call(name, args[, reply_timeout])``: make the M4 call a Linux procedure; the result, or the error;
 - ``notify(name, args)``: make the M4 send a notification;
 - ``serial_write(data)``: ``Serial.write`` on the M4 (a ``tty`` notification);
+- ``serial_println(text)``: ``Serial.println`` (two ``tty`` notifications: the text, then CR LF);
 - ``serial_read()``: take the bytes Linux wrote to the M4's ``Serial``;
 - ``print_raw(text)``: raw ``RPC.print`` text into the stream;
 - ``bind_echo(name)``: bind a procedure that returns its arguments;
@@ -46,6 +47,9 @@ def _methods(m4: VirtualM4) -> dict[str, Callable[..., Awaitable[Any]]]:
     async def serial_write(data: bytes | str) -> None:
         await m4.serial_write(data)
 
+    async def serial_println(text: str) -> None:
+        await m4.serial_println(text)
+
     async def serial_read() -> bytes:
         return m4.serial_read()
 
@@ -68,6 +72,7 @@ def _methods(m4: VirtualM4) -> dict[str, Callable[..., Awaitable[Any]]]:
         "call": call,
         "notify": notify,
         "serial_write": serial_write,
+        "serial_println": serial_println,
         "serial_read": serial_read,
         "print_raw": print_raw,
         "bind_echo": bind_echo,

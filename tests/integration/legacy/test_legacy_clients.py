@@ -117,8 +117,7 @@ def test_serial_forwarder_pattern(legacy: Legacy, proxy: Proxy, m4: Sim) -> None
         started(process, "registered")
         assert m4.control.request("call", "echo", ["ping"]) == "ping"
         # Serial.println("hello from M4") is two tty notifications: the text, then CR LF.
-        m4.control.request("serial_write", "hello from M4")
-        m4.control.request("serial_write", "\r\n")
+        m4.control.request("serial_println", "hello from M4")
         received = b""
         while not received.endswith(b"\r\n"):
             received += read_fd(gadget.fd)

@@ -241,3 +241,17 @@ def test_cli_connect_unix_waits_for_the_vm_socket(tmp_path: Path) -> None:
     finally:
         process.terminate()
         assert process.wait(timeout=30) == 0
+
+
+def test_control_on_unix_socket(tmp_path: Path) -> None:
+    """The QEMU image tests drive m4-sim through a UNIX control socket."""
+    process, info = start_cli("--pty", "--control", f"unix:{tmp_path / 'control.sock'}")
+    try:
+        assert info["control"] == f"unix:{tmp_path / 'control.sock'}"
+        with ControlClient(parse_endpoint(info["control"])) as control:
+            assert "tty" in control.request("bound")
+            control.request("bind_echo", "mirror")
+            assert "mirror" in control.request("bound")
+    finally:
+        process.terminate()
+        assert process.wait(timeout=30) == 0

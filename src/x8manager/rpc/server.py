@@ -117,7 +117,10 @@ class RpcService:
         assert self._server is not None
         if register:
             self._spawn(self._keep_registered(proxy_host, register_port), "register")
-        await self._server.serve_forever()
+        try:
+            await self._server.serve_forever()
+        finally:
+            await self.close()
 
     def run(self, register: bool = True, proxy_host: str | None = None,
             register_port: int = DEFAULT_REGISTER_PORT) -> None:

@@ -42,7 +42,7 @@ from x8manager.rpc.framing import (
     replace_msgid,
 )
 
-__all__ = ["M4Proxy", "ProxyConfig"]
+__all__ = ["M4Proxy", "ProxyConfig", "ProxyStats"]
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,9 @@ async def _read_one_object(reader: asyncio.StreamReader) -> bytes | None:
 
 
 @dataclass
-class _Stats:
+class ProxyStats:
+    """Counters of what the proxy did; tests and the benchmark read them."""
+
     calls: int = 0
     call_timeouts: int = 0
     late_replies: int = 0
@@ -177,7 +179,7 @@ class M4Proxy:
     def __init__(self, config: ProxyConfig, link: M4Link | None = None) -> None:
         self.config = config
         self.registry = Registry()
-        self.stats = _Stats()
+        self.stats = ProxyStats()
         self._link = link
         self._pending = PendingCalls()
         self._decoder = StreamDecoder(M4_DECODER_BUFFER)

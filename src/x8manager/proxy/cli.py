@@ -7,6 +7,7 @@ import asyncio
 import logging
 import signal
 import sys
+from pathlib import Path
 
 from x8manager.common.logs import setup_logging
 from x8manager.common.systemd import notify_ready, notify_stopping
@@ -60,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--m4-error-replies", action="store_true",
                         help="answer M4 calls to unregistered methods or unreachable services with an "
                              "error reply (default: drop them, as the original proxy)")
+    parser.add_argument("--registry-file", type=Path, default=None, metavar="FILE",
+                        help="keep the registry in FILE so a restarted proxy still knows the services "
+                             "(e.g. /run/m4-proxy/registry.json; default: memory only, as the original)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
@@ -100,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         service_timeout=args.service_timeout,
         timeout_error_reply=args.timeout_error_reply,
         m4_error_replies=args.m4_error_replies,
+        registry_file=args.registry_file,
     )
     try:
         return asyncio.run(_run(config))

@@ -19,6 +19,7 @@ import socket
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final
 
 import msgpack
@@ -78,6 +79,7 @@ class ProxyConfig:
     timeout_error_reply: bool = False  # Linux caller gets an error reply instead of a bare close
     m4_error_replies: bool = False  # M4 gets an error reply for unregistered methods/dead services
     max_message: int = M4_MAX_MESSAGE
+    registry_file: Path | None = None  # keep the registry across proxy restarts
 
 
 def _listen_socket(host: str, port: int, *, family: socket.AddressFamily,
@@ -178,7 +180,7 @@ class M4Proxy:
 
     def __init__(self, config: ProxyConfig, link: M4Link | None = None) -> None:
         self.config = config
-        self.registry = Registry()
+        self.registry = Registry(config.registry_file)
         self.stats = ProxyStats()
         self._link = link
         self._pending = PendingCalls()

@@ -10,7 +10,10 @@ with an error reply instead.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
+from pathlib import Path
 from typing import Any, Final
 
 import msgpack
@@ -58,16 +61,53 @@ def _go_type(value: Any) -> str:
 
 
 class Registry:
-    """Method name → local TCP port. Last writer wins, nothing is removed (as the original)."""
+    """Method name → local TCP port. Last writer wins, nothing is removed (as the original).
 
-    def __init__(self) -> None:
+    With a *path* the registry is also kept in that file (JSON, replaced atomically), so a
+    restarted proxy still knows the services that registered before: the original forgot them,
+    and services that register only at their own start-up then never heard from the M4 again.
+    """
+
+    def __init__(self, path: Path | None = None) -> None:
         self._ports: dict[str, int] = {}
+        self.path = path
+        if path is not None:
+            self._load(path)
+
+    def _load(self, path: Path) -> None:
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            log.warning("registry file %s unreadable, starting empty: %s", path, exc)
+            return
+        if not isinstance(saved, dict):
+            log.warning("registry file %s does not hold a name → port map, starting empty", path)
+            return
+        self._ports = {str(name): port for name, port in saved.items()
+                       if isinstance(port, int) and not isinstance(port, bool) and 1 <= port <= 65535}
+        if self._ports:
+            log.info("registry restored from %s: %s", path, self.go_map())
+
+    def _save(self) -> None:
+        if self.path is None:
+            return
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            temporary.write_text(json.dumps(self.snapshot()), encoding="utf-8")
+            os.replace(temporary, self.path)
+        except OSError as exc:
+            # Only restarts lose from this; the registration itself stands.
+            log.warning("cannot save the registry to %s: %s", self.path, exc)
 
     def register(self, port: int, names: list[str]) -> None:
         for name in names:
             self._ports[name] = port
         # Byte for byte the Go fmt.Println line users grep the journal for.
         log.info("Registering service on port  %d  with functions  %s", port, self.go_map())
+        self._save()
 
     def port_of(self, name: str) -> int | None:
         return self._ports.get(name)

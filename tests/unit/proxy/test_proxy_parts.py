@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -12,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from x8manager.proxy import M4Proxy, ProxyConfig
 from x8manager.proxy.cli import build_parser
 from x8manager.proxy.core import make_listeners
 from x8manager.proxy.link import DeviceLink, StartupError, TcpLink, open_link
@@ -151,4 +154,37 @@ def test_pending_compact_ids_are_one_byte_and_free() -> None:
             pending.open(compact=True)
         pending.close(5)
         assert pending.open(compact=True)[0] == 5
+    asyncio.run(scenario())
+
+
+def test_registry_file_survives_a_restart_and_bad_files_start_empty(tmp_path: Path) -> None:
+    path = tmp_path / "run" / "m4-proxy" / "registry.json"
+    Registry(path).register(5005, ["tty", "echo"])
+    restored = Registry(path)
+    assert restored.snapshot() == {"echo": 5005, "tty": 5005}
+    restored.register(5006, ["tty"])
+    assert Registry(path).snapshot() == {"echo": 5005, "tty": 5006}
+    for content in ("{not json", "[1, 2]", '{"a": "x", "b": 0, "c": true, "d": 7}'):
+        path.write_text(content)
+        assert Registry(path).snapshot() == ({"d": 7} if content.startswith('{"a"') else {})
+    assert Registry(None).snapshot() == {}
+
+
+def test_proxy_restart_keeps_registrations_with_a_registry_file(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        device = tmp_path / "null"
+        os.symlink("/dev/null", device)
+        config = ProxyConfig(device=str(device), bind="127.0.0.1", register_port=0, call_port=0,
+                             registry_file=tmp_path / "registry.json")
+        first = M4Proxy(config)
+        await first.start()
+        reader, writer = await asyncio.open_connection("127.0.0.1", first.register_port)
+        writer.write(msgpack.packb([0, 1, "register", [5005, ["multiply"]]]))
+        assert await reader.read(5) == bytes.fromhex("940101c0a0")
+        writer.close()
+        await first.stop()
+        second = M4Proxy(config)
+        await second.start()
+        assert second.registry.port_of("multiply") == 5005
+        await second.stop()
     asyncio.run(scenario())

@@ -15,75 +15,15 @@ import re
 import socket
 import subprocess
 import sys
-import threading
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from apps_harness import BIN, DEADLINE, Process, wait_until
 
 from x8manager.apps.cli import main as x8_apps
 from x8manager.apps.scaffold import create_app
-
-BIN = Path(sys.executable).parent
-DEADLINE = 20.0
-
-
-def wait_until(predicate: Callable[[], bool], what: str, within: float = DEADLINE) -> None:
-    end = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {within:.0f} s waiting for {what}")
-        time.sleep(0.02)
-
-
-@dataclass
-class Process:
-    """A child process whose stdout and stderr lines are collected by reader threads."""
-
-    name: str
-    popen: subprocess.Popen[str]
-    lines: list[str] = field(default_factory=list)
-
-    @classmethod
-    def start(cls, name: str, argv: list[str], **kwargs: object) -> Process:
-        popen = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                 **kwargs)  # type: ignore[call-overload]
-        process = cls(name, popen)
-        for stream in (popen.stdout, popen.stderr):
-            threading.Thread(target=process._collect, args=(stream,), daemon=True).start()
-        return process
-
-    def _collect(self, stream: object) -> None:
-        for line in stream:  # type: ignore[attr-defined]
-            self.lines.append(line.rstrip("\n"))
-
-    def wait_for_line(self, pattern: str) -> re.Match[str]:
-        regex = re.compile(pattern)
-        found: list[re.Match[str]] = []
-
-        def seen() -> bool:
-            if self.popen.poll() is not None and not found:
-                raise AssertionError(f"{self.name} exited ({self.popen.returncode}): {self.output}")
-            found.extend(m for line in list(self.lines) if (m := regex.search(line)))
-            return bool(found)
-
-        wait_until(seen, f"{self.name} to print {pattern!r}; so far: {self.output}")
-        return found[0]
-
-    @property
-    def output(self) -> str:
-        return "\n".join(self.lines[-30:])
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
 
 
 @dataclass

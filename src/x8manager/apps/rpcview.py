@@ -12,15 +12,35 @@ import json
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..rpc import M4Client, RpcError, X8RpcError
 from .device import App, _add_common, _context
 from .ports import PortSyntaxError, parse_port_entry
 from .yamlsource import YamlLoadError, load_compose_text
 
-__all__ = ["Registration", "add_parser", "fetch_registry", "published_ports", "registrations"]
+__all__ = ["Registration", "add_parser", "fetch_registry", "original_proxy_pid", "published_ports",
+           "registrations"]
 
 INTROSPECTION_METHOD = "list"
+# Arduino's Go proxy (/usr/bin/m4_proxy) panics on any method but "register" on port 5000,
+# and a restart loses every registration; so we do not ask it.
+ORIGINAL_PROXY_COMM = "m4_proxy"
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def original_proxy_pid(proc: Path = Path("/proc")) -> int | None:
+    """The pid of a running Arduino Go m4_proxy on this machine, if any."""
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            comm = (entry / "comm").read_text().strip()
+        except OSError:
+            continue  # the process ended while we looked
+        if comm == ORIGINAL_PROXY_COMM:
+            return int(entry.name)
+    return None
 
 
 @dataclass(frozen=True)
@@ -83,10 +103,17 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--register-port", type=int, default=5000, help="m4-proxy's register port (5000)")
     parser.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the proxy")
     parser.add_argument("--format", choices=("text", "json"), default="text")
+    parser.add_argument("--force", action="store_true",
+                        help="ask even if Arduino's original m4_proxy runs here (it crashes on the question)")
     parser.set_defaults(handler=_run_rpc)
 
 
 def _run_rpc(args: argparse.Namespace) -> int:
+    if args.proxy_host in LOCAL_HOSTS and not args.force and (pid := original_proxy_pid()) is not None:
+        print(f"x8-apps rpc: Arduino's original m4_proxy runs here (pid {pid}); it has no way to list "
+              "registrations and crashes on the question, losing every app's registration. Install "
+              "this project's m4-proxy, or pass --force", file=sys.stderr)
+        return 1
     try:
         registry = fetch_registry(args.proxy_host, args.register_port, args.timeout)
     except X8RpcError as error:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from x8manager.apps.cli import main
 from x8manager.apps.device import App
-from x8manager.apps.rpcview import Registration, published_ports, registrations
+from x8manager.apps.rpcview import Registration, original_proxy_pid, published_ports, registrations
 
 
 def app(tmp_path: Path, name: str, compose: str) -> App:
@@ -49,3 +51,20 @@ def test_proxy_not_running_is_a_clear_error(tmp_path: Path, capsys: pytest.Captu
     err = capsys.readouterr().err
     assert f"cannot read m4-proxy's registry at 127.0.0.1:{closed_port}" in err
     assert "is m4-proxy running?" in err
+
+
+def test_refuses_to_ask_arduinos_original_proxy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # A real process whose command name is the Go proxy's (m4_proxy); it only sleeps.
+    impostor = tmp_path / "m4_proxy"
+    shutil.copy2(shutil.which("sleep") or "/bin/sleep", impostor)
+    process = subprocess.Popen([str(impostor), "60"])
+    try:
+        assert original_proxy_pid() == process.pid
+        code = main(["rpc", "--register-port", "1", "--apps-root", str(tmp_path),
+                     "--sota-toml", str(tmp_path / "sota.toml")])
+        assert code == 1
+        assert f"original m4_proxy runs here (pid {process.pid})" in capsys.readouterr().err
+    finally:
+        process.kill()
+        process.wait()
+    assert original_proxy_pid() is None

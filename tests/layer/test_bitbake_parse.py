@@ -5,6 +5,7 @@ meta-lmp and meta-arduino is scripts/check-layer."""
 from __future__ import annotations
 
 import fnmatch
+import re
 from pathlib import Path
 
 import bb.data
@@ -225,3 +226,13 @@ def test_stm32h7_drops_monitor_units_when_opted_in(bb_datastore: bb.data_smart.D
     ]
     assert "monitor-m4-elf-file.service" in d.getVar("do_install")
     assert "x8-manager-flasher" in d.getVar(f"RRECOMMENDS:{pn}")
+
+
+def test_readme_and_security_policy_as_yocto_check_layer_wants() -> None:
+    """yocto-check-layer's test_readme (maintainer, patch, an e-mail address) and, from walnascar
+    on, test_security (a non-empty SECURITY.md)."""
+    readme = (LAYER_ROOT / "README.md").read_text()
+    assert "maintainer" in readme.lower(), "README.md: name the maintainer(s)"
+    assert "patch" in readme.lower(), "README.md: say how to send patches"
+    assert re.search(r"[\w.+-]+@[\w-]+\.[\w.-]+", readme), "README.md: give an e-mail address"
+    assert (LAYER_ROOT / "SECURITY.md").read_text().strip()

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -80,3 +83,20 @@ def test_template_is_required(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["new", "x", "--dir", str(tmp_path)])
     assert exit_info.value.code == 2
+
+
+def test_scaffolded_code_passes_the_projects_ruff_and_mypy_strict(tmp_path: Path) -> None:
+    """Users start from this code: it meets the same bar as ours (ruff config, mypy --strict)."""
+    root = Path(__file__).resolve().parents[3]
+    bin_dir = Path(sys.executable).parent
+    apps = [create_app(f"typed-{name}", name, tmp_path) for name in sorted(TEMPLATES)]
+    ruff = subprocess.run([str(bin_dir / "ruff"), "check", "--config", str(root / "pyproject.toml"),
+                           *(str(app / "main.py") for app in apps)],
+                          capture_output=True, text=True, check=False)
+    assert ruff.returncode == 0, ruff.stdout
+    for app in apps:
+        mypy = subprocess.run([sys.executable, "-m", "mypy", "--strict", "--no-incremental",
+                               "--ignore-missing-imports", "main.py"], cwd=app,
+                              env={**os.environ, "MYPYPATH": str(app / "vendor")},
+                              capture_output=True, text=True, check=False)
+        assert mypy.returncode == 0, f"{app.name}: {mypy.stdout}"

@@ -16,14 +16,12 @@ import contextlib
 import errno
 import logging
 import socket
-import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-import msgpack
-
+from x8manager.proxy.callport import CallPort
 from x8manager.proxy.link import LinkDown, M4Link, StartupError, open_link
 from x8manager.proxy.pending import PendingCalls
 from x8manager.proxy.registry import Registry, handle_register_connection
@@ -31,16 +29,11 @@ from x8manager.proxy.services import ServiceCallFailed, ServiceLink
 from x8manager.rpc.framing import (
     M4_MAX_MESSAGE,
     Frame,
-    InvalidMessage,
     Notification,
     Request,
     Response,
     StreamDecoder,
-    msgid_span,
-    pack_raw_compat,
     pack_response,
-    parse_message,
-    replace_msgid,
 )
 
 __all__ = ["M4Proxy", "ProxyConfig", "ProxyStats"]
@@ -51,17 +44,10 @@ log = logging.getLogger(__name__)
 DEFAULT_CALL_TIMEOUT: Final = 1.0
 # M4→Linux calls: the original waits forever for a service, which freezes every other call.
 DEFAULT_SERVICE_TIMEOUT: Final = 10.0
-# A call-port client gets this long to send its one message (the original waits forever).
-CLIENT_SEND_TIMEOUT: Final = 30.0
-# After answering, the proxy half-closes and waits this long for the client to close too.
-DRAIN_TIMEOUT: Final = 1.0
-# The biggest message the call port reads; larger ones cannot reach the M4 in any case.
-MAX_CLIENT_MESSAGE: Final = 64 * 1024
 # The M4 link carries ≤ ~496 bytes per RPMsg message; a larger partial object is garbage.
 M4_DECODER_BUFFER: Final = 8 * 1024
 # M4→Linux calls in flight; the M4 has at most 10 callers, anything past this is garbage.
 MAX_SERVICE_CALLS: Final = 64
-READ_CHUNK: Final = 64 * 1024
 # A partial M4 message with no new byte for this long is abandoned (the M4 reset mid-message).
 # The H7 forwards one message's chunks back to back, so real gaps are far shorter.
 STALE_PARTIAL_AFTER: Final = 0.5
@@ -138,28 +124,6 @@ def make_listeners(what: str, bind: str | None, port: int, *, dual_stack: bool) 
     return sockets
 
 
-async def _read_one_object(reader: asyncio.StreamReader) -> bytes | None:
-    """The exact bytes of the first msgpack object on *reader*; None if the peer closed first."""
-    unpacker = msgpack.Unpacker(max_buffer_size=MAX_CLIENT_MESSAGE, strict_map_key=False)
-    received = bytearray()
-    while True:
-        data = await reader.read(READ_CHUNK)
-        if not data:
-            return None
-        received += data
-        try:
-            unpacker.feed(data)
-            unpacker.skip()
-        except msgpack.OutOfData:
-            continue
-        except msgpack.BufferFull:
-            raise InvalidMessage(f"message larger than {MAX_CLIENT_MESSAGE} bytes") from None
-        except Exception as exc:
-            raise InvalidMessage(f"not msgpack: {exc}") from None
-        end: int = unpacker.tell()
-        return bytes(received[:end])
-
-
 @dataclass
 class ProxyStats:
     """Counters of what the proxy did; tests and the benchmark read them."""
@@ -183,7 +147,9 @@ class M4Proxy:
         self.registry = Registry(config.registry_file)
         self.stats = ProxyStats()
         self._link = link
-        self._pending = PendingCalls()
+        self.pending = PendingCalls()  # Linux→M4 calls waiting for the M4 (the call port's)
+        self._call_port: CallPort | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._decoder = StreamDecoder(M4_DECODER_BUFFER)
         self._last_m4_data = 0.0
         self._servers: list[asyncio.Server] = []
@@ -214,11 +180,11 @@ class M4Proxy:
             for sock in register_sockets + call_sockets:
                 sock.close()
             raise
+        self._loop = asyncio.get_running_loop()
         self._link.start(self._on_m4_data, self.discard_partial_message)
         for sock in register_sockets:
             self._servers.append(await asyncio.start_server(self._on_register_connection, sock=sock))
-        for sock in call_sockets:
-            self._servers.append(await asyncio.start_server(self._on_call_connection, sock=sock))
+        self._call_port = CallPort(self, call_sockets)
         self.register_ports = [s.getsockname()[:2] for s in register_sockets]
         self.call_ports = [s.getsockname()[:2] for s in call_sockets]
 
@@ -231,12 +197,25 @@ class M4Proxy:
         return self.call_ports[0][1]
 
     @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        assert self._loop is not None, "M4Proxy.start() first"
+        return self._loop
+
+    @property
+    def link(self) -> M4Link:
+        assert self._link is not None, "M4Proxy.start() first"
+        return self._link
+
+    @property
     def link_description(self) -> str:
         return self._link.description if self._link is not None else self.config.device
 
     async def stop(self) -> None:
         for server in self._servers:
             server.close()
+        if self._call_port is not None:
+            self._call_port.close()
+            self._call_port = None
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -285,135 +264,6 @@ class M4Proxy:
                 log.exception("register connection failed")
                 writer.close()
 
-    # -- call port (Linux → M4) -------------------------------------------------------------
-
-    async def _on_call_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")  # (asyncio sets TCP_NODELAY itself)
-        with self._connection_task():
-            try:
-                reply = await self._serve_call(reader, peer)
-                if reply:
-                    writer.write(reply)
-                    await writer.drain()
-            except asyncio.CancelledError:
-                writer.close()  # shutting down (see _connection_task)
-                return
-            except OSError as exc:
-                log.debug("call connection from %s broke: %s", peer, exc)
-            except Exception:
-                log.exception("call from %s failed", peer)
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._close_gracefully(reader, writer)
-
-    async def _close_gracefully(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Half-close, then close once the client has: a clean end, with two exceptions.
-
-        Bytes pipelined behind the message (read with it) were already dropped, so they cause no
-        RST. Bytes arriving after the answer are a new call on a finished connection (e.g.
-        msgpack-rpc-python's second call() on the same Client): they are answered with a reset,
-        as the original proxy's close did, so that call fails at once instead of waiting for the
-        client's own timeout.
-        """
-        try:
-            if writer.can_write_eof():
-                writer.write_eof()
-            async with asyncio.timeout(DRAIN_TIMEOUT):
-                if await reader.read(READ_CHUNK):
-                    self.stats.reset_after_answer += 1
-                    _reset(writer)
-                    return
-        except (OSError, TimeoutError):
-            pass
-        writer.close()
-
-    def _error_reply(self, msgid_bytes: bytes, text: str) -> bytes:
-        # [1, msgid, "text", nil] with the client's own msgid bytes and old-style raw text.
-        return b"\x94\x01" + msgid_bytes + pack_raw_compat(text) + b"\xc0"
-
-    async def _serve_call(self, reader: asyncio.StreamReader, peer: Any) -> bytes | None:
-        """Handle the one message of a call-port connection; return the bytes to answer with."""
-        try:
-            async with asyncio.timeout(CLIENT_SEND_TIMEOUT):
-                raw = await _read_one_object(reader)
-        except TimeoutError:
-            log.warning("call port: %s sent no complete message within %g s", peer, CLIENT_SEND_TIMEOUT)
-            return None
-        except InvalidMessage as exc:
-            log.warning("call port: refused message from %s: %s", peer, exc.reason)
-            return None
-        if raw is None:
-            log.debug("call port: %s closed before sending a message", peer)
-            return None
-        try:
-            unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, unicode_errors="surrogateescape")
-            unpacker.feed(raw)
-            frame = Frame(parse_message(unpacker.unpack()), raw)
-        except InvalidMessage as exc:
-            log.warning("call port: invalid message from %s: %s", peer, exc.reason)
-            if exc.msgid is None:
-                return None
-            return self._error_reply(_msgid_bytes(raw), f"invalid message: {exc.reason}")
-        except Exception as exc:
-            log.warning("call port: undecodable message from %s: %s", peer, exc)
-            return None
-        if isinstance(frame.message, Response):
-            log.warning("call port: %s sent a response; only requests and notifications are forwarded", peer)
-            return None
-        if isinstance(frame.message, Notification):
-            await self._notify_m4(frame, peer)
-            return None
-        return await self._call_m4(frame, peer)
-
-    async def _notify_m4(self, frame: Frame, peer: Any) -> None:
-        if len(frame.raw) > self.config.max_message:
-            log.warning("call port: notification %r from %s is %d bytes, over the M4 link limit "
-                        "of %d; dropped", frame.message, peer, len(frame.raw), self.config.max_message)
-            return
-        assert self._link is not None
-        try:
-            await self._link.write(frame.raw)
-        except LinkDown as exc:
-            log.warning("call port: notification from %s lost: %s", peer, exc)
-
-    async def _call_m4(self, frame: Frame, peer: Any) -> bytes | None:
-        request = frame.message
-        assert isinstance(request, Request) and self._link is not None
-        self.stats.calls += 1
-        wire_msgid, reply = self._pending.open()
-        try:
-            wire, client_msgid = replace_msgid(frame.raw, msgpack.packb(wire_msgid))
-            if len(wire) > self.config.max_message >= len(frame.raw):
-                # Our id made it longer than the client's own message: a one-byte id fits.
-                self._pending.close(wire_msgid)
-                wire_msgid, reply = self._pending.open(compact=True)
-                wire, _ = replace_msgid(frame.raw, msgpack.packb(wire_msgid))
-            if len(wire) > self.config.max_message:
-                log.warning("call port: %s from %s is %d bytes, over the M4 link limit of %d",
-                            request.method, peer, len(wire), self.config.max_message)
-                return self._error_reply(
-                    client_msgid, f"message too large for the M4 link: {len(wire)} bytes "
-                    f"(limit {self.config.max_message})")
-            try:
-                await self._link.write(wire)
-            except LinkDown as exc:
-                log.warning("call port: %s from %s not sent: %s", request.method, peer, exc)
-                return self._error_reply(client_msgid, str(exc))
-            try:
-                async with asyncio.timeout(self.config.call_timeout):
-                    m4_reply = await reply
-            except TimeoutError:
-                self.stats.call_timeouts += 1
-                log.info("call port: no reply from the M4 to %s within %g s", request.method,
-                         self.config.call_timeout)
-                if self.config.timeout_error_reply:
-                    return self._error_reply(
-                        client_msgid, f"no reply from the M4 within {self.config.call_timeout:g} s")
-                return None
-            restored, _ = replace_msgid(m4_reply, client_msgid)
-            return restored
-        finally:
-            self._pending.close(wire_msgid)
-
     # -- M4 link (M4 → Linux) ---------------------------------------------------------------
 
     def discard_partial_message(self) -> None:
@@ -446,7 +296,7 @@ class M4Proxy:
     def _on_m4_frame(self, frame: Frame) -> None:
         message = frame.message
         if isinstance(message, Response):
-            if not self._pending.resolve(message.msgid, frame.raw):
+            if not self.pending.resolve(message.msgid, frame.raw):
                 self.stats.late_replies += 1
                 log.info("M4 reply for msgid %d dropped: no caller waits for it (late or unsolicited)",
                          message.msgid)
@@ -501,22 +351,3 @@ class M4Proxy:
             await self._link.write(message)
         except LinkDown as exc:
             log.warning("reply to the M4 lost: %s", exc)
-
-
-def _reset(writer: asyncio.StreamWriter) -> None:
-    """Close with RST (SO_LINGER 0) instead of FIN."""
-    sock = writer.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    writer.transport.abort()
-
-
-def _msgid_bytes(raw: bytes) -> bytes:
-    """The msgid bytes of a request-shaped message (for error replies to invalid ones)."""
-    try:
-        start, end = msgid_span(raw)
-    except InvalidMessage:
-        return b"\x00"
-    return raw[start:end]
-

@@ -19,6 +19,7 @@ import stat
 import termios
 import threading
 import tty
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Final, Literal
@@ -37,6 +38,8 @@ REOPEN_MAX_DELAY: Final = 1.0
 # that only ever returns 0 would spin, so pause briefly after a run of them.
 ZERO_READS_BEFORE_PAUSE: Final = 3
 ZERO_READ_PAUSE: Final = 0.01
+# TCP link (development): above this many unsent bytes a sender waits for the peer.
+TCP_WRITE_BUFFER: Final = 64 * 1024
 
 DataCallback = Callable[[bytes], None]
 ResetCallback = Callable[[], None]
@@ -65,8 +68,20 @@ class M4Link(abc.ABC):
         both run on the event loop."""
 
     @abc.abstractmethod
+    def send(self, message: bytes) -> asyncio.Future[None] | None:
+        """Start writing one complete message (one ``write()`` where the device allows).
+
+        Returns None when the message is already written (the usual case, no task and no
+        await on the hot path), else a future that completes once it is, or fails with
+        :class:`LinkDown`. Raises :class:`LinkDown` at once if the link is closed. Messages
+        go out in the order of the calls.
+        """
+
     async def write(self, message: bytes) -> None:
-        """Write one complete message with one ``write()``; raise :class:`LinkDown` if closed."""
+        """Write one complete message; raise :class:`LinkDown` if the link is closed."""
+        pending = self.send(message)
+        if pending is not None:
+            await pending
 
     @abc.abstractmethod
     async def close(self) -> None:
@@ -115,7 +130,9 @@ class DeviceLink(M4Link):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._on_data: DataCallback | None = None
         self._on_reset: ResetCallback | None = None
-        self._write_lock = asyncio.Lock()
+        # Event-loop mode: message tails the device did not take yet, in order, each with the
+        # future its sender may wait on.
+        self._backlog: deque[tuple[memoryview, asyncio.Future[None]]] = deque()
         self._reopen_task: asyncio.Task[None] | None = None
 
     def _open_fd(self) -> int:
@@ -203,6 +220,7 @@ class DeviceLink(M4Link):
         assert self._loop is not None
         if self._fd is not None:
             self._loop.remove_reader(self._fd)
+        self._fail_backlog(LinkDown(f"M4 link {self.path}: {why}"))
         self._drop_fd()
         if self._reopen_task is None or self._reopen_task.done():
             self._reopen_task = self._loop.create_task(self._reopen_on_loop(), name="m4-link-reopen")
@@ -225,27 +243,58 @@ class DeviceLink(M4Link):
             self._on_reset()
             return
 
-    async def _write_on_loop(self, message: bytes) -> None:
-        loop = asyncio.get_running_loop()
-        async with self._write_lock:
-            view = memoryview(message)
-            while view:
-                fd = self._fd
-                if fd is None:
-                    raise LinkDown(f"M4 link {self.path} is down (reopening)")
-                try:
-                    view = view[os.write(fd, view):]
-                except BlockingIOError:
-                    # The M4 side is not reading: wait until the device takes bytes again.
-                    writable: asyncio.Future[None] = loop.create_future()
-                    loop.add_writer(fd, _set_once, writable)
-                    try:
-                        await writable
-                    finally:
-                        with contextlib.suppress(OSError, ValueError):
-                            loop.remove_writer(fd)
-                except OSError as exc:
-                    raise LinkDown(f"write to M4 link {self.path} failed: {exc.strerror or exc}") from exc
+    def _send_on_loop(self, message: bytes) -> asyncio.Future[None] | None:
+        fd = self._fd
+        if fd is None:
+            raise LinkDown(f"M4 link {self.path} is down (reopening)")
+        view = memoryview(message)
+        if not self._backlog:
+            # The hot path: the device takes the whole message at once.
+            try:
+                written = os.write(fd, view)
+            except BlockingIOError:
+                written = 0
+            except OSError as exc:
+                raise LinkDown(f"write to M4 link {self.path} failed: {exc.strerror or exc}") from exc
+            if written == len(view):
+                return None
+            view = view[written:]
+            assert self._loop is not None
+            # The M4 side is not reading: the rest goes out when the device takes bytes again.
+            self._loop.add_writer(fd, self._on_writable)
+        assert self._loop is not None
+        done: asyncio.Future[None] = self._loop.create_future()
+        self._backlog.append((view, done))
+        return done
+
+    def _on_writable(self) -> None:
+        fd = self._fd
+        assert fd is not None and self._loop is not None
+        while self._backlog:
+            view, done = self._backlog[0]
+            try:
+                written = os.write(fd, view)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                self._fail_backlog(LinkDown(f"write to M4 link {self.path} failed: {exc.strerror or exc}"))
+                return
+            if written < len(view):
+                self._backlog[0] = (view[written:], done)
+                return
+            self._backlog.popleft()
+            if not done.done():
+                done.set_result(None)
+        self._loop.remove_writer(fd)
+
+    def _fail_backlog(self, error: LinkDown) -> None:
+        if self._backlog and self._fd is not None and self._loop is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self._loop.remove_writer(self._fd)
+        while self._backlog:
+            _, done = self._backlog.popleft()
+            if not done.done():
+                done.set_exception(error)
 
     # -- reader thread (x8h7_ui) ------------------------------------------------------------
 
@@ -317,14 +366,14 @@ class DeviceLink(M4Link):
 
     # -- both -------------------------------------------------------------------------------
 
-    async def write(self, message: bytes) -> None:
+    def send(self, message: bytes) -> asyncio.Future[None] | None:
         if self._executor is None:
-            await self._write_on_loop(message)
-        else:
-            await asyncio.get_running_loop().run_in_executor(self._executor, self._write_blocking, message)
+            return self._send_on_loop(message)
+        return asyncio.wrap_future(self._executor.submit(self._write_blocking, message))
 
     async def close(self) -> None:
         self._stop.set()
+        self._fail_backlog(LinkDown(f"M4 link {self.path} closed"))
         if self._reopen_task is not None:
             self._reopen_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -396,11 +445,16 @@ class TcpLink(M4Link):
             log.warning("M4 link reconnected: %s", self.description)
             on_reset()
 
-    async def write(self, message: bytes) -> None:
+    def send(self, message: bytes) -> asyncio.Future[None] | None:
         writer = self._writer
         if writer is None or writer.is_closing():
             raise LinkDown(f"M4 link {self.description} is down (reconnecting)")
         writer.write(message)  # one buffer append: messages never interleave
+        if writer.transport.get_write_buffer_size() <= TCP_WRITE_BUFFER:
+            return None
+        return asyncio.ensure_future(self._drain(writer))
+
+    async def _drain(self, writer: asyncio.StreamWriter) -> None:
         try:
             await writer.drain()
         except OSError as exc:

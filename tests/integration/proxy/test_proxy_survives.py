@@ -314,7 +314,7 @@ def test_message_at_the_limit_still_fits_after_the_msgid_rewrite(tmp_path: Path)
     async def scenario() -> None:
         async with running_proxy(tmp_path) as (proxy, m4):
             m4.procedures["echo"] = len
-            proxy._pending._next = 2**31  # a long-running proxy: its ids take five bytes
+            proxy.pending._next = 2**31  # a long-running proxy: its ids take five bytes
             head = msgpack.packb([0, 0, "echo", [""]])
             payload = "p" * (248 - len(head) - 1)  # the empty string took 1 byte, str8 takes 2
             message = msgpack.packb([0, 0, "echo", [payload]])

@@ -155,7 +155,7 @@ class M4Proxy:
         self._servers: list[asyncio.Server] = []
         self._services: dict[int, ServiceLink] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._service_calls = asyncio.Semaphore(MAX_SERVICE_CALLS)
+        self._service_calls = 0  # M4→Linux calls in flight
         self.register_ports: list[tuple[str, int]] = []
         self.call_ports: list[tuple[str, int]] = []
 
@@ -246,11 +246,6 @@ class M4Proxy:
             if task is not None:
                 self._tasks.discard(task)
 
-    def _spawn(self, coro: Any, name: str) -> None:
-        task = asyncio.get_running_loop().create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
     # -- register port ----------------------------------------------------------------------
 
     async def _on_register_connection(self, reader: asyncio.StreamReader,
@@ -314,27 +309,29 @@ class M4Proxy:
             self._service(port).notify(frame.raw)
             return
         self.stats.m4_calls += 1
-        if self._service_calls.locked():
+        if self._service_calls >= MAX_SERVICE_CALLS:
             log.warning("M4 call %r dropped: %d calls already in flight", message.method, MAX_SERVICE_CALLS)
             return
-        self._spawn(self._forward_m4_call(frame, message, port), f"m4-call:{message.method}")
+        self._service_calls += 1
+        self._service(port).start_call(
+            frame, message.msgid, wait=self.config.service_timeout,
+            done=lambda result: self._m4_call_done(message, result))
 
-    async def _forward_m4_call(self, frame: Frame, request: Request, port: int) -> None:
-        async with self._service_calls:
-            try:
-                reply = await self._service(port).call(frame, request.msgid, wait=self.config.service_timeout)
-            except ServiceCallFailed as exc:
-                log.warning("M4 call %r: %s", request.method, exc)
-                if self.config.m4_error_replies:
-                    await self._write_to_m4(pack_response(request.msgid, f"m4-proxy: {exc}", None))
-                return
-            if len(reply.raw) > self.config.max_message:
-                log.error("M4 call %r: the reply is %d bytes, over the M4 link limit of %d; "
-                          "sending an error instead", request.method, len(reply.raw), self.config.max_message)
-                await self._write_to_m4(pack_response(
-                    request.msgid, f"reply too large for the M4 link ({len(reply.raw)} bytes)", None))
-                return
-            await self._write_to_m4(reply.raw)
+    def _m4_call_done(self, request: Request, result: Frame | ServiceCallFailed) -> None:
+        """The service answered the M4's call (or failed to): the reply goes to the M4."""
+        self._service_calls -= 1
+        if isinstance(result, ServiceCallFailed):
+            log.warning("M4 call %r: %s", request.method, result)
+            if self.config.m4_error_replies:
+                self._send_to_m4(pack_response(request.msgid, f"m4-proxy: {result}", None))
+            return
+        if len(result.raw) > self.config.max_message:
+            log.error("M4 call %r: the reply is %d bytes, over the M4 link limit of %d; "
+                      "sending an error instead", request.method, len(result.raw), self.config.max_message)
+            self._send_to_m4(pack_response(
+                request.msgid, f"reply too large for the M4 link ({len(result.raw)} bytes)", None))
+            return
+        self._send_to_m4(result.raw)
 
     def _service(self, port: int) -> ServiceLink:
         service = self._services.get(port)
@@ -343,11 +340,18 @@ class M4Proxy:
         return service
 
     def _reply_to_m4(self, msgid: int, text: str) -> None:
-        self._spawn(self._write_to_m4(pack_response(msgid, text, None)), "m4-error-reply")
+        self._send_to_m4(pack_response(msgid, text, None))
 
-    async def _write_to_m4(self, message: bytes) -> None:
-        assert self._link is not None
+    def _send_to_m4(self, message: bytes) -> None:
         try:
-            await self._link.write(message)
+            pending = self.link.send(message)
         except LinkDown as exc:
             log.warning("reply to the M4 lost: %s", exc)
+            return
+        if pending is not None:
+            pending.add_done_callback(_log_lost_reply)
+
+
+def _log_lost_reply(written: asyncio.Future[None]) -> None:
+    if not written.cancelled() and written.exception() is not None:
+        log.warning("reply to the M4 lost: %s", written.exception())

@@ -17,11 +17,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Final
 
 from x8manager.rpc.framing import Frame, Response, StreamDecoder
 
-__all__ = ["ServiceCallFailed", "ServiceLink", "call_service"]
+__all__ = ["CallDone", "ServiceCallFailed", "ServiceLink", "call_service"]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,10 @@ IDLE_CLOSE: Final = 60.0
 
 class ServiceCallFailed(Exception):
     """The service could not be reached, broke the connection, or did not answer in time."""
+
+
+# Receives the service's response, or why there is none; called once per call, on the loop.
+CallDone = Callable[["Frame | ServiceCallFailed"], None]
 
 
 async def call_service(port: int, request: Frame, *, wait: float) -> Frame:
@@ -112,6 +117,8 @@ class ServiceLink:
         self._connecting = asyncio.Lock()
         self._notifications: asyncio.Queue[bytes] = asyncio.Queue(NOTIFICATION_QUEUE)
         self._notifier: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()  # calls that had to wait for a connection
+        self._closed = False
 
     async def _connect(self) -> tuple[_Connection, bool]:
         """The open connection, or a new one; the flag says whether it is new."""
@@ -124,6 +131,67 @@ class ServiceLink:
             reader, writer = await asyncio.open_connection(SERVICE_HOST, self.port)
             self._connection = _Connection(self.port, reader, writer)
             return self._connection, True
+
+    def start_call(self, request: Frame, msgid: int, *, wait: float, done: CallDone) -> None:
+        """Send the M4's raw request; *done* gets the response (or the failure) later.
+
+        On an open connection this is callbacks only (no task): the request is written at
+        once and the reader hands the response over. Otherwise, and for a retry after the
+        service closed the connection under the request, :meth:`call` runs in a task.
+        """
+        loop = asyncio.get_running_loop()
+        connection = self._connection
+        if (connection is None or not connection.usable or msgid in connection.waiting
+                or self._connecting.locked()):
+            self._call_in_task(request, msgid, wait, loop.time() + wait, done)
+            return
+        future: asyncio.Future[Frame] = loop.create_future()
+        connection.waiting[msgid] = future
+        deadline = loop.time() + wait
+        timer = loop.call_at(deadline, future.cancel)
+
+        def answered(future: asyncio.Future[Frame]) -> None:
+            timer.cancel()
+            if connection.waiting.get(msgid) is future:
+                del connection.waiting[msgid]
+            connection.last_used = loop.time()
+            if future.cancelled():
+                done(ServiceCallFailed(f"service on port {self.port} did not answer within {wait:g} s"))
+                return
+            exc = future.exception()
+            if exc is None:
+                done(future.result())
+            elif isinstance(exc, ConnectionError):
+                # Sent on a connection the service had just closed: once more on a new one.
+                self._call_in_task(request, msgid, wait, deadline, done)
+            else:  # pragma: no cover - the reader sets only responses and ConnectionErrors
+                done(ServiceCallFailed(f"service on port {self.port}: {exc}"))
+
+        future.add_done_callback(answered)
+        try:
+            connection.writer.write(request.raw)
+        except (OSError, RuntimeError) as exc:
+            if not future.done():
+                future.set_exception(ConnectionResetError(str(exc)))
+
+    def _call_in_task(self, request: Frame, msgid: int, wait: float, deadline: float, done: CallDone) -> None:
+        if self._closed:
+            done(ServiceCallFailed(f"service on port {self.port}: the proxy is stopping"))
+            return
+
+        async def run() -> None:
+            left = deadline - asyncio.get_running_loop().time()
+            try:
+                if left <= 0:
+                    raise ServiceCallFailed(f"service on port {self.port} did not answer within {wait:g} s")
+                result: Frame | ServiceCallFailed = await self.call(request, msgid, wait=left)
+            except ServiceCallFailed as exc:
+                result = exc
+            done(result)
+
+        task = asyncio.get_running_loop().create_task(run(), name=f"service-call:{self.port}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def call(self, request: Frame, msgid: int, *, wait: float) -> Frame:
         """Send the M4's raw request; return the service's response with the same msgid."""
@@ -193,6 +261,11 @@ class ServiceLink:
             self._connection = None
 
     async def close(self) -> None:
+        self._closed = True
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self._notifier is not None:
             self._notifier.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -140,6 +140,9 @@ class CallPort:
             self.connections.add(connection)
             if self._sweeper is None:
                 self._sweeper = self._loop.call_later(SWEEP_INTERVAL, self._sweep)
+            # The client sends its message right after connecting, so it is usually here
+            # already: taking it now saves a trip through the event loop.
+            connection.readable()
 
     def _sweep(self) -> None:
         now = self._loop.time()
@@ -188,11 +191,11 @@ class CallConnection:
         self._wire_msgid = -1
         self._client_msgid = b""
         self._method = ""
-        self._loop.add_reader(self._fd, self._readable)
+        self._loop.add_reader(self._fd, self.readable)
 
     # -- socket events ----------------------------------------------------------------------
 
-    def _readable(self) -> None:
+    def readable(self) -> None:
         sock = self._sock
         if sock is None:
             return

@@ -66,46 +66,83 @@ async def call_service(port: int, request: Frame, *, wait: float) -> Frame:
         raise ServiceCallFailed(f"service on port {port}: {exc.strerror or exc}") from exc
 
 
-class _Connection:
-    """One open connection to a service and the calls waiting for a reply on it."""
+class _Connection(asyncio.Protocol):
+    """One open connection to a service and the calls waiting for a reply on it.
 
-    def __init__(self, port: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    A protocol rather than streams: each reply is matched and handed over from
+    ``data_received`` directly, with no reader task to wake per read.
+    """
+
+    def __init__(self, port: int) -> None:
         self.port = port
-        self.writer = writer
+        loop = asyncio.get_running_loop()
         self.waiting: dict[int, asyncio.Future[Frame]] = {}
-        self.last_used = asyncio.get_running_loop().time()
-        self.reader_task = asyncio.get_running_loop().create_task(self._read(reader), name=f"service:{port}")
+        self.last_used = loop.time()
+        self.closed: asyncio.Future[None] = loop.create_future()
+        self._transport: asyncio.Transport | None = None
+        self._decoder = StreamDecoder(MAX_SERVICE_REPLY)
+        self._writable: asyncio.Future[None] | None = None  # set while the service reads slower
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
 
     @property
     def usable(self) -> bool:
-        return not self.reader_task.done() and not self.writer.is_closing()
+        return self._transport is not None and not self._transport.is_closing() and not self.closed.done()
 
-    async def _read(self, reader: asyncio.StreamReader) -> None:
-        decoder = StreamDecoder(MAX_SERVICE_REPLY)
-        reason = "closed the connection"
-        try:
-            while data := await reader.read(READ_CHUNK):
-                self.last_used = asyncio.get_running_loop().time()
-                for frame in decoder.feed_frames(data):
-                    if not isinstance(frame.message, Response):
-                        continue
-                    future = self.waiting.get(frame.message.msgid)
-                    if future is not None and not future.done():
-                        future.set_result(frame)
-                    else:
-                        log.info("service on port %d answered msgid %d, which nobody waits for",
-                                 self.port, frame.message.msgid)
-        except OSError as exc:
-            reason = f"broke the connection ({exc.strerror or exc})"
-        finally:
-            self.writer.close()
-            for future in self.waiting.values():
-                if not future.done():
-                    future.set_exception(ConnectionResetError(f"service on port {self.port} {reason}"))
+    def data_received(self, data: bytes) -> None:
+        self.last_used = asyncio.get_running_loop().time()
+        for frame in self._decoder.feed_frames(data):
+            if not isinstance(frame.message, Response):
+                continue
+            future = self.waiting.get(frame.message.msgid)
+            if future is not None and not future.done():
+                future.set_result(frame)
+            else:
+                log.info("service on port %d answered msgid %d, which nobody waits for",
+                         self.port, frame.message.msgid)
+
+    def eof_received(self) -> bool:
+        return False  # the service closed its side: close ours too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is None:
+            reason = "closed the connection"
+        else:
+            reason = f"broke the connection ({getattr(exc, 'strerror', None) or exc})"
+        for future in self.waiting.values():
+            if not future.done():
+                future.set_exception(ConnectionResetError(f"service on port {self.port} {reason}"))
+        self.resume_writing()  # a waiting writer goes on and finds the connection gone
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def pause_writing(self) -> None:
+        if self._writable is None or self._writable.done():
+            self._writable = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+
+    def write(self, raw: bytes) -> None:
+        """Queue *raw* for the service; raise ConnectionResetError if the connection is gone."""
+        if not self.usable:
+            raise ConnectionResetError(f"service on port {self.port} closed the connection")
+        assert self._transport is not None
+        self._transport.write(raw)
+
+    async def drain(self) -> None:
+        """Wait while the service is not reading (flow control)."""
+        if self._writable is not None and not self._writable.done():
+            await asyncio.shield(self._writable)
+        if not self.usable:
+            raise ConnectionResetError(f"service on port {self.port} closed the connection")
 
     def close(self) -> None:
-        self.writer.close()
-        self.reader_task.cancel()
+        if self._transport is not None:
+            self._transport.close()
 
 
 class ServiceLink:
@@ -128,9 +165,11 @@ class ServiceLink:
                 return current, False
             if current is not None:
                 current.close()
-            reader, writer = await asyncio.open_connection(SERVICE_HOST, self.port)
-            self._connection = _Connection(self.port, reader, writer)
-            return self._connection, True
+            port = self.port
+            _, connection = await asyncio.get_running_loop().create_connection(
+                lambda: _Connection(port), SERVICE_HOST, port)
+            self._connection = connection
+            return connection, True
 
     def start_call(self, request: Frame, msgid: int, *, wait: float, done: CallDone) -> None:
         """Send the M4's raw request; *done* gets the response (or the failure) later.
@@ -169,7 +208,7 @@ class ServiceLink:
 
         future.add_done_callback(answered)
         try:
-            connection.writer.write(request.raw)
+            connection.write(request.raw)
         except (OSError, RuntimeError) as exc:
             if not future.done():
                 future.set_exception(ConnectionResetError(str(exc)))
@@ -206,8 +245,8 @@ class ServiceLink:
                     future: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
                     connection.waiting[msgid] = future
                     try:
-                        connection.writer.write(request.raw)
-                        await connection.writer.drain()
+                        connection.write(request.raw)
+                        await connection.drain()
                         return await future
                     except ConnectionError:
                         # Sent on a connection the service had just closed: once more on a new one.
@@ -243,8 +282,8 @@ class ServiceLink:
             for attempt in (1, 2):
                 try:
                     connection, fresh = await self._connect()
-                    connection.writer.write(raw)
-                    await connection.writer.drain()
+                    connection.write(raw)
+                    await connection.drain()
                     break
                 except OSError as exc:
                     if fresh or attempt == 2:
@@ -272,6 +311,6 @@ class ServiceLink:
                 await self._notifier
         if self._connection is not None:
             self._connection.close()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._connection.reader_task
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._connection.closed), 1.0)
             self._connection = None

@@ -67,12 +67,13 @@ def _first_object(data: bytes) -> tuple[Any, bytes]:
     Raises :class:`_Incomplete` if *data* ends inside it, :class:`InvalidMessage` if it is not
     msgpack, or any decoding error of an object msgpack can skip but not build.
     """
-    try:
-        return msgpack.unpackb(data, **_UNPACK_OPTIONS), data
-    except msgpack.ExtraData as extra:  # bytes pipelined behind the message: ignored
-        return extra.unpacked, data[: len(data) - len(extra.extra)]
-    except Exception:  # incomplete, not msgpack, or not buildable: tell them apart below
-        pass
+    if len(data) <= MAX_CLIENT_MESSAGE:
+        try:
+            return msgpack.unpackb(data, **_UNPACK_OPTIONS), data
+        except msgpack.ExtraData as extra:  # bytes pipelined behind the message: ignored
+            return extra.unpacked, data[: len(data) - len(extra.extra)]
+        except Exception:  # incomplete, not msgpack, or not buildable: tell them apart below
+            pass
     unpacker = msgpack.Unpacker(max_buffer_size=MAX_CLIENT_MESSAGE, strict_map_key=False)
     try:
         unpacker.feed(data)

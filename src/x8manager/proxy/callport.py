@@ -131,8 +131,9 @@ class CallPort:
                 log.warning("call port: accept failed: %s", exc.strerror or exc)
                 return
             try:
+                # No TCP_NODELAY: the proxy writes one reply and then the end of stream, and
+                # neither the first segment on a connection nor a FIN waits for Nagle.
                 sock.setblocking(False)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 connection = CallConnection(self._proxy, self, sock, address)
             except OSError as exc:
                 log.debug("call port: connection from %s lost at once: %s", address, exc)
@@ -305,12 +306,12 @@ class CallConnection:
         proxy.stats.calls += 1
         self._method = request.method
         pending = proxy.pending
-        wire_msgid, reply = pending.open()
+        wire_msgid = pending.open_callback(self._m4_replied)
         wire, client_msgid = replace_msgid(raw, msgpack.packb(wire_msgid))
         if len(wire) > config.max_message >= len(raw):
             # Our id made it longer than the client's own message: a one-byte id fits.
             pending.close(wire_msgid)
-            wire_msgid, reply = pending.open(compact=True)
+            wire_msgid = pending.open_callback(self._m4_replied, compact=True)
             wire, _ = replace_msgid(raw, msgpack.packb(wire_msgid))
         self._wire_msgid, self._client_msgid = wire_msgid, client_msgid
         if len(wire) > config.max_message:
@@ -327,7 +328,6 @@ class CallConnection:
             return
         if written is not None:
             written.add_done_callback(self._written)
-        reply.add_done_callback(self._m4_replied)
         self._timer = self._loop.call_later(config.call_timeout, self._m4_timed_out)
 
     def _written(self, written: asyncio.Future[None]) -> None:
@@ -345,12 +345,12 @@ class CallConnection:
         self._proxy.pending.close(self._wire_msgid)
         self._answer(error_reply(self._client_msgid, str(exc)))
 
-    def _m4_replied(self, reply: asyncio.Future[bytes]) -> None:
-        if reply.cancelled() or self._state != _CALLING:
-            return  # timed out, or the link failed: already answered
-        self._proxy.pending.close(self._wire_msgid)
+    def _m4_replied(self, reply: bytes) -> None:
+        """The M4's reply (called from the link's data handler; the pending entry is gone)."""
+        if self._state != _CALLING:  # pragma: no cover - answered calls leave the pending table
+            return
         try:
-            restored, _ = replace_msgid(reply.result(), self._client_msgid)
+            restored, _ = replace_msgid(reply, self._client_msgid)
         except InvalidMessage as exc:  # pragma: no cover - the decoder only passes valid replies
             log.error("call port: M4 reply to %s unusable: %s", self._method, exc)
             self._answer(None)
@@ -360,7 +360,7 @@ class CallConnection:
     def _m4_timed_out(self) -> None:
         self._timer = None
         proxy = self._proxy
-        proxy.pending.close(self._wire_msgid)  # cancels the reply future: a late reply is dropped
+        proxy.pending.close(self._wire_msgid)  # a late reply finds nobody waiting and is dropped
         proxy.stats.call_timeouts += 1
         timeout = proxy.config.call_timeout
         log.info("call port: no reply from the M4 to %s within %g s", self._method, timeout)
@@ -457,6 +457,9 @@ class CallConnection:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._state == _CALLING:  # the client went away before the answer
+            self._state = _ANSWERED
+            self._proxy.pending.close(self._wire_msgid)
         sock.close()
         self._port.connections.discard(self)
 

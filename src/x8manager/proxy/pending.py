@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from x8manager.rpc.framing import MAX_MSGID
 
@@ -20,21 +21,39 @@ log = logging.getLogger(__name__)
 COMPACT_IDS = 128
 
 
+ReplyCallback = Callable[[bytes], None]
+
+
 class PendingCalls:
-    """One future per in-flight call; the caller removes its entry in ``finally``."""
+    """One future (or callback) per in-flight call; the caller removes its entry when done."""
 
     def __init__(self, first_id: int = 1) -> None:
         self._next = first_id & MAX_MSGID
-        self._waiting: dict[int, asyncio.Future[bytes]] = {}
+        self._waiting: dict[int, asyncio.Future[bytes] | ReplyCallback] = {}
         self._compact = 0
 
     def __len__(self) -> int:
         return len(self._waiting)
 
     def open(self, *, compact: bool = False) -> tuple[int, asyncio.Future[bytes]]:
-        """A fresh wire msgid and the future its reply will complete.
+        """A fresh wire msgid and the future its reply will complete."""
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        msgid = self._new_id(compact)
+        self._waiting[msgid] = future
+        return msgid, future
 
-        Ids count up through uint32, so a late reply cannot meet a new call with its id for a
+    def open_callback(self, on_reply: ReplyCallback, *, compact: bool = False) -> int:
+        """A fresh wire msgid whose reply is passed to *on_reply* as soon as it arrives.
+
+        No future and no event-loop round trip: the proxy's call port uses this per call.
+        The entry is gone once the reply is delivered or :meth:`close` is called.
+        """
+        msgid = self._new_id(compact)
+        self._waiting[msgid] = on_reply
+        return msgid
+
+    def _new_id(self, compact: bool) -> int:
+        """Ids count up through uint32, so a late reply cannot meet a new call with its id for a
         very long time. *compact* takes a free id below 128 instead (one byte on the wire), for
         a message the usual id would push over the M4 link's size limit.
         """
@@ -53,19 +72,23 @@ class PendingCalls:
                 self._next = (self._next + 1) & MAX_MSGID
             msgid = self._next
             self._next = (self._next + 1) & MAX_MSGID
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._waiting[msgid] = future
-        return msgid, future
+        return msgid
 
     def close(self, msgid: int) -> None:
-        future = self._waiting.pop(msgid, None)
-        if future is not None and not future.done():
-            future.cancel()
+        waiter = self._waiting.pop(msgid, None)
+        if isinstance(waiter, asyncio.Future) and not waiter.done():
+            waiter.cancel()
 
     def resolve(self, msgid: int, raw_reply: bytes) -> bool:
         """Hand *raw_reply* to the call waiting for *msgid*; False if none waits (dropped)."""
-        future = self._waiting.get(msgid)
-        if future is None or future.done():
+        waiter = self._waiting.get(msgid)
+        if waiter is None:
             return False
-        future.set_result(raw_reply)
+        if isinstance(waiter, asyncio.Future):
+            if waiter.done():
+                return False
+            waiter.set_result(raw_reply)
+            return True
+        del self._waiting[msgid]
+        waiter(raw_reply)
         return True

@@ -25,7 +25,7 @@ def test_compose_app_answers_a_call_from_the_m4(virtual_x8: VirtualX8) -> None:
     console.check(f"docker image inspect {BASE_IMAGE} >/dev/null 2>&1 || "
                   f"docker import {BASE_TARBALL} {BASE_IMAGE}", timeout=600)
     console.check(f"rm -rf /tmp/apps && x8-apps new {APP} --template m4-service --dir /tmp/apps "
-                  f"--port {APP_PORT}", timeout=120)
+                  f"--port {APP_PORT} --factory-image-prefix x8-test", timeout=120)
     app_dir = f"/tmp/apps/{APP}"
     image = console.check(f"sed -n 's/^ *image: *//p' {app_dir}/docker-compose.yml | head -n1")
     image = image.strip().strip('"')

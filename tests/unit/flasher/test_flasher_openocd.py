@@ -191,6 +191,13 @@ def test_lying_openocd_that_exits_zero_is_not_believed(
     assert classify(run).verdict is Verdict.FAILED
 
 
+def _wait_for_cmdline(pid: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not Path(f"/proc/{pid}/cmdline").read_bytes():
+        assert time.monotonic() < deadline, f"pid {pid} never showed its command line"
+        time.sleep(0.01)
+
+
 def test_orphan_kill_only_hits_a_process_running_that_sketch(tmp_path: Path) -> None:
     elf = tmp_path / "spool" / "000001-42-abcdef.elf"
     other = subprocess.Popen(["sleep", "60"], start_new_session=True)
@@ -199,6 +206,9 @@ def test_orphan_kill_only_hits_a_process_running_that_sketch(tmp_path: Path) -> 
         [sys.executable, "-c", "import time; time.sleep(60)", str(elf)], start_new_session=True
     )
     try:
+        # Right after exec, /proc/PID/cmdline can still read empty: wait until both show theirs.
+        _wait_for_cmdline(other.pid)
+        _wait_for_cmdline(orphan.pid)
         assert not kill_orphaned_run(other.pid, str(elf)), "a reused pid must not be killed"
         assert other.poll() is None
         assert kill_orphaned_run(orphan.pid, str(elf))

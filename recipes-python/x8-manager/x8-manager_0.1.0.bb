@@ -79,7 +79,8 @@ FILES:${PN} += "${X8_SITE} \
 CONFFILES:${PN}-proxy = "${sysconfdir}/default/m4-proxy"
 CONFFILES:${PN}-flasher = "${sysconfdir}/default/m4-flasher"
 
-# Standard-library parts of python3 that x8manager imports (oe-core python3-manifest.json names).
+# Standard-library parts of python3 that each package imports, mapped to oe-core's scarthgap
+# python3-manifest.json packages (python3-core and what it pulls in are not repeated).
 RDEPENDS:${PN} = "python3-asyncio \
                   python3-core \
                   python3-io \
@@ -88,12 +89,12 @@ RDEPENDS:${PN} = "python3-asyncio \
                   python3-msgpack"
 RDEPENDS:${PN}-proxy = "${PN} python3-fcntl python3-terminal"
 # openocd comes from meta-oe; on the X8 meta-arduino's openocd bbappend enables the imx_gpio driver.
-RDEPENDS:${PN}-flasher = "${PN} openocd python3-crypt python3-fcntl python3-pyelftools"
+RDEPENDS:${PN}-flasher = "${PN} openocd python3-crypt python3-ctypes python3-datetime python3-fcntl python3-pyelftools"
 # X8_MANAGER_APPS_EXTRA_RDEPENDS: reserved for a compose-spec schema package, if x8-apps needs one.
 X8_MANAGER_APPS_EXTRA_RDEPENDS ?= ""
-RDEPENDS:${PN}-apps = "${PN} ${X8_MANAGER_APPS_EXTRA_RDEPENDS} python3-jsonschema python3-pyyaml"
+RDEPENDS:${PN}-apps = "${PN} ${X8_MANAGER_APPS_EXTRA_RDEPENDS} python3-jsonschema python3-pyyaml python3-tomllib"
 RDEPENDS:${PN}-sim = "${PN} python3-fcntl python3-terminal"
-RDEPENDS:${PN}-qemu = "${PN} python3-pexpect python3-pytest"
+RDEPENDS:${PN}-qemu = "${PN} python3-netclient python3-pexpect python3-pytest python3-shell"
 
 # Arduino's Go m4-proxy binds the same ports and the same /dev/x8h7_ui: never install both. With the
 # "x8-manager" distro feature our package also stands in for the name images ask for (meta-arduino's

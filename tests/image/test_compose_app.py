@@ -1,5 +1,7 @@
 """A compose app scaffolded by ``x8-apps new`` runs under the guest's Docker and answers the M4.
 
+The device commands (``x8-apps start|list|rpc|logs|stop``) drive it through the real docker CLI.
+
 Offline: the base image is the python3 rootfs tarball scripts/build-test-image made (imported with
 ``docker import``); the app's Dockerfile takes it as BASE_IMAGE and needs nothing from a registry.
 """
@@ -16,6 +18,7 @@ BASE_TARBALL = "/usr/lib/x8-test/x8manager-python.tar"
 BASE_IMAGE = "x8-test/python:bookworm"
 APP = "m4echo"
 APP_PORT = 5010
+APPS_ROOT = "/var/sota/compose-apps"
 
 
 def test_compose_app_answers_a_call_from_the_m4(virtual_x8: VirtualX8) -> None:
@@ -24,20 +27,30 @@ def test_compose_app_answers_a_call_from_the_m4(virtual_x8: VirtualX8) -> None:
         pytest.skip(f"{BASE_TARBALL} missing: only the Debian test image carries the offline base image")
     console.check(f"docker image inspect {BASE_IMAGE} >/dev/null 2>&1 || "
                   f"docker import {BASE_TARBALL} {BASE_IMAGE}", timeout=600)
-    console.check(f"rm -rf /tmp/apps && x8-apps new {APP} --template m4-service --dir /tmp/apps "
-                  f"--port {APP_PORT} --factory-image-prefix x8-test", timeout=120)
-    app_dir = f"/tmp/apps/{APP}"
+    # The app lives where aktualizr-lite puts compose apps; with no /var/sota/sota.toml nothing
+    # manages it, so the device commands act on it without --force.
+    console.check(f"mkdir -p {APPS_ROOT} && rm -rf {APPS_ROOT}/{APP} && x8-apps new {APP} "
+                  f"--template m4-service --dir {APPS_ROOT} --port {APP_PORT} "
+                  f"--factory-image-prefix x8-test", timeout=120)
+    app_dir = f"{APPS_ROOT}/{APP}"
     image = console.check(f"sed -n 's/^ *image: *//p' {app_dir}/docker-compose.yml | head -n1")
     image = image.strip().strip('"')
     assert image, "the scaffolded compose file names no image"
     console.check(f"docker build -q --build-arg BASE_IMAGE={BASE_IMAGE} -t {image} {app_dir}", timeout=600)
-    console.check(f"cd {app_dir} && docker-compose up -d", timeout=600)
+    console.check(f"x8-apps start {APP}", timeout=600)
     try:
         whoami = poll(f"{APP} registered with m4-proxy (the M4 calls whoami)",
                       lambda: virtual_x8.m4_call("whoami"), timeout=240, interval=2)
         assert whoami == APP
         assert virtual_x8.m4_call("divide", 7, 2) == 3.5
+        listing = console.check("x8-apps list", timeout=120)
+        assert APP in listing and "running" in listing, listing
+        procedures = console.check("x8-apps rpc", timeout=120)
+        assert "divide" in procedures and APP in procedures, procedures
+        console.check(f"x8-apps logs {APP}", timeout=120)
     finally:
-        logs, _ = console.run(f"cd {app_dir} && docker-compose logs --no-color | tail -n 50", timeout=120)
+        logs, _ = console.run(f"x8-apps logs {APP} 2>&1 | tail -n 50", timeout=120)
         print(logs)
-        console.run(f"cd {app_dir} && docker-compose down", timeout=300)
+        console.run(f"x8-apps stop {APP}", timeout=300)
+    stopped = console.check("x8-apps list", timeout=120)
+    assert "stopped" in stopped, stopped

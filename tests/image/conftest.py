@@ -17,7 +17,7 @@ import pytest
 
 from x8manager.qemu import Machine, Profile
 from x8manager.qemu.pytest_plugin import profile_from_options
-from x8manager.qemu.virtual_x8 import VirtualX8
+from x8manager.qemu.virtual_x8 import GUEST_HELPER_DIR, WRITABLE_HELPER_DIR, VirtualX8
 
 ROOT = Path(__file__).resolve().parents[2]
 GUEST_FILES = ROOT / "images" / "x8-test" / "overlay" / "usr" / "lib" / "x8-test"
@@ -59,17 +59,20 @@ def x8_machine(virtual_x8: VirtualX8) -> Machine:
 def prepare_guest(x8: VirtualX8) -> None:
     """Put the test helpers in place where the image lacks them (an LmP image built with the layer).
 
-    The Debian test image has them already; this only checks.
+    The Debian test image has them already; this only checks. Elsewhere they go to /var, which is
+    writable on an OSTree LmP image (its /usr is read-only).
     """
     console = x8.machine.require_console()
-    _, missing = console.run("test -x /usr/lib/x8-test/demo-service && "
-                             "test -x /usr/lib/x8-test/openocd-standin")
+    _, missing = console.run(f"test -x {GUEST_HELPER_DIR}/demo-service && "
+                             f"test -x {GUEST_HELPER_DIR}/openocd-standin")
     if missing == 0:
         return
-    console.write_file("/usr/lib/x8-test/demo-service", (GUEST_FILES / "demo-service").read_bytes(), 0o755)
-    console.write_file("/usr/lib/x8-test/openocd-standin", STANDIN.read_bytes(), 0o755)
+    x8.helper_dir = WRITABLE_HELPER_DIR
+    demo_service = (GUEST_FILES / "demo-service").read_bytes()
+    console.write_file(f"{WRITABLE_HELPER_DIR}/demo-service", demo_service, 0o755)
+    console.write_file(f"{WRITABLE_HELPER_DIR}/openocd-standin", STANDIN.read_bytes(), 0o755)
     console.write_file("/etc/default/m4-flasher",
-                       b"M4_FLASHER_ARGS=--openocd /usr/lib/x8-test/openocd-standin\n")
+                       f"M4_FLASHER_ARGS=--openocd {WRITABLE_HELPER_DIR}/openocd-standin\n".encode())
     console.write_file("/etc/default/m4-proxy", b"M4_PROXY_ARGS=--device /dev/virtio-ports/m4\n")
     console.check("systemctl restart m4-proxy m4-flasher")
 

@@ -22,10 +22,13 @@ from x8manager.m4sim import ControlClient, parse_endpoint
 
 from .machine import Machine, MachineError
 
-__all__ = ["DEMO_SERVICE", "VirtualM4Process", "VirtualX8", "poll"]
+__all__ = ["GUEST_HELPER_DIR", "WRITABLE_HELPER_DIR", "VirtualM4Process", "VirtualX8", "poll"]
 
 # Baked into the Debian test image (images/x8-test/overlay); a service using x8manager.rpc.RpcService.
-DEMO_SERVICE = "/usr/lib/x8-test/demo-service"
+GUEST_HELPER_DIR = "/usr/lib/x8-test"
+# Where the tests copy the helpers into an image that lacks them: /usr is read-only on an OSTree LmP
+# image, /var is writable and kept.
+WRITABLE_HELPER_DIR = "/var/lib/x8-test"
 DEMO_SERVICE_UNIT = "x8-demo-service"
 
 
@@ -109,6 +112,7 @@ class VirtualX8:
     """A started :class:`Machine` with the virtual M4 attached; ``with VirtualX8(machine) as x8: ...``."""
 
     def __init__(self, machine: Machine, m4_log: IO[str] | None = None) -> None:
+        self.helper_dir = GUEST_HELPER_DIR
         self.machine = machine
         self.m4_log = m4_log
         self.m4: VirtualM4Process | None = None
@@ -148,7 +152,7 @@ class VirtualX8:
         console.run(f"systemctl stop {DEMO_SERVICE_UNIT} 2>/dev/null; "
                     f"systemctl reset-failed {DEMO_SERVICE_UNIT} 2>/dev/null")
         console.check(f"systemd-run --unit={DEMO_SERVICE_UNIT} --quiet /usr/bin/python3 "
-                      f"{DEMO_SERVICE} {port}")
+                      f"{self.helper_dir}/demo-service {port}")
         m4 = self.require_m4()
         poll("the demo service registered with m4-proxy (M4 calls multiply)",
              lambda: m4.call("multiply", 1, 1), timeout)

@@ -143,13 +143,30 @@ class Console:
             self.expect(pattern, timeout=wait)
         except ConsoleTimeout as exc:
             # Interrupt what hangs so the next command finds a shell, and say which command it was.
-            self.send("\x03")
+            self._interrupt_and_resync()
             raise ConsoleTimeout(f"command did not finish within {wait:.0f}s: {command}\n{exc}") from exc
         match = self.spawn.match
         if not isinstance(match, re.Match):
             raise ConsoleError(f"console out of step after {command!r}: no marker match")
         output = strip_ansi(str(match.group(1))).replace("\r\n", "\n").replace("\r", "")
         return output, int(match.group(2))
+
+    def _interrupt_and_resync(self, attempts: int = 3, wait: float = 10.0) -> None:
+        """Ctrl-C what hangs, then wait until the shell echoes a fresh marker.
+
+        A Ctrl-C can land while bash is still reading the wrapped command (it then drops the rest
+        of the tty's input, or waits for a continuation line): only a marker that comes back shows
+        the next command will be read from a clean prompt.
+        """
+        for _ in range(attempts):
+            self.send("\x03")
+            marker = secrets.token_hex(6)
+            self.send(f"\necho '{marker[:6]}''{marker[6:]}'S\n")
+            try:
+                self.expect(rf"{marker}S\r?\n", timeout=wait)
+            except ConsoleTimeout:
+                continue
+            return
 
     def check(self, command: str, timeout: float | None = None) -> str:
         """Run *command*; return its output, raise :class:`CommandFailed` if it exits non-zero."""

@@ -70,3 +70,16 @@ class Process:
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait()
+
+
+def start_virtual_m4(processes: list[Process]) -> tuple[str, str]:
+    """Start ``m4-sim`` on a pty with a control socket; return (pty path, control address).
+
+    The process is appended to *processes* first, so the caller's clean-up stops it on any failure.
+    """
+    sim = Process.start("m4-sim", [str(BIN / "m4-sim"), "--pty", "--control", "tcp:127.0.0.1:0"])
+    processes.append(sim)
+    pty = sim.wait_for_line(r"^pty=(\S+)").group(1)
+    control = sim.wait_for_line(r"^control=(\S+)").group(1)
+    sim.wait_for_line(r"^ready$")
+    return pty, control

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from apps_harness import BIN, DEADLINE, Process, wait_until
+from apps_harness import BIN, DEADLINE, Process, start_virtual_m4, wait_until
 
 from x8manager.apps.cli import main as x8_apps
 from x8manager.apps.scaffold import create_app
@@ -79,11 +79,7 @@ def free_port() -> int:
 def rig(tmp_path: Path) -> Iterator[Rig]:
     processes: list[Process] = []
     try:
-        sim = Process.start("m4-sim", [str(BIN / "m4-sim"), "--pty", "--control", "tcp:127.0.0.1:0"])
-        processes.append(sim)
-        pty = sim.wait_for_line(r"^pty=(\S+)").group(1)
-        control = sim.wait_for_line(r"^control=(\S+)").group(1)
-        sim.wait_for_line(r"^ready$")
+        pty, control = start_virtual_m4(processes)
         proxy = Process.start("m4-proxy", [str(BIN / "m4-proxy"), "--device", pty, "--bind", "127.0.0.1",
                                            "--register-port", "0", "--call-port", "0"])
         processes.append(proxy)

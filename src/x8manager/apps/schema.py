@@ -23,7 +23,7 @@ from typing import Any
 import jsonschema
 import jsonschema.exceptions
 
-from .yamlsource import ComposeSource, Path
+from .yamlsource import ComposeSource, Path, key_text
 
 __all__ = ["SchemaProblem", "SchemaUnavailable", "compose_schema", "schema_problems"]
 
@@ -156,12 +156,51 @@ def _describe(
     return [SchemaProblem(path, source.line_of(path), f"{where}: {error.message}")]
 
 
+_KEY_KINDS: dict[type, str] = {bool: "a boolean", int: "a number", float: "a number", type(None): "null"}
+
+
+def _non_string_key_problems(source: ComposeSource) -> list[SchemaProblem]:
+    """Mapping keys YAML reads as numbers, booleans or null: Compose wants strings (``docker
+    compose`` refuses such a service name), and JSON-schema validators cannot even match them."""
+    problems: list[SchemaProblem] = []
+    pending: list[tuple[Any, Path]] = [(source.document, ())]
+    while pending:
+        value, path = pending.pop()
+        if isinstance(value, dict):
+            for key, child in value.items():
+                label = key_text(key)
+                if not isinstance(key, str):
+                    where = "/".join(str(part) for part in path) or "(top level)"
+                    problems.append(SchemaProblem(
+                        (*path, label), source.line_of((*path, label), key=True),
+                        f"{where}: key {label} is read as {_KEY_KINDS.get(type(key), 'a value')}, "
+                        f"not a string; quote it ('{label}')",
+                    ))
+                pending.append((child, (*path, label)))
+        elif isinstance(value, list):
+            pending.extend((child, (*path, index)) for index, child in enumerate(value))
+    return problems
+
+
+def _with_string_keys(value: Any) -> Any:
+    """A copy of *value* whose mapping keys are all strings (non-string keys were reported)."""
+    if isinstance(value, dict):
+        return {key_text(key): _with_string_keys(child)
+                for key, child in value.items()}
+    if isinstance(value, list):
+        return [_with_string_keys(child) for child in value]
+    return value
+
+
 def schema_problems(source: ComposeSource, schema: dict[str, Any]) -> list[SchemaProblem]:
     """Every place where the document breaks the Compose specification, with lines."""
-    validator_class = jsonschema.validators.validator_for(schema)
+    # compose-spec's own file says "$schema": "https://json-schema.org/draft-07/schema" (https, no
+    # "#"), which jsonschema does not recognise; it is draft 7. check-jsonschema's copy says 2020-12.
+    validator_class = jsonschema.validators.validator_for(schema, default=jsonschema.Draft7Validator)
     validator = validator_class(schema)
-    problems: list[SchemaProblem] = []
-    for error in validator.iter_errors(source.document):
+    problems = _non_string_key_problems(source)
+    document = _with_string_keys(source.document) if problems else source.document
+    for error in validator.iter_errors(document):
         for leaf in _leaf_errors(error):
             problems.extend(_describe(leaf, source, schema))
     return sorted(set(problems), key=lambda problem: (problem.line, problem.message))

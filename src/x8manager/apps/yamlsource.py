@@ -13,9 +13,21 @@ from typing import Any
 
 import yaml
 
-__all__ = ["ComposeSource", "DuplicateKey", "Path", "YamlLoadError", "load_compose_text"]
+__all__ = ["ComposeSource", "DuplicateKey", "Path", "YamlLoadError", "key_text", "load_compose_text"]
 
 Path = tuple[str | int, ...]
+
+
+def key_text(key: Any) -> str:
+    """A mapping key as a path element: a string key itself, else how YAML writes it (``1``,
+    ``true``, ``null``). Paths use it for every key, so an ``int`` in a path is a list index."""
+    if isinstance(key, str):
+        return key
+    if key is None:
+        return "null"
+    if isinstance(key, bool):
+        return "true" if key else "false"
+    return str(key)
 
 
 class YamlLoadError(Exception):
@@ -109,7 +121,7 @@ class _Builder:
             key = self.scalar(key_node)
             if not isinstance(key, str | int | float | bool) and key is not None:
                 raise YamlLoadError(f"unsupported mapping key {key!r}", _line(key_node))
-            label = key if isinstance(key, str | int) else str(key)
+            label = key_text(key)
             if key in seen:
                 self.source.duplicates.append(
                     DuplicateKey(path=path, key=str(key), line=_line(key_node), first_line=seen[key])

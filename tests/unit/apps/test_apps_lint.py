@@ -181,6 +181,23 @@ def test_odd_inputs_get_a_finding_with_a_line(text: str, rule: str, line: int) -
     assert [(f.rule, f.line) for f in findings] == [(rule, line)]
 
 
+@pytest.mark.parametrize(
+    ("text", "line", "message"),
+    [
+        ("services:\n  1:\n    image: x\n", 2, "services: key 1 is read as a number, not a string; quote it ('1')"),
+        ("services:\n  app:\n    image: x\n    labels:\n      yes: 1\n", 5,
+         "services/app/labels: key true is read as a boolean, not a string; quote it ('true')"),
+        ("services:\n  app:\n    image: x\n~: 1\n", 4,
+         "(top level): key null is read as null, not a string; quote it ('null')"),
+    ],
+)
+def test_keys_yaml_reads_as_numbers_booleans_or_null_are_findings(text: str, line: int, message: str) -> None:
+    # docker compose refuses them ("service name 1 needs to be a string"); JSON schema validators
+    # cannot match them against patternProperties at all (that was a crash).
+    findings = lint_text(text, "x.yml", compose_schema())
+    assert (line, message) in [(f.line, f.message) for f in findings if f.rule == "X8002"]
+
+
 def test_non_utf8_file_is_a_yaml_finding(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     compose = tmp_path / "docker-compose.yml"
     compose.write_bytes(b"services:\n  app:\n    image: \xff\n")

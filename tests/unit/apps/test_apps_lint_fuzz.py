@@ -23,7 +23,9 @@ values: st.SearchStrategy[Any] = st.recursive(
                                      st.dictionaries(st.sampled_from([*KEYS, "target", "published"]), inner,
                                                      max_size=4)),
     max_leaves=12)
-services = st.dictionaries(st.sampled_from(["app", "m4", "x"]),
+# Service names YAML reads as something else than a string (1, true, null) are findings too.
+service_names = st.one_of(st.sampled_from(["app", "m4", "x"]), st.integers(0, 9), st.booleans(), st.none())
+services = st.dictionaries(service_names,
                            st.dictionaries(st.sampled_from(KEYS), values, max_size=6), max_size=3)
 
 

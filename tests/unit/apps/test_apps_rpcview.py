@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,11 @@ def test_refuses_to_ask_arduinos_original_proxy(tmp_path: Path, capsys: pytest.C
     shutil.copy2(shutil.which("sleep") or "/bin/sleep", impostor)
     process = subprocess.Popen([str(impostor), "60"])
     try:
+        # Popen can return while the child is still the forked Python, before its exec.
+        comm = Path(f"/proc/{process.pid}/comm")
+        deadline = time.monotonic() + 30
+        while comm.read_text().strip() != "m4_proxy" and time.monotonic() < deadline:
+            time.sleep(0.001)
         assert original_proxy_pid() == process.pid
         code = main(["rpc", "--register-port", "1", "--apps-root", str(tmp_path),
                      "--sota-toml", str(tmp_path / "sota.toml")])

@@ -25,7 +25,8 @@ SRC_URI = "file://pyproject.toml;subdir=${BP} \
            file://m4-proxy.service;subdir=${BP}/units \
            file://m4-flasher.service;subdir=${BP}/units \
            file://m4-proxy.default;subdir=${BP}/units \
-           file://m4-flasher.default;subdir=${BP}/units"
+           file://m4-flasher.default;subdir=${BP}/units \
+           file://stm32h7-program-swd-lock.conf;subdir=${BP}/units"
 
 inherit python_setuptools_build_meta systemd
 
@@ -47,6 +48,9 @@ do_install:append() {
     done
     install -D -m 0644 ${S}/units/m4-proxy.default ${D}${sysconfdir}/default/m4-proxy
     install -D -m 0644 ${S}/units/m4-flasher.default ${D}${sysconfdir}/default/m4-flasher
+    # A drop-in for Arduino's unit (inert where that unit is absent): see the file.
+    install -D -m 0644 ${S}/units/stm32h7-program-swd-lock.conf \
+        ${D}${systemd_system_unitdir}/stm32h7-program.service.d/x8-manager-swd-lock.conf
 }
 
 # One package per service; ${PN} itself is the shared library (x8manager.rpc, x8manager.common)
@@ -67,6 +71,7 @@ FILES:${PN}-proxy += "${bindir}/m4-proxy \
 FILES:${PN}-flasher += "${bindir}/m4-flasher \
                         ${X8_SITE}/flasher \
                         ${systemd_system_unitdir}/m4-flasher.service \
+                        ${systemd_system_unitdir}/stm32h7-program.service.d/x8-manager-swd-lock.conf \
                         ${sysconfdir}/default/m4-flasher"
 FILES:${PN}-apps += "${bindir}/x8-apps \
                      ${X8_SITE}/apps"
@@ -89,12 +94,15 @@ RDEPENDS:${PN} = "python3-asyncio \
                   python3-msgpack"
 RDEPENDS:${PN}-proxy = "${PN} python3-fcntl python3-terminal"
 # openocd comes from meta-oe; on the X8 meta-arduino's openocd bbappend enables the imx_gpio driver.
-RDEPENDS:${PN}-flasher = "${PN} openocd python3-crypt python3-ctypes python3-datetime python3-fcntl python3-pyelftools"
-# X8_MANAGER_APPS_EXTRA_RDEPENDS: reserved for a compose-spec schema package, if x8-apps needs one.
-X8_MANAGER_APPS_EXTRA_RDEPENDS ?= ""
-RDEPENDS:${PN}-apps = "${PN} ${X8_MANAGER_APPS_EXTRA_RDEPENDS} python3-jsonschema python3-pyyaml python3-tomllib"
+# util-linux-flock: the drop-in that makes Arduino's stm32h7-program.service take the H7 lock.
+RDEPENDS:${PN}-flasher = "${PN} openocd python3-crypt python3-ctypes python3-datetime python3-fcntl \
+                          python3-pyelftools util-linux-flock"
+RDEPENDS:${PN}-apps = "${PN} python3-jsonschema python3-pyyaml python3-tomllib"
 RDEPENDS:${PN}-sim = "${PN} python3-fcntl python3-terminal"
 RDEPENDS:${PN}-qemu = "${PN} python3-netclient python3-pexpect python3-pytest python3-shell"
+# x8-apps lint needs the Compose specification's schema (on a host it comes with PyPI's
+# check-jsonschema); every other x8-apps command works without it.
+RRECOMMENDS:${PN}-apps = "compose-spec-schema"
 
 # Arduino's Go m4-proxy binds the same ports and the same /dev/x8h7_ui: never install both. With the
 # "x8-manager" distro feature our package also stands in for the name images ask for (meta-arduino's

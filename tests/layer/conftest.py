@@ -51,6 +51,7 @@ SCARTHGAP_BASE = {
     "base_prefix": "",
     "bindir": "${exec_prefix}/bin",
     "sysconfdir": "/etc",
+    "datadir": "${prefix}/share",
     "libdir": "${exec_prefix}/lib",
     "nonarch_base_libdir": "${exec_prefix}/lib",
     "systemd_unitdir": "${nonarch_base_libdir}/systemd",

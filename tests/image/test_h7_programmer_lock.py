@@ -75,6 +75,8 @@ def test_programmer_runs_under_the_lock_and_waits_for_its_holder(standin_program
     console.check(f"systemd-run --quiet --unit x8-test-lock-holder flock {LOCK} "
                   f"sh -c 'touch {HOLDING}; until [ -e {RELEASE} ]; do sleep 0.05; done'")
     poll("the test's lock holder has the lock", lambda: console.run(f"test -e {HOLDING}")[1] == 0 or None, 60)
+    # flock(1) writes nothing into the lock file: m4-flasher finds the holder in /proc/locks.
+    assert "flock (x8-test-lock-holder.service)" in console.check("m4-flasher status")
 
     console.check("systemctl start --no-block stm32h7-program.service")
 

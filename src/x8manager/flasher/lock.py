@@ -44,11 +44,41 @@ def lock_holder(path: Path) -> str | None:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
             text = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
-            return text or "another process"
+            return text or _flock_holder(os.fstat(fd)) or "another process"
         fcntl.flock(fd, fcntl.LOCK_UN)
         return None
     finally:
         os.close(fd)
+
+
+def _flock_holder(lock_file: os.stat_result, proc: Path = Path("/proc")) -> str | None:
+    """A holder that wrote nothing into the file (flock(1), as the drop-in for Arduino's
+    stm32h7-program.service uses): its pid from /proc/locks, its command and systemd unit."""
+    device = f"{os.major(lock_file.st_dev):02x}:{os.minor(lock_file.st_dev):02x}:{lock_file.st_ino}"
+    try:
+        locks = (proc / "locks").read_text()
+    except OSError:
+        return None
+    for line in locks.splitlines():
+        fields = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 456 fe:00:2146413 0 EOF" (blocked waiters carry a "->" field)
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == device and fields[4].isdigit():
+            return f"pid {fields[4]}: {_describe_process(proc / fields[4])}"
+    return None
+
+
+def _describe_process(process: Path) -> str:
+    try:
+        command = (process / "comm").read_text().strip()
+    except OSError:
+        return "ended"
+    try:
+        cgroup = (process / "cgroup").read_text()
+    except OSError:
+        cgroup = ""
+    units = [part for line in cgroup.splitlines() for part in line.rsplit("/", 1)[-1:]
+             if part.endswith((".service", ".scope"))]
+    return f"{command} ({units[0]})" if units else command
 
 
 @contextlib.asynccontextmanager

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -45,6 +46,33 @@ def test_lock_held_by_another_process_times_out_with_the_holder_named(other_hold
 
     with pytest.raises(LockTimeout, match="stm32h7-program"):
         asyncio.run(scenario())
+
+
+@pytest.mark.skipif(shutil.which("flock") is None, reason="needs util-linux flock(1)")
+def test_a_flock_1_holder_is_named_from_proc_locks(tmp_path: Path) -> None:
+    """The drop-in for Arduino's stm32h7-program.service holds the lock with flock(1), which
+    writes nothing into the file: the holder is found in /proc/locks instead."""
+    lock = tmp_path / "h7.lock"
+    lock.touch()
+    process = subprocess.Popen(["flock", str(lock), sys.executable, "-c", "print('held', flush=True); "
+                                "import sys; sys.stdin.read()"],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None and process.stdout.readline().strip() == "held"
+        assert lock_holder(lock) == f"pid {process.pid}: flock" or (lock_holder(lock) or "").startswith(
+            f"pid {process.pid}: flock (")
+
+        async def scenario() -> None:
+            async with h7_lock(lock, "test", wait_limit=0.2):
+                pytest.fail("lock should be taken")
+
+        with pytest.raises(LockTimeout, match=f"held by pid {process.pid}: flock"):
+            asyncio.run(scenario())
+    finally:
+        assert process.stdin is not None
+        process.stdin.close()
+        process.wait(timeout=10)
+    assert lock_holder(lock) is None
 
 
 def test_waiting_for_the_lock_can_be_abandoned(other_holder: Path) -> None:

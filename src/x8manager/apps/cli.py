@@ -97,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # argparse checks --compose against its choices, but not a default taken from the environment.
+    compose = getattr(args, "compose", "auto")
+    if compose not in device.COMPOSE_CHOICES:
+        parser.error(f"$X8_APPS_COMPOSE={compose!r}: use one of {', '.join(device.COMPOSE_CHOICES)}")
     setup_logging("x8-apps", verbose=args.verbose)
     handler = args.handler
     try:

@@ -118,6 +118,15 @@ def test_compose_flag_takes_only_known_choices(device: dict[str, Path],
     assert "invalid choice: 'v3'" in capsys.readouterr().err
 
 
+def test_unknown_compose_choice_from_the_environment_is_a_usage_error(
+        device: dict[str, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("X8_APPS_COMPOSE", "v3")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["list", *args(device)])
+    assert exit_info.value.code == 2
+    assert "$X8_APPS_COMPOSE='v3': use one of auto, plugin, standalone" in capsys.readouterr().err
+
+
 def test_list_without_docker_shows_the_apps_and_exits_3(device: dict[str, Path],
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["list", *args(device), "--format", "json"]) == 3

@@ -1,0 +1,1 @@
+"""Test helpers shared across parts (imported as ``from tests.support import ...``)."""

@@ -148,9 +148,14 @@ def _report(outcome: Outcome) -> int:
 
 async def _flash_file(flasher: Flasher, path: Path, source: str) -> int:
     from x8manager.flasher.elfcheck import SketchRejected  # noqa: PLC0415 - see the imports
+    from x8manager.flasher.safefile import UnsafeFile  # noqa: PLC0415
 
     try:
-        data = flasher.snapshot(path)
+        # The user's own path: directories may be symlinks, the file itself may not.
+        data = flasher.snapshot(path, strict=False)
+    except UnsafeFile as error:
+        print(f"m4-flasher: refused: {error.strerror}", file=sys.stderr)
+        return EXIT_REJECTED
     except OSError as error:
         print(f"m4-flasher: cannot read {path}: {error.strerror or error}", file=sys.stderr)
         return EXIT_USAGE

@@ -23,6 +23,7 @@ from x8manager.flasher.elfcheck import SketchRejected
 from x8manager.flasher.inotify import FileWatcher, InotifyError
 from x8manager.flasher.lock import LockTimeout
 from x8manager.flasher.pipeline import Flasher, FlashResult, Job, Outcome
+from x8manager.flasher.safefile import UnsafeFile
 
 __all__ = ["FlasherDaemon", "StartupError"]
 
@@ -129,6 +130,12 @@ class FlasherDaemon:
     def _on_change(self, reason: str) -> None:
         try:
             data = self.flasher.snapshot(self.watch_path)
+        except UnsafeFile as error:
+            # A symlink, FIFO, terminal, hard link...: never opened for reading, said in the status.
+            log.warning("upload path %s refused (%s): %s", self.watch_path, reason, error.strerror)
+            self._replace_pending(None)
+            self._record_refusal(error)
+            return
         except OSError as error:
             # Gone again (or unreadable) before we looked: a later event will bring the next version.
             log.warning("upload at %s could not be read (%s): %s", self.watch_path, reason, error)
@@ -159,6 +166,16 @@ class FlasherDaemon:
             self._supersede.set()
         self._wakeup.set()
 
+    def _record_refusal(self, error: UnsafeFile) -> None:
+        try:
+            outcome = self.flasher.refuse_path(error, source="upload", origin=str(self.watch_path))
+        except OSError as failure:
+            log.error("could not record the refusal of %s: %s", self.watch_path, failure)
+            return
+        self.outcomes.append(outcome)
+        del self.outcomes[:-100]
+        notify_status(f"upload path refused: {outcome.reason}")
+
     def _replace_pending(self, job: Job | None) -> None:
         old, self._pending = self._pending, job
         if old is not None:
@@ -174,11 +191,15 @@ class FlasherDaemon:
 
     def _rescan_at_start(self) -> None:
         """An upload that arrived while the daemon was down is flashed now, not forgotten."""
-        if not self.watch_path.is_file():
+        if not os.path.lexists(self.watch_path):
             return
         try:
             data = self.flasher.snapshot(self.watch_path)
             status = self.flasher.state.read_status() or {}
+        except UnsafeFile as error:
+            log.warning("upload path %s refused at start-up: %s", self.watch_path, error.strerror)
+            self._record_refusal(error)
+            return
         except (OSError, ValueError) as error:
             log.warning("cannot look at %s at start-up: %s", self.watch_path, error)
             return

@@ -23,6 +23,7 @@ from typing import Any
 from x8manager.flasher.elfcheck import MAX_SKETCH_FILE_BYTES, SketchInfo, SketchRejected, validate_sketch
 from x8manager.flasher.lock import LockCancelled, LockTimeout, h7_lock
 from x8manager.flasher.openocd import OpenocdCommand, Verdict, classify, kill_orphaned_run, run_openocd
+from x8manager.flasher.safefile import UnsafeFile, read_regular_file
 from x8manager.flasher.state import StateDir, utc_now
 
 __all__ = ["FlashResult", "Flasher", "FlasherSettings", "Job", "Outcome"]
@@ -88,10 +89,13 @@ class Flasher:
         self.stopping = False  # set on shutdown: no new retries
 
     # --- intake ----------------------------------------------------------------------------
-    def snapshot(self, path: Path) -> bytes:
-        """Read the file once (bounded); everything later looks only at this copy."""
-        with open(path, "rb") as handle:
-            return handle.read(self.settings.max_file_bytes + 1)
+    def snapshot(self, path: Path, *, strict: bool = True) -> bytes:
+        """Read the file once (bounded); everything later looks only at this copy.
+
+        Raises :class:`UnsafeFile` for a symlink (anywhere in the path when *strict*), a FIFO, a
+        device, a hard-linked file: see :mod:`x8manager.flasher.safefile`.
+        """
+        return read_regular_file(path, self.settings.max_file_bytes, strict=strict)
 
     def admit(self, data: bytes, *, source: str, origin: str) -> Job:
         """Validate *data* and put it in the spool; raises SketchRejected (recorded by the caller)."""
@@ -115,6 +119,23 @@ class Flasher:
             "openocd_log_tail": [],
         }
         return self._finish(FlashResult.REJECTED, error.reason, record)
+
+    def refuse_path(self, error: UnsafeFile, *, source: str, origin: str) -> Outcome:
+        """Record that the file at *origin* was not read at all (nothing of it is in the record)."""
+        reason = f"not read: {error.strerror}"
+        record = {
+            "result": FlashResult.REJECTED.value,
+            "reason": reason,
+            "source": source,
+            "origin": origin,
+            "sketch": {},
+            "started_at": utc_now(),
+            "finished_at": utc_now(),
+            "attempts": 0,
+            "openocd_exit": None,
+            "openocd_log_tail": [],
+        }
+        return self._finish(FlashResult.REJECTED, reason, record)
 
     # --- flashing ----------------------------------------------------------------------------
     async def flash(self, job: Job, *, supersede: asyncio.Event | None = None) -> Outcome:

@@ -21,7 +21,7 @@ from pathlib import Path
 from x8manager.common.systemd import notify_ready, notify_status, notify_stopping
 from x8manager.flasher.elfcheck import SketchRejected
 from x8manager.flasher.inotify import FileWatcher, InotifyError
-from x8manager.flasher.lock import LockTimeout
+from x8manager.flasher.lock import LockTimeout, open_private_lock
 from x8manager.flasher.pipeline import Flasher, FlashResult, Job, Outcome
 from x8manager.flasher.safefile import UnsafeFile
 
@@ -66,7 +66,7 @@ class FlasherDaemon:
             raise StartupError(f"state directory {settings.state_dir} is not usable: {error}") from error
         try:
             settings.lock_path.parent.mkdir(parents=True, exist_ok=True)
-            os.close(os.open(settings.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644))
+            os.close(open_private_lock(settings.lock_path))
         except OSError as error:
             raise StartupError(f"H7 lock {settings.lock_path} cannot be opened: {error}") from error
 

@@ -10,17 +10,23 @@ interrupted flash can be finished after a power cut):
 - ``status.json``       what ``m4-flasher status`` shows (``--status`` may put it elsewhere)
 - ``daemon.json``       the daemon's settings, so a manual ``m4-flasher flash`` uses the same openocd
 - ``status.lock``       serialises read-modify-write of the status file between processes
+
+Only ``status.json``, ``last-good.json`` and ``daemon.json`` are readable by other users (what
+``m4-flasher status`` shows); the lock, the marker, the sketches and the spool are root's alone,
+so no other user can hold a lock the daemon needs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import fcntl
 import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +34,7 @@ from typing import Any
 __all__ = ["HISTORY_LENGTH", "StateDir", "atomic_write", "utc_now"]
 
 HISTORY_LENGTH = 10
+STATUS_LOCK_WAIT = 0.5  # seconds: the longest the event loop may wait for the status lock
 JsonObject = dict[str, Any]
 
 
@@ -131,7 +138,7 @@ class StateDir:
 
     # --- in-progress marker ----------------------------------------------------------------
     def write_marker(self, marker: JsonObject, *, durable: bool = True) -> None:
-        atomic_write(self.marker_path, _dump(marker), durable=durable)
+        atomic_write(self.marker_path, _dump(marker), mode=0o600, durable=durable)
 
     def read_marker(self) -> JsonObject | None:
         try:
@@ -181,10 +188,25 @@ class StateDir:
 
     @contextlib.contextmanager
     def _status_locked(self) -> Iterator[None]:
-        fd = os.open(self._status_lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        from x8manager.flasher.lock import open_private_lock  # noqa: PLC0415 - status stays light
+
+        fd = open_private_lock(self._status_lock_path)
         try:
-            # Held for microseconds (read, modify, write); a blocking lock is right here.
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            # Holders keep it for microseconds (read, modify, write), and only root can open it;
+            # still never a blocking flock: this runs on the daemon's event loop.
+            deadline = time.monotonic() + STATUS_LOCK_WAIT
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise OSError(
+                            errno.EAGAIN,
+                            f"{self._status_lock_path} stayed locked for {STATUS_LOCK_WAIT} s",
+                            str(self._status_lock_path),
+                        ) from None
+                    time.sleep(0.002)
             yield
         finally:
             os.close(fd)

@@ -153,6 +153,9 @@ class FlasherDaemon:
             return
         except OSError as error:
             log.error("could not spool the upload from %s: %s", self.watch_path, error)
+            self._replace_pending(None)
+            outcome = self.flasher.spool_failed(data, error, source="upload", origin=str(self.watch_path))
+            self._handled(outcome, hashlib.sha256(data).hexdigest())
             return
         log.info(
             "upload %s accepted (%s): %s",
@@ -186,7 +189,13 @@ class FlasherDaemon:
         self.outcomes.append(outcome)
         del self.outcomes[:-100]
         if outcome.result is not FlashResult.SUPERSEDED:
-            self.flasher.state.update_status(lambda status: status.__setitem__("last_upload_sha256", sha256))
+            try:
+                self.flasher.state.update_status(
+                    lambda status: status.__setitem__("last_upload_sha256", sha256)
+                )
+            except OSError as error:
+                # Only costs a second flash of the same upload after a restart.
+                log.error("could not note upload %s as handled: %s", sha256[:12], error)
         notify_status(f"last sketch {sha256[:12]}: {outcome.result.value}")
 
     def _rescan_at_start(self) -> None:

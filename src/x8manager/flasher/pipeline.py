@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import errno
 import hashlib
 import itertools
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from x8manager.flasher.elfcheck import MAX_SKETCH_FILE_BYTES, SketchInfo, SketchRejected, validate_sketch
 from x8manager.flasher.lock import LockCancelled, LockTimeout, h7_lock
@@ -80,6 +82,7 @@ class Outcome:
 
 
 _sequence = itertools.count()
+_T = TypeVar("_T")
 
 
 class Flasher:
@@ -137,6 +140,33 @@ class Flasher:
         }
         return self._finish(FlashResult.REJECTED, reason, record)
 
+    def spool_failed(self, data: bytes, error: OSError, *, source: str, origin: str) -> Outcome:
+        """The upload was valid but could not be put in the spool (disk full): not flashed."""
+        reason = f"could not be spooled ({error.strerror or error}): not flashed, the chip was not touched"
+        record = {
+            "result": FlashResult.FAILED.value,
+            "reason": reason,
+            "source": source,
+            "origin": origin,
+            "sketch": {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)},
+            "started_at": utc_now(),
+            "finished_at": utc_now(),
+            "attempts": 0,
+            "openocd_exit": None,
+            "openocd_log_tail": [],
+        }
+        return self._finish(FlashResult.FAILED, reason, record)
+
+    def _with_room(self, what: str, action: Callable[[], _T]) -> _T:
+        """Run *action*; if the state directory is full, free the reserve and try once more."""
+        try:
+            return action()
+        except OSError as error:
+            if error.errno != errno.ENOSPC or not self.state.release_reserve():
+                raise
+            log.error("state directory %s is full: released its reserve to %s", self.state.root, what)
+            return action()
+
     # --- flashing ----------------------------------------------------------------------------
     async def flash(self, job: Job, *, supersede: asyncio.Event | None = None) -> Outcome:
         """Flash *job* under the H7 lock (after recovering an interrupted flash, if any)."""
@@ -193,9 +223,7 @@ class Flasher:
     async def _flash_locked(
         self, job: Job, supersede: asyncio.Event | None, recovery_attempts: int = 0
     ) -> Outcome:
-        settings = self.settings
         record = self._base_record(job)
-        argv = settings.openocd.argv(job.spool_path)
         marker = {
             **record,
             "spool_path": str(job.spool_path),
@@ -206,13 +234,38 @@ class Flasher:
         # always finds it; it is made durable (fsync) right after the spawn, in the time openocd
         # spends on init and reset before it can write any flash (hundreds of ms over bit-banged
         # SWD, against a few ms here). That keeps the fsync off the upload-to-openocd path.
-        self.state.write_marker(marker, durable=False)
+        try:
+            self.state.write_marker(marker, durable=False)
+        except OSError as error:
+            # Without the marker a crash mid-write would go unnoticed: do not start openocd.
+            self._drop_spool(job)
+            reason = (
+                f"the state directory cannot record the flash ({error.strerror or error}): "
+                "not flashed, the chip was not touched"
+            )
+            record.update(result=FlashResult.FAILED.value, reason=reason, finished_at=utc_now())
+            return self._finish(FlashResult.FAILED, reason, record)
+        try:
+            return await self._run_and_record(job, supersede, record, marker)
+        finally:
+            self._drop_spool(job)
+            self.state.ensure_reserve()
+
+    async def _run_and_record(
+        self, job: Job, supersede: asyncio.Event | None, record: dict[str, Any], marker: dict[str, Any]
+    ) -> Outcome:
+        settings = self.settings
+        argv = settings.openocd.argv(job.spool_path)
         in_progress = {k: marker[k] for k in ("source", "origin", "sketch", "started_at")}
 
         def started(pid: int) -> None:
-            self.state.make_durable(job.spool_path)  # recovery after a power cut needs the sketch
-            self.state.write_marker({**marker, "openocd_pid": pid})
-            self.state.record_in_progress({**in_progress, "openocd_pid": pid})
+            try:
+                self.state.make_durable(job.spool_path)  # recovery after a power cut needs the sketch
+                self.state.write_marker({**marker, "openocd_pid": pid})
+                self.state.record_in_progress({**in_progress, "openocd_pid": pid})
+            except OSError as error:
+                # The marker from before the spawn stays: a crash is still found afterwards.
+                log.warning("could not record the running flash: %s", error)
 
         log.info(
             "flashing %s sketch %s (%s)",
@@ -248,25 +301,52 @@ class Flasher:
             Verdict.TIMEOUT: FlashResult.TIMEOUT,
             Verdict.CANCELLED: FlashResult.SUPERSEDED,
         }.get(verdict.verdict, FlashResult.FAILED)
-        record.update(result=result.value, reason=verdict.reason, finished_at=utc_now())
+        reason = verdict.reason
+        record.update(result=result.value, reason=reason, finished_at=utc_now())
         if result is FlashResult.SUCCESS:
-            self.state.save_last_good(
-                job.spool_path,
-                {
-                    "sha256": job.info.sha256,
-                    "size": job.info.size,
-                    "flashed_at": record["finished_at"],
-                    "origin": job.origin,
-                },
-            )
+            good = {
+                "sha256": job.info.sha256,
+                "size": job.info.size,
+                "flashed_at": record["finished_at"],
+                "origin": job.origin,
+            }
+            try:
+                self._with_room(
+                    "keep the last good sketch", lambda: self.state.save_last_good(job.spool_path, good)
+                )
+            except OSError as error:
+                # The chip runs the new sketch whatever the disk says: report that, keep the old one.
+                reason += (
+                    f"; but it could not be kept as the last good sketch ({error.strerror or error}): "
+                    "the previous last good sketch stays"
+                )
+                record.update(reason=reason, last_good_saved=False)
         # Order matters for crash safety: the outcome is on disk before the marker goes away.
-        outcome = self._finish(result, verdict.reason, record)
-        self.state.clear_marker()
-        self._drop_spool(job)
+        outcome = self._finish(result, reason, record)
+        try:
+            self.state.clear_marker()
+        except OSError as error:
+            log.error("could not remove the in-progress marker: %s", error)
         return outcome
 
     def _finish(self, result: FlashResult, reason: str, record: dict[str, Any]) -> Outcome:
-        self.state.record_outcome(record)
+        """Log the outcome to the journal, then record it in the status (freeing the reserve if full).
+
+        Never raises: what happened to the chip must reach the caller even when the disk is full.
+        """
+        self._journal(result, reason, record)
+        try:
+            self._with_room("record the outcome", lambda: self.state.record_outcome(record))
+        except (OSError, ValueError) as error:
+            record["status_saved"] = False
+            log.error(
+                "could not record the outcome in %s: %s (the journal line above is the record)",
+                self.state.status_path,
+                error,
+            )
+        return Outcome(result, reason, record)
+
+    def _journal(self, result: FlashResult, reason: str, record: dict[str, Any]) -> None:
         sketch = record.get("sketch", {})
         fields = {
             "SKETCH_SHA256": sketch.get("sha256", ""),
@@ -280,7 +360,6 @@ class Flasher:
         level = logging.INFO if result in (FlashResult.SUCCESS, FlashResult.SUPERSEDED) else logging.ERROR
         sha = str(sketch.get("sha256", ""))[:12]
         log.log(level, "sketch %s: %s: %s", sha, result.value, reason, extra={"journal": fields})
-        return Outcome(result, reason, record)
 
     # --- recovery ----------------------------------------------------------------------------
     async def _recover_locked(self) -> Outcome | None:

@@ -10,6 +10,8 @@ interrupted flash can be finished after a power cut):
 - ``status.json``       what ``m4-flasher status`` shows (``--status`` may put it elsewhere)
 - ``daemon.json``       the daemon's settings, so a manual ``m4-flasher flash`` uses the same openocd
 - ``status.lock``       serialises read-modify-write of the status file between processes
+- ``.reserve``          a few KiB kept free: released when the disk fills, so the outcome of a flash
+                        that already wrote the chip can still be recorded
 
 Only ``status.json``, ``last-good.json`` and ``daemon.json`` are readable by other users (what
 ``m4-flasher status`` shows); the lock, the marker, the sketches and the spool are root's alone,
@@ -35,6 +37,8 @@ __all__ = ["HISTORY_LENGTH", "StateDir", "atomic_write", "utc_now"]
 
 HISTORY_LENGTH = 10
 STATUS_LOCK_WAIT = 0.5  # seconds: the longest the event loop may wait for the status lock
+# Room for a status file, a last-good record and the marker when the filesystem is otherwise full.
+RESERVE_BYTES = 64 * 1024
 JsonObject = dict[str, Any]
 
 
@@ -103,6 +107,7 @@ class StateDir:
         self.settings_path = self.root / "daemon.json"
         self.status_path = Path(status_path) if status_path else self.root / "status.json"
         self._status_lock_path = self.root / "status.lock"
+        self.reserve_path = self.root / ".reserve"
 
     def prepare(self) -> None:
         """Create the directories and prove they are writable (start-up check)."""
@@ -111,6 +116,26 @@ class StateDir:
         probe = self.root / ".write-probe"
         probe.write_bytes(b"")
         probe.unlink()
+        self.ensure_reserve()
+
+    # --- room to record outcomes on a full disk --------------------------------------------------
+    def ensure_reserve(self) -> bool:
+        """Keep RESERVE_BYTES allocated in the state directory; False if there is no room for it."""
+        if self.reserve_path.exists():
+            return True
+        try:
+            atomic_write(self.reserve_path, b"\0" * RESERVE_BYTES, mode=0o600, durable=False)
+        except OSError:
+            return False
+        return True
+
+    def release_reserve(self) -> bool:
+        """Free the reserve (the disk is full); True if there was one to free."""
+        try:
+            self.reserve_path.unlink()
+        except FileNotFoundError:
+            return False
+        return True
 
     # --- spool -----------------------------------------------------------------------------
     def spool_file(self, name: str) -> Path:
@@ -154,13 +179,33 @@ class StateDir:
 
     # --- last good sketch -------------------------------------------------------------------
     def save_last_good(self, elf: Path, record: JsonObject) -> None:
-        """Keep a copy of the sketch that just verified; the .elf first, then its record."""
-        temp = self.root / ".last-good.elf.tmp"
-        shutil.copyfile(elf, temp)
-        with open(temp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temp, self.last_good_elf)
-        atomic_write(self.last_good_json, _dump(record))
+        """Make the sketch that just verified the last good one, or leave the old one whole.
+
+        The spool file is hard-linked (no data blocks needed on a full disk; a copy only where
+        links are impossible), and both new files exist before either old one is replaced: a
+        failure (ENOSPC) up to then leaves the previous last good sketch and its record as they were.
+        """
+        temp_elf = self.root / ".last-good.elf.tmp"
+        temp_json = self.root / ".last-good.json.tmp"
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                temp_elf.unlink()
+            try:
+                os.link(elf, temp_elf)
+            except OSError as error:
+                if error.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+                    raise
+                shutil.copyfile(elf, temp_elf)
+                os.chmod(temp_elf, 0o600)
+            self.make_durable(temp_elf)
+            atomic_write(temp_json, _dump(record))
+            os.replace(temp_elf, self.last_good_elf)
+            os.replace(temp_json, self.last_good_json)
+            _fsync_directory(self.root)
+        finally:
+            for temp in (temp_elf, temp_json):
+                with contextlib.suppress(FileNotFoundError):
+                    temp.unlink()
 
     def last_good(self) -> JsonObject | None:
         """The last good sketch's record, or None when there is none (or its .elf is gone)."""

@@ -42,8 +42,14 @@ class Phdr:
 
     def pack(self) -> bytes:
         return _PHDR.pack(
-            self.p_type, self.p_offset, self.p_vaddr, self.p_paddr,
-            self.p_filesz, self.p_memsz, self.p_flags, self.p_align,
+            self.p_type,
+            self.p_offset,
+            self.p_vaddr,
+            self.p_paddr,
+            self.p_filesz,
+            self.p_memsz,
+            self.p_flags,
+            self.p_align,
         )
 
 

@@ -217,9 +217,7 @@ def openocd_sections(data: bytes) -> list[LoadSegment]:
         raise SketchRejected("the ELF has no program headers: there is nothing to flash")
     headers = _program_headers(data, header)
     use_vaddr = _uses_vaddr(headers)
-    return [
-        LoadSegment(h.p_vaddr if use_vaddr else h.p_paddr, h.p_filesz) for h in headers if h.loads_bytes
-    ]
+    return [LoadSegment(h.p_vaddr if use_vaddr else h.p_paddr, h.p_filesz) for h in headers if h.loads_bytes]
 
 
 def _check_table(header: _Header) -> None:

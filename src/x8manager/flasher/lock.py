@@ -20,7 +20,7 @@ import fcntl
 import os
 import stat
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -144,8 +144,12 @@ def _describe_process(process: Path) -> str:
         cgroup = (process / "cgroup").read_text()
     except OSError:
         cgroup = ""
-    units = [part for line in cgroup.splitlines() for part in line.rsplit("/", 1)[-1:]
-             if part.endswith((".service", ".scope"))]
+    units = [
+        part
+        for line in cgroup.splitlines()
+        for part in line.rsplit("/", 1)[-1:]
+        if part.endswith((".service", ".scope"))
+    ]
     return f"{command} ({units[0]})" if units else command
 
 
@@ -156,10 +160,12 @@ async def h7_lock(
     *,
     wait_limit: float,
     cancel: asyncio.Event | None = None,
+    on_wait: Callable[[str], None] | None = None,
 ) -> AsyncIterator[None]:
     """Hold the H7 lock for the body; wait up to *wait_limit* seconds, give up early if *cancel* is set.
 
     Polls with a non-blocking flock so waiting stays cancellable and never blocks the event loop.
+    *on_wait* is told once, with the holder, when the lock is taken and we start waiting.
     """
     import asyncio  # noqa: PLC0415 - here so `m4-flasher status` (lock_holder) starts without asyncio
 
@@ -172,6 +178,9 @@ async def h7_lock(
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
+                if on_wait is not None:
+                    on_wait(lock_holder(path) or "another process")
+                    on_wait = None
                 if cancel is not None and cancel.is_set():
                     raise LockCancelled(f"stopped waiting for {path}") from None
                 if time.monotonic() >= deadline:

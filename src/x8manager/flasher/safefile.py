@@ -100,8 +100,9 @@ def read_regular_file(path: Path, limit: int, *, strict: bool = True) -> bytes:
         if info.st_nlink != 1:
             # A hard link may name a file its creator could not read: refused like a symlink.
             raise UnsafeFile(
-                errno.EMLINK, f"{path} has {info.st_nlink} hard links: the flasher reads only a file "
-                "with one name", str(path),
+                errno.EMLINK,
+                f"{path} has {info.st_nlink} hard links: the flasher reads only a file with one name",
+                str(path),
             )
         chunks: list[bytes] = []
         remaining = limit + 1

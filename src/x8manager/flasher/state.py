@@ -33,6 +33,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from x8manager.flasher.records import DaemonSettings, FlashRecord, InProgress, LastGood, Status
+
 __all__ = ["HISTORY_LENGTH", "StateDir", "atomic_write", "utc_now"]
 
 HISTORY_LENGTH = 10
@@ -162,15 +164,16 @@ class StateDir:
             _fsync_directory(path.parent)
 
     # --- in-progress marker ----------------------------------------------------------------
-    def write_marker(self, marker: JsonObject, *, durable: bool = True) -> None:
-        atomic_write(self.marker_path, _dump(marker), mode=0o600, durable=durable)
+    def write_marker(self, marker: InProgress, *, durable: bool = True) -> None:
+        atomic_write(self.marker_path, _dump(marker.to_json()), mode=0o600, durable=durable)
 
-    def read_marker(self) -> JsonObject | None:
+    def read_marker(self) -> InProgress | None:
         try:
-            return _load(self.marker_path)
+            raw = _load(self.marker_path)
         except ValueError:
             # Written atomically, so damage means the disk, not us; treat as "interrupted, unknown".
-            return {"damaged": True}
+            return InProgress(record=FlashRecord(), damaged=True)
+        return None if raw is None else InProgress.from_json(raw)
 
     def clear_marker(self) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -178,7 +181,7 @@ class StateDir:
         _fsync_directory(self.root)
 
     # --- last good sketch -------------------------------------------------------------------
-    def save_last_good(self, elf: Path, record: JsonObject) -> None:
+    def save_last_good(self, elf: Path, record: LastGood) -> None:
         """Make the sketch that just verified the last good one, or leave the old one whole.
 
         The spool file is hard-linked (no data blocks needed on a full disk; a copy only where
@@ -198,7 +201,7 @@ class StateDir:
                 shutil.copyfile(elf, temp_elf)
                 os.chmod(temp_elf, 0o600)
             self.make_durable(temp_elf)
-            atomic_write(temp_json, _dump(record))
+            atomic_write(temp_json, _dump(record.to_json()))
             os.replace(temp_elf, self.last_good_elf)
             os.replace(temp_json, self.last_good_json)
             _fsync_directory(self.root)
@@ -207,29 +210,34 @@ class StateDir:
                 with contextlib.suppress(FileNotFoundError):
                     temp.unlink()
 
-    def last_good(self) -> JsonObject | None:
+    def last_good(self) -> LastGood | None:
         """The last good sketch's record, or None when there is none (or its .elf is gone)."""
         try:
             record = _load(self.last_good_json)
-        except ValueError:
+        except (ValueError, OSError):
             return None
         if record is None or not self.last_good_elf.is_file():
             return None
-        return record
+        return LastGood.from_json(record)
 
     # --- settings ----------------------------------------------------------------------------
-    def write_settings(self, settings: JsonObject) -> None:
-        atomic_write(self.settings_path, _dump(settings))
+    def write_settings(self, settings: DaemonSettings) -> None:
+        atomic_write(self.settings_path, _dump(settings.to_json()))
 
-    def read_settings(self) -> JsonObject:
+    def read_settings(self) -> DaemonSettings:
         try:
-            return _load(self.settings_path) or {}
+            return DaemonSettings.from_json(_load(self.settings_path))
         except (ValueError, OSError):
-            return {}
+            return DaemonSettings()
 
     # --- status ------------------------------------------------------------------------------
     def read_status(self) -> JsonObject | None:
+        """The status file as it is (``m4-flasher status --json``)."""
         return _load(self.status_path)
+
+    def status(self) -> Status:
+        """The status file, typed; an empty status when there is none yet."""
+        return Status.from_json(self.read_status())
 
     @contextlib.contextmanager
     def _status_locked(self) -> Iterator[None]:
@@ -269,23 +277,37 @@ class StateDir:
             atomic_write(self.status_path, _dump(status))
             return status
 
-    def record_outcome(self, outcome: JsonObject) -> JsonObject:
-        """Make *outcome* the latest result and add it to the short history."""
+    def _last_good_json(self) -> JsonObject | None:
+        good = self.last_good()
+        return None if good is None else good.to_json()
+
+    def record_outcome(self, record: FlashRecord) -> JsonObject:
+        """Make *record* the latest result and add it to the short history."""
+        outcome = record.to_json()
 
         def change(status: JsonObject) -> None:
-            history = [outcome, *status.get("history", [])][:HISTORY_LENGTH]
+            earlier = status.get("history")
+            history = [outcome, *(earlier if isinstance(earlier, list) else [])][:HISTORY_LENGTH]
             status.update(outcome)
             status["state"] = "idle"
             status.pop("in_progress", None)
             status["history"] = history
-            status["last_good"] = self.last_good()
+            status["last_good"] = self._last_good_json()
 
         return self.update_status(change)
 
-    def record_in_progress(self, in_progress: JsonObject) -> JsonObject:
+    def record_in_progress(self, record: FlashRecord, *, openocd_pid: int) -> JsonObject:
+        in_progress = {
+            "source": record.source,
+            "origin": record.origin,
+            "sketch": record.sketch.to_json(),
+            "started_at": record.started_at,
+            "openocd_pid": openocd_pid,
+        }
+
         def change(status: JsonObject) -> None:
             status["state"] = "flashing"
             status["in_progress"] = in_progress
-            status["last_good"] = self.last_good()
+            status["last_good"] = self._last_good_json()
 
         return self.update_status(change)

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -146,3 +147,30 @@ def test_no_daemon_is_a_clear_failure(rig: Rig) -> None:
     assert (
         code == 1 and result["result"] == "unknown" and "cannot reach the flasher daemon" in result["reason"]
     )
+
+
+def _raw(rig: Rig, payload: bytes) -> list[dict[str, Any]]:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(30)
+        sock.connect(str(rig.socket))
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        return [json.loads(line) for line in sock.makefile("rb")]
+
+
+def test_bad_requests_get_an_error_and_the_daemon_keeps_serving(rig: Rig) -> None:
+    rig.start()
+    for payload in (
+        b"not json\n",
+        b'{"op": "erase"}\n',
+        b'{"op": "flash", "size": 99999999999}\n',
+        b'{"op": "flash", "size": 100}\n' + b"short",
+        b'{"op": "flash", "size": 4, "health": {"timeout": -1}}\nabcd',
+    ):
+        (reply,) = _raw(rig, payload)
+        assert reply["event"] == "result" and reply["result"] == "error" and not reply["ok"], reply
+    assert oct(rig.socket.stat().st_mode & 0o777) == "0o600"
+    code, result, _ = _request(rig, _sketch(rig, GOOD))
+    assert code == 0 and result["result"] == "success"
+    assert rig.daemon is not None and rig.daemon.poll() is None
+    rig.stop()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import msgpack
 import pytest
-from proxy_harness import WAIT, PtyM4, free_port, register
+from proxy_harness import WAIT, free_port, m4_on_pty, register
 
 from x8manager.rpc import M4Client, RpcService
 
@@ -55,14 +55,13 @@ async def stop_daemon(process: asyncio.subprocess.Process) -> tuple[int, str]:
 
 def test_daemon_end_to_end_with_sd_notify(tmp_path: Path) -> None:
     async def scenario() -> None:
-        m4 = PtyM4(tmp_path / "x8h7_ui")
-        m4.start()
-        m4.procedures["temperature"] = lambda: 21.5
+        m4, device = await m4_on_pty(tmp_path)
+        m4.bind("temperature", lambda: 21.5)
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         notify.bind(str(tmp_path / "notify"))
         notify.setblocking(False)
         process, log = await start_daemon(
-            "--device", str(m4.link_path), "--bind", "127.0.0.1", "--register-port", "0", "--call-port", "0",
+            "--device", device, "--bind", "127.0.0.1", "--register-port", "0", "--call-port", "0",
             env={"NOTIFY_SOCKET": str(tmp_path / "notify")})
         try:
             assert process.returncode is None, log
@@ -77,7 +76,7 @@ def test_daemon_end_to_end_with_sd_notify(tmp_path: Path) -> None:
             service.add("multiply", lambda a, b: a * b)
             serving = asyncio.create_task(service.serve(register_port=register_port))
             await asyncio.wait_for(service.wait_registered(), WAIT)
-            reply = await m4.call("multiply", 6, 7)
+            reply = await m4.call_raw("multiply", 6, 7)
             assert msgpack.unpackb(reply.raw)[3] == 42
             service_port = service.port
             assert msgpack.unpackb(await register(register_port, msgpack.packb([0, 1, "list", []])))[3] \
@@ -87,7 +86,7 @@ def test_daemon_end_to_end_with_sd_notify(tmp_path: Path) -> None:
         finally:
             code, rest = await stop_daemon(process)
             notify.close()
-            m4.close()
+            await m4.stop()
         assert code == 0, rest
         line = f"Registering service on port  {service_port}  with functions  map[multiply:{service_port}]"
         assert line in rest

@@ -27,6 +27,7 @@ from x8manager.proxy.callport import CallContext, CallPort, CallPortStats
 from x8manager.proxy.link import M4Link, ReaderMode, StartupError, open_link
 from x8manager.proxy.m4port import M4Port
 from x8manager.proxy.registry import handle_register_connection
+from x8manager.proxy.routerfront import RouterFront
 from x8manager.proxy.routing import ProviderFailed, RoutingTable
 from x8manager.rpc.framing import (
     M4_MAX_MESSAGE,
@@ -63,6 +64,7 @@ class ProxyConfig:
     registry_file: Path | None = None  # keep the registry across proxy restarts
     device_reader: ReaderMode = "auto"  # how the char device is read (tests force one)
     router_socket: str = ""  # UNIX socket of the router front ('' = off; the daemon's default is on)
+    router_socket_group: str | None = None  # group that may connect to it (mode 0660)
     router_listen: str | None = None  # HOST:PORT of the router front on TCP (off by default)
     monitor_listen: str | None = None  # HOST:PORT of the monitor port (off in-process; on in the daemon)
 
@@ -123,6 +125,14 @@ def make_listeners(what: str, bind: str | None, port: int, *, dual_stack: bool) 
     return sockets
 
 
+def split_host_port(text: str, flag: str) -> tuple[str, int]:
+    """``HOST:PORT`` (IPv6 hosts in brackets) of a listening flag."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise StartupError(f"{flag} {text!r}: expected HOST:PORT")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
 @dataclass
 class ProxyStats:
     """Counters of the M4→Linux side; tests read them."""
@@ -143,6 +153,7 @@ class M4Proxy:
         self._link = link
         self._m4: M4Port | None = None
         self._call_port: CallPort | None = None
+        self.router: RouterFront | None = None
         self._servers: list[asyncio.Server] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._service_calls = 0  # M4→Linux calls in flight
@@ -178,6 +189,22 @@ class M4Proxy:
             CallContext(loop, self._m4, config.timeout_error_reply, self.call_port_stats), call_sockets)
         self.register_ports = [s.getsockname()[:2] for s in register_sockets]
         self.call_ports = [s.getsockname()[:2] for s in call_sockets]
+        try:
+            await self._start_router_front()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start_router_front(self) -> None:
+        config = self.config
+        if not config.router_socket and not config.router_listen:
+            return
+        self.router = RouterFront(self.routes, self.m4)
+        if config.router_socket:
+            await self.router.listen_unix(config.router_socket, group=config.router_socket_group)
+        if config.router_listen:
+            host, port = split_host_port(config.router_listen, "--router-listen")
+            await self.router.listen_tcp(host, port)
 
     @property
     def register_port(self) -> int:
@@ -199,6 +226,9 @@ class M4Proxy:
     async def stop(self) -> None:
         for server in self._servers:
             server.close()
+        if self.router is not None:
+            await self.router.close()
+            self.router = None
         if self._call_port is not None:
             self._call_port.close()
             self._call_port = None

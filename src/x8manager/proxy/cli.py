@@ -18,9 +18,10 @@ __all__ = ["build_parser", "main"]
 
 log = logging.getLogger("x8manager.proxy")
 
-LOG_IDENTIFIER = "m4_proxy"
+LOG_IDENTIFIER = "m4_proxy"  # what users grep the journal for, as with the original
 DEFAULT_ROUTER_SOCKET = "/var/run/arduino-router.sock"  # the Bridge's default address
-DEFAULT_ROUTER_GROUP = "arduino-router"  # what users grep the journal for, as with the original
+DEFAULT_ROUTER_GROUP = "arduino-router"
+DEFAULT_MONITOR = "127.0.0.1:7500"  # as arduino-router's monitor port
 EXIT_STARTUP_FAILED = 1
 
 
@@ -75,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--router-listen", default=None, metavar="ADDR:PORT",
                         help="also serve the router front on TCP (default: off; unauthenticated, "
                              "keep it on loopback)")
+    parser.add_argument("--monitor-listen", default=DEFAULT_MONITOR, metavar="ADDR:PORT",
+                        help="the sketch's Serial as a raw TCP stream, both ways (default %(default)s; "
+                             "'' turns it off; without a client the output goes to the journal as m4-serial)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
@@ -99,6 +103,8 @@ async def _run(config: ProxyConfig) -> int:
         if proxy.router.tcp_address is not None:
             where.append("tcp {}:{}".format(*proxy.router.tcp_address))
         log.info("router front: %s", ", ".join(filter(None, where)))
+    if proxy.monitor is not None and proxy.monitor.address is not None:
+        log.info("monitor port: %s:%d", *proxy.monitor.address)
     notify_ready(f"M4 link {proxy.link_description}; register port {proxy.register_port}, "
                  f"call port {proxy.call_port}")
     await stop.wait()
@@ -124,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         router_socket=args.router_socket,
         router_socket_group=args.router_socket_group or None,
         router_listen=args.router_listen,
+        monitor_listen=args.monitor_listen or None,
     )
     try:
         return asyncio.run(_run(config))

@@ -26,6 +26,7 @@ from typing import Any, Final
 from x8manager.proxy.callport import CallContext, CallPort, CallPortStats
 from x8manager.proxy.link import M4Link, ReaderMode, StartupError, open_link
 from x8manager.proxy.m4port import M4Port
+from x8manager.proxy.monitor import MonitorPort
 from x8manager.proxy.registry import handle_register_connection
 from x8manager.proxy.routerfront import RouterFront
 from x8manager.proxy.routing import ProviderFailed, RoutingTable
@@ -154,6 +155,7 @@ class M4Proxy:
         self._m4: M4Port | None = None
         self._call_port: CallPort | None = None
         self.router: RouterFront | None = None
+        self.monitor: MonitorPort | None = None
         self._servers: list[asyncio.Server] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._service_calls = 0  # M4→Linux calls in flight
@@ -191,6 +193,9 @@ class M4Proxy:
         self.call_ports = [s.getsockname()[:2] for s in call_sockets]
         try:
             await self._start_router_front()
+            if config.monitor_listen:
+                self.monitor = MonitorPort(self.m4.notify)
+                await self.monitor.listen(*split_host_port(config.monitor_listen, "--monitor-listen"))
         except BaseException:
             await self.stop()
             raise
@@ -229,6 +234,9 @@ class M4Proxy:
         if self.router is not None:
             await self.router.close()
             self.router = None
+        if self.monitor is not None:
+            await self.monitor.close()
+            self.monitor = None
         if self._call_port is not None:
             self._call_port.close()
             self._call_port = None
@@ -280,6 +288,12 @@ class M4Proxy:
         message = frame.message
         assert isinstance(message, Request | Notification)
         provider = self.routes.provider_of(message.method)
+        if self.monitor is not None and message.method == "tty" and isinstance(message, Notification):
+            # The sketch's Serial output: to the monitor port (or the journal), and to a Linux
+            # program that provides tty itself as well.
+            self.monitor.output(message.params, taken=provider is not None)
+            if provider is None:
+                return
         if provider is None:
             self.stats.unroutable += 1
             log.warning("M4 %s %r: no Linux service registered for it",

@@ -132,6 +132,10 @@ def test_cli_flags_and_defaults() -> None:
     args = build_parser().parse_args([])
     assert (args.device, args.bind, args.register_port, args.call_port) == ("/dev/x8h7_ui", None, 5000, 5001)
     assert args.call_timeout == 1.0 and not args.timeout_error_reply and not args.m4_error_replies
+    assert (args.router_socket, args.router_listen, args.monitor_listen) == (
+        "/var/run/arduino-router.sock", None, "127.0.0.1:7500")
+    off = build_parser().parse_args(["--router-socket", "", "--monitor-listen", ""])
+    assert (off.router_socket, off.monitor_listen) == ("", "")
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--call-port", "70000"])
     with pytest.raises(SystemExit):

@@ -96,8 +96,6 @@ async def _run(config: ProxyConfig) -> int:
         loop.add_signal_handler(signum, stop.set)
     listening = ", ".join(f"{host}:{port}" for host, port in proxy.register_ports)
     calling = ", ".join(f"{host}:{port}" for host, port in proxy.call_ports)
-    log.info("ready: register port %d, call port %d (register on %s; calls on %s), M4 link %s",
-             proxy.register_port, proxy.call_port, listening, calling, proxy.link_description)
     if proxy.router is not None:
         where = [proxy.router.unix_path or ""]
         if proxy.router.tcp_address is not None:
@@ -105,6 +103,8 @@ async def _run(config: ProxyConfig) -> int:
         log.info("router front: %s", ", ".join(filter(None, where)))
     if proxy.monitor is not None and proxy.monitor.address is not None:
         log.info("monitor port: %s:%d", *proxy.monitor.address)
+    log.info("ready: register port %d, call port %d (register on %s; calls on %s), M4 link %s",
+             proxy.register_port, proxy.call_port, listening, calling, proxy.link_description)
     notify_ready(f"M4 link {proxy.link_description}; register port {proxy.register_port}, "
                  f"call port {proxy.call_port}")
     await stop.wait()

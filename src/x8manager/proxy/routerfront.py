@@ -496,7 +496,10 @@ def unix_listener(path: str, *, mode: int, group: str | None) -> socket.socket:
     else:
         if not stat.S_ISSOCK(existing.st_mode):
             raise StartupError(f"--router-socket {path}: exists and is not a socket")
-        os.unlink(path)
+        if _someone_listens(path):
+            raise StartupError(f"--router-socket {path}: another router (arduino-router or m4-proxy) "
+                               "is listening there")
+        os.unlink(path)  # left behind by a router that is gone
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(path)
@@ -509,6 +512,15 @@ def unix_listener(path: str, *, mode: int, group: str | None) -> socket.socket:
         sock.close()
         raise StartupError(f"cannot listen on the router socket {path}: {exc.strerror or exc}") from exc
     return sock
+
+
+def _someone_listens(path: str) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(path)
+        except OSError:
+            return False
+    return True
 
 
 def _chgrp(path: str, group: str) -> None:

@@ -25,9 +25,14 @@ def proxy_command() -> list[str]:
 
 async def start_daemon(*args: str,
                        env: dict[str, str] | None = None) -> tuple[asyncio.subprocess.Process, str]:
-    """Start m4-proxy; return it with its stderr up to the ready line (or its exit)."""
+    """Start m4-proxy; return it with its stderr up to the ready line (or its exit).
+
+    The router socket and the monitor port are off unless *args* turn them on: their defaults
+    are fixed (/var/run/arduino-router.sock, 127.0.0.1:7500) and tests run side by side.
+    """
     process = await asyncio.create_subprocess_exec(
-        *proxy_command(), *args, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        *proxy_command(), "--router-socket", "", "--monitor-listen", "", *args,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
         env={**os.environ, **(env or {})})
     assert process.stderr is not None
     seen = ""
@@ -135,3 +140,34 @@ def test_bad_tcp_device_and_unreachable_tcp_link() -> None:
     code, log = _startup_failure(["--device", f"tcp:127.0.0.1:{free_port()}", "--bind", "127.0.0.1",
                                   "--register-port", "0", "--call-port", "0"])
     assert code != 0 and "cannot connect to M4 link" in log
+
+
+def test_daemon_router_front_and_monitor_flags(tmp_path: Path) -> None:
+    async def scenario() -> str:
+        m4, device = await m4_on_pty(tmp_path)
+        router_socket = f"/tmp/x8-router-{os.getpid()}.sock"  # short: UNIX paths have 108 bytes
+        args = ["--device", device, "--bind", "127.0.0.1", "--register-port", "0", "--call-port", "0",
+                "--router-socket", router_socket, "--router-listen", "127.0.0.1:0",
+                "--monitor-listen", "127.0.0.1:0"]
+        process, log = await start_daemon(*args)
+        try:
+            assert process.returncode is None, log
+            assert f"router front: {router_socket}, tcp 127.0.0.1:" in log
+            assert "monitor port: 127.0.0.1:" in log
+            reader, writer = await asyncio.open_unix_connection(router_socket)
+            writer.write(msgpack.packb([0, 1, "$/version", []]))
+            reply = msgpack.unpackb(await asyncio.wait_for(reader.read(4096), WAIT))
+            assert reply[:3] == [1, 1, None] and reply[3].startswith("x8manager m4-proxy ")
+            writer.close()
+            # A second router on the same socket is a start-up error: exit 1, the first keeps it.
+            second, second_log = await start_daemon(*args)
+            assert await asyncio.wait_for(second.wait(), WAIT) == 1
+            assert second.stderr is not None
+            assert "another router" in second_log + (await second.stderr.read()).decode()
+        finally:
+            code, rest = await stop_daemon(process)
+            await m4.stop()
+        assert code == 0, rest
+        return router_socket
+
+    assert not os.path.exists(asyncio.run(scenario()))

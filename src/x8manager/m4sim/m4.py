@@ -183,6 +183,8 @@ class VirtualM4:
         # a sketch that takes calls but never answers them (a busy or hung rpc thread).
         self.raw_received: deque[bytes] = deque(maxlen=RECEIVED_LOG)
         self.answer_calls = True
+        self._reading = asyncio.Event()  # cleared: a sketch whose rpc thread does not read
+        self._reading.set()
         self._raw_waiters: dict[int, asyncio.Future[Frame]] = {}
         self._pty_alias: Path | None = None
         self.serial_input = bytearray()
@@ -268,6 +270,13 @@ class VirtualM4:
             self._link = None
         await self.start_on_pty(self._pty_alias)
 
+    def pause_reading(self) -> None:
+        """Test switch: stop reading the link (a stuck sketch); Linux's writes back up."""
+        self._reading.clear()
+
+    def resume_reading(self) -> None:
+        self._reading.set()
+
     async def flush(self, within: float = 10.0) -> None:
         """Wait until every byte queued toward Linux has been written to the link."""
         if self._outbox.data or self._outbox.ready.is_set():
@@ -329,6 +338,7 @@ class VirtualM4:
         decoder = StreamDecoder()
         try:
             while True:
+                await self._reading.wait()
                 try:
                     data = await link.read()
                 except OSError as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import socket
 import struct
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from x8manager.proxy.m4port import M4CallFailed, M4Port, TooLarge
+from x8manager.proxy.ratelimit import RateLimitedLog
 from x8manager.rpc.framing import (
     Incomplete,
     InvalidMessage,
@@ -32,6 +34,7 @@ __all__ = ["CLIENT_SEND_TIMEOUT", "DRAIN_TIMEOUT", "MAX_CLIENT_MESSAGE", "CallCo
            "CallPortStats"]
 
 log = logging.getLogger("x8manager.proxy.core")
+limited_log = RateLimitedLog(log)
 
 # A call-port client gets this long to send its one message (the original waits forever).
 CLIENT_SEND_TIMEOUT: Final = 30.0
@@ -45,6 +48,11 @@ ACCEPT_BATCH: Final = 64
 READ_CHUNK: Final = 64 * 1024
 # Send deadlines and close waits are checked this often (so they hold to within this).
 SWEEP_INTERVAL: Final = 0.25
+# Open call-port connections at most (each waits at most CLIENT_SEND_TIMEOUT for its message).
+MAX_CONNECTIONS: Final = 1024
+# accept() errors that mean "no descriptors or memory now": retried after a pause, not at once.
+OUT_OF_RESOURCES: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+ACCEPT_PAUSE: Final = 0.5
 
 # Connection states.
 _READING: Final = 0  # waiting for the one message
@@ -83,6 +91,7 @@ class CallPort:
         self._listeners = listeners
         self.connections: set[CallConnection] = set()
         self._sweeper: asyncio.TimerHandle | None = None
+        self._resume: asyncio.TimerHandle | None = None
         for listener in listeners:
             self._loop.add_reader(listener.fileno(), self._accept, listener)
 
@@ -92,9 +101,17 @@ class CallPort:
                 sock, address = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:  # EMFILE, ECONNABORTED, ...: the listener stays
-                log.warning("call port: accept failed: %s", exc.strerror or exc)
+            except OSError as exc:
+                if exc.errno in OUT_OF_RESOURCES:
+                    self._back_off(exc)
+                else:  # ECONNABORTED and the like: that one connection is gone
+                    limited_log.warning("call-accept", "call port: accept failed: %s", exc.strerror or exc)
                 return
+            if len(self.connections) >= MAX_CONNECTIONS:
+                limited_log.warning("call-full", "call port: connection from %s refused: %d open already",
+                                    address, MAX_CONNECTIONS)
+                sock.close()
+                continue
             try:
                 # No TCP_NODELAY: the proxy writes one reply and then the end of stream, and
                 # neither the first segment on a connection nor a FIN waits for Nagle.
@@ -111,6 +128,21 @@ class CallPort:
             # already: taking it now saves a trip through the event loop.
             connection.readable()
 
+    def _back_off(self, exc: OSError) -> None:
+        """Out of descriptors (or memory): stop accepting for a moment instead of spinning,
+        since the listener stays readable while the connection waits in the backlog."""
+        limited_log.warning("call-resources", "call port: accept failed (%s); not accepting for %g s",
+                            exc.strerror or exc, ACCEPT_PAUSE)
+        for listener in self._listeners:
+            with contextlib.suppress(OSError, ValueError):
+                self._loop.remove_reader(listener.fileno())
+        self._resume = self._loop.call_later(ACCEPT_PAUSE, self._resume_accepting)
+
+    def _resume_accepting(self) -> None:
+        self._resume = None
+        for listener in self._listeners:
+            self._loop.add_reader(listener.fileno(), self._accept, listener)
+
     def _sweep(self) -> None:
         now = self._loop.time()
         for connection in list(self.connections):
@@ -125,6 +157,9 @@ class CallPort:
             listener.close()
         for connection in list(self.connections):
             connection.close()
+        if self._resume is not None:
+            self._resume.cancel()
+            self._resume = None
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
@@ -203,7 +238,7 @@ class CallConnection:
         if now < self._deadline:
             return
         if self._state == _READING:
-            log.warning("call port: %s sent no complete message within %g s", self._peer,
+            limited_log.warning("call-slow", "call port: %s sent no complete message within %g s", self._peer,
                         CLIENT_SEND_TIMEOUT)
             self._answer(None)
         elif self._state == _ANSWERED:
@@ -219,11 +254,12 @@ class CallConnection:
             self._received = received
             return
         except InvalidMessage as exc:
-            log.warning("call port: refused message from %s: %s", self._peer, exc.reason)
+            limited_log.warning("call-refused", "call port: refused message from %s: %s", self._peer,
+                                exc.reason)
             self._answer(None)
             return
         except Exception as exc:
-            log.warning("call port: undecodable message from %s: %s", self._peer, exc)
+            limited_log.warning("call-refused", "call port: undecodable message from %s: %s", self._peer, exc)
             self._answer(None)
             return
         self._received = b""
@@ -232,7 +268,8 @@ class CallConnection:
         try:
             message = parse_message(item.value)
         except InvalidMessage as exc:
-            log.warning("call port: invalid message from %s: %s", self._peer, exc.reason)
+            limited_log.warning("call-invalid", "call port: invalid message from %s: %s", self._peer,
+                                exc.reason)
             if exc.msgid is None:
                 self._answer(None)
             else:
@@ -244,8 +281,8 @@ class CallConnection:
             self._context.m4.notify(raw, f"call port: notification {message.method!r} from {self._peer}")
             self._answer(None)
         else:
-            log.warning("call port: %s sent a response; only requests and notifications are forwarded",
-                        self._peer)
+            limited_log.warning("call-response", "call port: %s sent a response; only requests and "
+                                "notifications are forwarded", self._peer)
             self._answer(None)
 
     # -- to the M4 ---------------------------------------------------------------------------

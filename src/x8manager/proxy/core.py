@@ -27,6 +27,7 @@ from x8manager.proxy.callport import CallContext, CallPort, CallPortStats
 from x8manager.proxy.link import M4Link, ReaderMode, StartupError, open_link
 from x8manager.proxy.m4port import M4Port
 from x8manager.proxy.monitor import MonitorPort
+from x8manager.proxy.ratelimit import RateLimitedLog
 from x8manager.proxy.registry import handle_register_connection
 from x8manager.proxy.routerfront import RouterFront
 from x8manager.proxy.routing import ProviderFailed, RoutingTable
@@ -41,6 +42,7 @@ from x8manager.rpc.framing import (
 __all__ = ["M4Proxy", "ProxyConfig", "ProxyStats"]
 
 log = logging.getLogger(__name__)
+limited_log = RateLimitedLog(log)
 
 # The original waits 1 s for the M4's reply; clients (msgpack-rpc-python) are tuned to it.
 DEFAULT_CALL_TIMEOUT: Final = 1.0
@@ -48,6 +50,8 @@ DEFAULT_CALL_TIMEOUT: Final = 1.0
 DEFAULT_SERVICE_TIMEOUT: Final = 10.0
 # M4→Linux calls in flight; the M4 has at most 10 callers, anything past this is garbage.
 MAX_SERVICE_CALLS: Final = 64
+# Register-port connections at once (a registration takes one message; idle ones time out).
+MAX_REGISTER_CONNECTIONS: Final = 256
 
 
 @dataclass
@@ -159,6 +163,7 @@ class M4Proxy:
         self._servers: list[asyncio.Server] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._service_calls = 0  # M4→Linux calls in flight
+        self._register_connections = 0
         self.register_ports: list[tuple[str, int]] = []
         self.call_ports: list[tuple[str, int]] = []
 
@@ -273,6 +278,19 @@ class M4Proxy:
 
     async def _on_register_connection(self, reader: asyncio.StreamReader,
                                       writer: asyncio.StreamWriter) -> None:
+        if self._register_connections >= MAX_REGISTER_CONNECTIONS:
+            limited_log.warning("register-full", "register port: connection from %s refused: %d open already",
+                                writer.get_extra_info("peername"), MAX_REGISTER_CONNECTIONS)
+            writer.transport.abort()
+            return
+        self._register_connections += 1
+        try:
+            await self._serve_register_connection(reader, writer)
+        finally:
+            self._register_connections -= 1
+
+    async def _serve_register_connection(self, reader: asyncio.StreamReader,
+                                         writer: asyncio.StreamWriter) -> None:
         with self._connection_task():
             try:
                 await handle_register_connection(reader, writer, self.routes)

@@ -98,6 +98,12 @@ class M4Link(abc.ABC):
     """A reopening byte link to the M4, already open (see :func:`open_link`)."""
 
     description: str
+    withdrawn = 0  # messages dropped unsent because their sender gave up
+
+    @property
+    def backlog(self) -> int:
+        """Messages waiting for the M4 to read (none on links that queue elsewhere)."""
+        return 0
 
     @abc.abstractmethod
     def start(self, on_data: DataCallback, on_reset: ResetCallback) -> None:
@@ -277,6 +283,7 @@ class PollDeviceLink(M4Link):
             view, started, done = self._backlog[0]
             if done.cancelled() and not started:
                 self._backlog.popleft()  # its caller gave up before any byte went out
+                self.withdrawn += 1
                 continue
             try:
                 written = os.write(fd, view)
@@ -435,8 +442,10 @@ class ThreadDeviceLink(M4Link):
         written.add_done_callback(self._written)
         return written
 
-    def _written(self, _: asyncio.Future[None]) -> None:
+    def _written(self, written: asyncio.Future[None]) -> None:
         self._queued -= 1
+        if written.cancelled():
+            self.withdrawn += 1  # (a write already running still completes)
 
     @property
     def backlog(self) -> int:

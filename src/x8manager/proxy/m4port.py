@@ -76,7 +76,6 @@ class M4Stats:
     late_replies: int = 0
     m4_bytes: int = 0
     stale_partials: int = 0
-    withdrawn: int = 0  # calls whose caller gave up while the M4 was not reading
 
 
 class _Call:
@@ -114,8 +113,7 @@ class _Call:
             self.timer.cancel()
             self.timer = None
         if self.written is not None and not self.written.done():
-            self.written.cancel()  # not written yet: it never reaches the M4
-            self.port.stats.withdrawn += 1
+            self.written.cancel()  # not written yet: the link drops it unless it has started
         if done is not None:
             done(result)
 

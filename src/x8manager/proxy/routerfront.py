@@ -47,6 +47,7 @@ import msgpack
 from x8manager import __version__
 from x8manager.proxy.link import StartupError
 from x8manager.proxy.m4port import M4CallFailed, M4Port, TooLarge
+from x8manager.proxy.ratelimit import RateLimitedLog
 from x8manager.proxy.routing import (
     ERR_FAILED_TO_SEND,
     ERR_GENERIC,
@@ -91,8 +92,6 @@ ROUTER_CALL_TIMEOUT: Final = 10.0
 # Bridge 0.5.1's error codes for a peer's handler (protocol.py).
 PEER_MALFORMED_CALL: Final = 0xFD
 PEER_GENERIC: Final = 0xFF
-# Repeated log lines of one kind at most this often.
-LOG_EVERY: Final = 10.0
 
 
 def _go_type(value: Any) -> str:
@@ -132,26 +131,6 @@ def bridge_error(error: Any) -> list[Any]:
         return error
     text = error.decode("utf-8", "replace") if isinstance(error, bytes) else str(error)
     return [PEER_GENERIC, text]
-
-
-class RateLimitedLog:
-    """One line per kind per :data:`LOG_EVERY` seconds; the rest are counted and summed up."""
-
-    def __init__(self, logger: logging.Logger) -> None:
-        self._log = logger
-        self._last: dict[str, float] = {}
-        self._skipped: dict[str, int] = {}
-
-    def warning(self, kind: str, text: str, *args: Any) -> None:
-        now = asyncio.get_running_loop().time()
-        last = self._last.get(kind)
-        if last is not None and now - last < LOG_EVERY:
-            self._skipped[kind] = self._skipped.get(kind, 0) + 1
-            return
-        skipped = self._skipped.pop(kind, 0)
-        self._last[kind] = now
-        suffix = f" ({skipped} more like this in the last {LOG_EVERY:g} s)" if skipped else ""
-        self._log.warning(text + suffix, *args)
 
 
 @dataclass

@@ -28,7 +28,7 @@ from x8manager.flasher.swdconfig import (
     packaged_config_dir,
 )
 
-# asyncio, pyelftools and the daemon are imported by the commands that use them: `m4-flasher
+# asyncio, the ELF check and the daemon are imported by the commands that use them: `m4-flasher
 # status` is polled by people and tests, and on a slow board it starts several times faster.
 if TYPE_CHECKING:
     from x8manager.flasher.pipeline import Flasher, FlasherSettings, Outcome

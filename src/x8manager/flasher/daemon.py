@@ -50,12 +50,6 @@ class FlasherDaemon:
         """Everything that would make every flash fail is a start-up error."""
         settings = self.flasher.settings
         try:
-            # Loaded now rather than at the first upload: a missing pyelftools is a start-up error,
-            # and the first upload does not pay for the import.
-            import elftools.elf.elffile  # noqa: F401, PLC0415
-        except ImportError as error:
-            raise StartupError(f"pyelftools is needed to validate sketches: {error}") from error
-        try:
             self.flasher.state.prepare()
         except OSError as error:
             raise StartupError(f"state directory {settings.state_dir} is not usable: {error}") from error

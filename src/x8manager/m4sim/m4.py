@@ -22,15 +22,25 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import os
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from x8manager.m4sim import wire
-from x8manager.m4sim.demo import bind_demo_procedures
+from x8manager.m4sim.demo import bind_demo_procedures, demo_procedures
 from x8manager.m4sim.links import Link, open_pty
-from x8manager.rpc.framing import M4_MAX_MESSAGE, StreamDecoder
+from x8manager.m4sim.sketch import SketchProfile, read_profile
+from x8manager.rpc.framing import (
+    M4_MAX_MESSAGE,
+    Frame,
+    InvalidMessage,
+    Response,
+    StreamDecoder,
+    parse_message,
+)
 
 __all__ = [
     "LinuxCallError",
@@ -100,6 +110,8 @@ class SimStats:
     stream_resyncs: int = 0
     connections: int = 0
     connected: bool = False
+    boots: int = 0  # sketches booted over the stand-in SWD wire (m4sim.sketch)
+    dropped_not_running: int = 0  # messages a silent or crashed sketch never read
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -136,6 +148,16 @@ class _Slot:
 class _Outbox:
     data: bytearray = field(default_factory=bytearray)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    empty: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def _named_answer(sketch: str, method: str) -> Procedure:
+    """A procedure of a test sketch that has no demo meaning: it answers who answered."""
+
+    def answer(*args: Any) -> list[Any]:
+        return [sketch, method, *args]
+
+    return answer
 
 
 class VirtualM4:
@@ -169,6 +191,14 @@ class VirtualM4:
         self.interleave_text = interleave_text
         self.stats = SimStats()
         self.calls_received: deque[ReceivedCall] = deque(maxlen=RECEIVED_LOG)
+        # Test switches: every object Linux sent, byte for byte (even those the M4 drops), and
+        # a sketch that takes calls but never answers them (a busy or hung rpc thread).
+        self.raw_received: deque[bytes] = deque(maxlen=RECEIVED_LOG)
+        self.answer_calls = True
+        self._reading = asyncio.Event()  # cleared: a sketch whose rpc thread does not read
+        self._reading.set()
+        self._raw_waiters: dict[int, asyncio.Future[Frame]] = {}
+        self._pty_alias: Path | None = None
         self.serial_input = bytearray()
         self._serial_changed = asyncio.Condition()
         self._received_changed = asyncio.Condition()
@@ -183,15 +213,20 @@ class VirtualM4:
         self._dispatch_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._runner: asyncio.Task[None] | None = None
+        self._serial = serial
+        # What the M4 runs: until a sketch is booted, the demo sketch (or none, without demo).
+        self.sketch: SketchProfile | None = None
+        self.rpc_running = True  # False: a sketch without RPC.begin(), or one that crashed
         if serial:
             self.bind("tty", self._on_tty)
         if demo:
             bind_demo_procedures(self)
 
     # -- procedures -----------------------------------------------------------------------------
-    def bind(self, name: str, fn: Procedure) -> None:
-        """Bind procedure *name* (sync or async); like rpclib, a name can be bound only once."""
-        if name in self._bindings:
+    def bind(self, name: str, fn: Procedure, *, replace: bool = False) -> None:
+        """Bind procedure *name* (sync or async); like rpclib, a name can be bound only once
+        (*replace* is a test switch: a sketch flashed anew with another procedure)."""
+        if name in self._bindings and not replace:
             raise ValueError(f"Function name already bound: {name!r}")
         self._bindings[name] = _Binding(fn, _arity(fn))
 
@@ -207,6 +242,27 @@ class VirtualM4:
     def bound_names(self) -> list[str]:
         return sorted(self._bindings)
 
+    def boot(self, elf: bytes) -> SketchProfile:
+        """Reset the M4 into the sketch *elf*, as a flash over SWD does: the procedures it binds
+        and whether it answers at all come from its x8sim note (see :mod:`x8manager.m4sim.sketch`)."""
+        profile = read_profile(elf)
+        self.sketch = profile
+        self.stats.boots += 1
+        self._bindings.clear()
+        self.rpc_running = profile.behaviour == "runs"
+        if self._serial:
+            self.bind("tty", self._on_tty)
+        if self.rpc_running:
+            demo = demo_procedures()
+            for name in demo if profile.binds is None else profile.binds:
+                self.bind(name, demo.get(name) or _named_answer(profile.name, name), replace=True)
+        log.info(
+            "virtual M4: booted sketch %r (%s, sha256 %s...)%s; procedures: %s",
+            profile.name, profile.behaviour, profile.sha256[:12],
+            f" [{profile.problem}]" if profile.problem else "", ", ".join(self.bound_names) or "none",
+        )
+        return profile
+
     # -- running --------------------------------------------------------------------------------
     async def start(self, opener: LinkOpener, *, reconnect: bool = False, open_now: bool = True) -> None:
         """Serve links from *opener* in the background.
@@ -217,9 +273,17 @@ class VirtualM4:
         link = await opener() if open_now else None
         self._runner = asyncio.create_task(self._serve(link, opener, reconnect), name="m4sim-serve")
 
-    async def start_on_pty(self) -> str:
-        """Create a raw pty, serve on it in the background, return the path Linux opens."""
+    async def start_on_pty(self, alias: str | Path | None = None) -> str:
+        """Create a raw pty, serve on it in the background, return the path Linux opens.
+
+        With *alias* that path is a symlink to the pty, so :meth:`replug_pty` can put a fresh pty
+        behind the same name, as a re-enumerated device (an M4 reset) would.
+        """
         link, path = open_pty()
+        if alias is not None:
+            self._pty_alias = Path(alias)
+            _point_alias(self._pty_alias, path)
+            path = str(self._pty_alias)
 
         async def same_pty() -> Link:
             # The pty outlives the other side closing and reopening it: one link for good.
@@ -227,6 +291,34 @@ class VirtualM4:
 
         await self.start(same_pty)
         return path
+
+    async def replug_pty(self) -> None:
+        """Play an M4 reset on a pty started with an alias: what was queued toward Linux goes
+        out, then the pty goes away and a new one appears under the alias."""
+        if self._pty_alias is None:
+            raise M4SimError("replug_pty() needs start_on_pty(alias=...)")
+        await self.flush()
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._runner
+        if self._link is not None:
+            await self._link.close()
+            self._link = None
+        await self.start_on_pty(self._pty_alias)
+
+    def pause_reading(self) -> None:
+        """Test switch: stop reading the link (a stuck sketch); Linux's writes back up."""
+        self._reading.clear()
+
+    def resume_reading(self) -> None:
+        self._reading.set()
+
+    async def flush(self, within: float = 10.0) -> None:
+        """Wait until every byte queued toward Linux has been written to the link."""
+        if self._outbox.data or self._outbox.ready.is_set():
+            self._outbox.empty.clear()
+            await asyncio.wait_for(self._outbox.empty.wait(), within)
 
     @property
     def runner(self) -> asyncio.Task[None] | None:
@@ -283,6 +375,7 @@ class VirtualM4:
         decoder = StreamDecoder()
         try:
             while True:
+                await self._reading.wait()
                 try:
                     data = await link.read()
                 except OSError as exc:
@@ -317,6 +410,9 @@ class VirtualM4:
             )
         for item in objects:
             self.stats.messages_in += 1
+            self.raw_received.append(item.raw)
+            if self._raw_waiters and self._resolve_raw_waiter(item.value, item.raw):
+                continue
             if self.max_inbound is not None and len(item.raw) > self.max_inbound:
                 self.stats.dropped_oversize_in += 1
                 log.warning(
@@ -329,6 +425,10 @@ class VirtualM4:
             await self._handle(item.value)
 
     async def _handle(self, message: Any) -> None:
+        if not self.rpc_running:
+            # No RPC.begin() (or a hard fault): the M7 still delivers, nothing on the M4 reads.
+            self.stats.dropped_not_running += 1
+            return
         if not isinstance(message, list) or len(message) < 3:
             self.stats.dropped_invalid_in += 1
             log.warning("virtual M4: ignored a message that is not an RPC array: %r", message)
@@ -371,6 +471,19 @@ class VirtualM4:
             async with self._dispatch_lock:
                 await self._dispatch(msgid, method, params)
 
+    def _resolve_raw_waiter(self, value: Any, raw: bytes) -> bool:
+        try:
+            message = parse_message(value)
+        except InvalidMessage:
+            return False
+        if not isinstance(message, Response):
+            return False
+        future = self._raw_waiters.get(message.msgid)
+        if future is None or future.done():
+            return False
+        future.set_result(Frame(message, raw))
+        return True
+
     async def _record(self, call: ReceivedCall) -> None:
         async with self._received_changed:
             self.calls_received.append(call)
@@ -399,6 +512,9 @@ class VirtualM4:
             self.stats.notifications_in += 1
             if error is not None:
                 log.info("virtual M4: notification %r not handled: %s", method, error)
+            return
+        if not self.answer_calls:
+            log.info("virtual M4: call %r taken, not answered (answer_calls is off)", method)
             return
         self.stats.calls_answered += 1
         await self.send(wire.response(msgid, error, result))
@@ -480,6 +596,26 @@ class VirtualM4:
             slot.future = None
             self._free_slots.put_nowait(slot)
 
+    async def call_raw(self, method: str, *args: Any, msgid: int = wire.THREAD_ID_BASE,
+                       within: float = 10.0) -> Frame:
+        """An ``RPC.call`` as the thread with id *msgid*; returns Linux's reply byte for byte.
+
+        The msgid goes out as msgpack-c writes a thread id (uint32, ``ce``); no caller slot is
+        taken, so tests can play any number of callers and ids.
+        """
+        future: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
+        self._raw_waiters[msgid] = future
+        try:
+            header = b"\x94\x00\xce" + msgid.to_bytes(4, "big")
+            await self.send(header + wire.packb(method) + wire.packb(list(args)))
+            return await asyncio.wait_for(future, within)
+        finally:
+            self._raw_waiters.pop(msgid, None)
+
+    def send_raw(self, data: bytes) -> None:
+        """Any bytes toward Linux (garbage, half a message), cut into chunks as usual."""
+        self._enqueue(data)
+
     async def notify(self, method: str, *args: Any) -> None:
         """``RPC.send(method, args...)``: a notification, fire and forget."""
         await self.send(wire.notification(method, list(args)))
@@ -544,8 +680,18 @@ class VirtualM4:
                     return
                 self.stats.bytes_out += len(chunk)
             box.ready.clear()
+            box.empty.set()
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _point_alias(alias: Path, target: str) -> None:
+    """Make *alias* a symlink to *target*, replacing it in one step (rename over it)."""
+    temporary = alias.with_name(alias.name + ".new")
+    with contextlib.suppress(FileNotFoundError):
+        temporary.unlink()
+    temporary.symlink_to(target)
+    os.replace(temporary, alias)

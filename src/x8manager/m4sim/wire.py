@@ -7,6 +7,8 @@ integers in the unsigned forms and ``double`` as ``cb``; ``msgpack.packb(use_bin
 
 from __future__ import annotations
 
+import msgpack
+
 from x8manager.rpc import framing
 
 __all__ = [
@@ -19,6 +21,7 @@ __all__ = [
     "exception_error",
     "not_found_error",
     "notification",
+    "packb",
     "request",
     "response",
 ]
@@ -33,6 +36,12 @@ THREAD_ID_BASE = 0x10003000
 THREAD_ID_STRIDE = 0x100
 
 # x8manager.rpc.framing packs with use_bin_type=True, which gives msgpack-c 2.1.5's bytes.
+def packb(value: object) -> bytes:
+    """One value as msgpack-c 2.1.5 packs it (str as str, bytes as bin)."""
+    packed: bytes = msgpack.packb(value, use_bin_type=True)
+    return packed
+
+
 request = framing.pack_request
 response = framing.pack_response
 notification = framing.pack_notification

@@ -9,31 +9,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import socket
 import struct
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
 
-import msgpack
-
-from x8manager.proxy.link import LinkDown
+from x8manager.proxy.m4port import M4CallFailed, M4Port, TooLarge
+from x8manager.proxy.ratelimit import RateLimitedLog
 from x8manager.rpc.framing import (
-    Frame,
+    Incomplete,
     InvalidMessage,
     Notification,
     Request,
-    msgid_span,
-    pack_raw_compat,
+    first_object,
+    msgid_bytes_of,
     parse_message,
-    replace_msgid,
+    raw_error_reply,
 )
 
-if TYPE_CHECKING:
-    from x8manager.proxy.core import M4Proxy
-
-__all__ = ["CLIENT_SEND_TIMEOUT", "DRAIN_TIMEOUT", "MAX_CLIENT_MESSAGE", "CallConnection", "CallPort"]
+__all__ = ["CLIENT_SEND_TIMEOUT", "DRAIN_TIMEOUT", "MAX_CLIENT_MESSAGE", "CallConnection", "CallPort",
+           "CallPortStats"]
 
 log = logging.getLogger("x8manager.proxy.core")
+limited_log = RateLimitedLog(log)
 
 # A call-port client gets this long to send its one message (the original waits forever).
 CLIENT_SEND_TIMEOUT: Final = 30.0
@@ -47,59 +48,31 @@ ACCEPT_BATCH: Final = 64
 READ_CHUNK: Final = 64 * 1024
 # Send deadlines and close waits are checked this often (so they hold to within this).
 SWEEP_INTERVAL: Final = 0.25
+# Open call-port connections at most (each waits at most CLIENT_SEND_TIMEOUT for its message).
+MAX_CONNECTIONS: Final = 1024
+# accept() errors that mean "no descriptors or memory now": retried after a pause, not at once.
+OUT_OF_RESOURCES: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+ACCEPT_PAUSE: Final = 0.5
 
 # Connection states.
 _READING: Final = 0  # waiting for the one message
 _CALLING: Final = 1  # message taken, the answer is not known yet
 _ANSWERED: Final = 2  # answer (or nothing) sent, half-closed, waiting for the client to close
 
-_UNPACK_OPTIONS: Final[dict[str, Any]] = {
-    "raw": False, "strict_map_key": False, "unicode_errors": "surrogateescape"}
+
+@dataclass
+class CallPortStats:
+    reset_after_answer: int = 0
 
 
-class _Incomplete(Exception):
-    """The bytes so far are the start of a message, not all of it."""
+@dataclass
+class CallContext:
+    """What a call connection needs: the loop, the M4, one policy switch, the counters."""
 
-
-def _first_object(data: bytes) -> tuple[Any, bytes]:
-    """The first msgpack object of *data* and its exact bytes.
-
-    Raises :class:`_Incomplete` if *data* ends inside it, :class:`InvalidMessage` if it is not
-    msgpack, or any decoding error of an object msgpack can skip but not build.
-    """
-    if len(data) <= MAX_CLIENT_MESSAGE:
-        try:
-            return msgpack.unpackb(data, **_UNPACK_OPTIONS), data
-        except msgpack.ExtraData as extra:  # bytes pipelined behind the message: ignored
-            return extra.unpacked, data[: len(data) - len(extra.extra)]
-        except Exception:  # incomplete, not msgpack, or not buildable: tell them apart below
-            pass
-    unpacker = msgpack.Unpacker(max_buffer_size=MAX_CLIENT_MESSAGE, strict_map_key=False)
-    try:
-        unpacker.feed(data)
-        unpacker.skip()
-    except msgpack.OutOfData:
-        raise _Incomplete from None
-    except msgpack.BufferFull:
-        raise InvalidMessage(f"message larger than {MAX_CLIENT_MESSAGE} bytes") from None
-    except Exception as exc:
-        raise InvalidMessage(f"not msgpack: {exc}") from None
-    raw = data[: unpacker.tell()]
-    return msgpack.unpackb(raw, **_UNPACK_OPTIONS), raw
-
-
-def _msgid_bytes(raw: bytes) -> bytes:
-    """The msgid bytes of a request-shaped message (for error replies to invalid ones)."""
-    try:
-        start, end = msgid_span(raw)
-    except InvalidMessage:
-        return b"\x00"
-    return raw[start:end]
-
-
-def error_reply(msgid_bytes: bytes, text: str) -> bytes:
-    """``[1, msgid, "text", nil]`` with the client's own msgid bytes and old-style raw text."""
-    return b"\x94\x01" + msgid_bytes + pack_raw_compat(text) + b"\xc0"
+    loop: asyncio.AbstractEventLoop
+    m4: M4Port
+    timeout_error_reply: bool
+    stats: CallPortStats
 
 
 class CallPort:
@@ -112,12 +85,13 @@ class CallPort:
     while connections are open, so a call costs one timer handle (the M4's reply deadline).
     """
 
-    def __init__(self, proxy: M4Proxy, listeners: list[socket.socket]) -> None:
-        self._proxy = proxy
-        self._loop = proxy.loop
+    def __init__(self, context: CallContext, listeners: list[socket.socket]) -> None:
+        self._context = context
+        self._loop = context.loop
         self._listeners = listeners
         self.connections: set[CallConnection] = set()
         self._sweeper: asyncio.TimerHandle | None = None
+        self._resume: asyncio.TimerHandle | None = None
         for listener in listeners:
             self._loop.add_reader(listener.fileno(), self._accept, listener)
 
@@ -127,14 +101,22 @@ class CallPort:
                 sock, address = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:  # EMFILE, ECONNABORTED, ...: the listener stays
-                log.warning("call port: accept failed: %s", exc.strerror or exc)
+            except OSError as exc:
+                if exc.errno in OUT_OF_RESOURCES:
+                    self._back_off(exc)
+                else:  # ECONNABORTED and the like: that one connection is gone
+                    limited_log.warning("call-accept", "call port: accept failed: %s", exc.strerror or exc)
                 return
+            if len(self.connections) >= MAX_CONNECTIONS:
+                limited_log.warning("call-full", "call port: connection from %s refused: %d open already",
+                                    address, MAX_CONNECTIONS)
+                sock.close()
+                continue
             try:
                 # No TCP_NODELAY: the proxy writes one reply and then the end of stream, and
                 # neither the first segment on a connection nor a FIN waits for Nagle.
                 sock.setblocking(False)
-                connection = CallConnection(self._proxy, self, sock, address)
+                connection = CallConnection(self._context, sock, address, self.connections.discard)
             except OSError as exc:
                 log.debug("call port: connection from %s lost at once: %s", address, exc)
                 sock.close()
@@ -145,6 +127,21 @@ class CallPort:
             # The client sends its message right after connecting, so it is usually here
             # already: taking it now saves a trip through the event loop.
             connection.readable()
+
+    def _back_off(self, exc: OSError) -> None:
+        """Out of descriptors (or memory): stop accepting for a moment instead of spinning,
+        since the listener stays readable while the connection waits in the backlog."""
+        limited_log.warning("call-resources", "call port: accept failed (%s); not accepting for %g s",
+                            exc.strerror or exc, ACCEPT_PAUSE)
+        for listener in self._listeners:
+            with contextlib.suppress(OSError, ValueError):
+                self._loop.remove_reader(listener.fileno())
+        self._resume = self._loop.call_later(ACCEPT_PAUSE, self._resume_accepting)
+
+    def _resume_accepting(self) -> None:
+        self._resume = None
+        for listener in self._listeners:
+            self._loop.add_reader(listener.fileno(), self._accept, listener)
 
     def _sweep(self) -> None:
         now = self._loop.time()
@@ -160,6 +157,9 @@ class CallPort:
             listener.close()
         for connection in list(self.connections):
             connection.close()
+        if self._resume is not None:
+            self._resume.cancel()
+            self._resume = None
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
@@ -175,22 +175,22 @@ class CallConnection:
     and the end of stream go out in the same step, like the original's write-then-close.
     """
 
-    def __init__(self, proxy: M4Proxy, port: CallPort, sock: socket.socket, peer: Any) -> None:
-        self._proxy = proxy
-        self._port = port
-        self._loop = proxy.loop
+    def __init__(self, context: CallContext, sock: socket.socket, peer: Any,
+                 on_closed: Callable[[CallConnection], None]) -> None:
+        self._context = context
+        self._on_closed = on_closed
+        self._loop = context.loop
         self._sock: socket.socket | None = sock
         self._fd = sock.fileno()
         self._peer = peer
         self._state = _READING
         self._received = b""
         self._deadline = self._loop.time() + CLIENT_SEND_TIMEOUT
-        self._timer: asyncio.TimerHandle | None = None
         self._late_bytes = False  # bytes arrived after the message, before the answer
         self._client_done = False  # the client half-closed
         self._reading = True
         self._unsent = b""  # the part of the answer the socket did not take at once
-        self._wire_msgid = -1
+        self._withdraw: Callable[[], None] | None = None  # the M4 call in flight
         self._client_msgid = b""
         self._method = ""
         self._loop.add_reader(self._fd, self.readable)
@@ -238,7 +238,7 @@ class CallConnection:
         if now < self._deadline:
             return
         if self._state == _READING:
-            log.warning("call port: %s sent no complete message within %g s", self._peer,
+            limited_log.warning("call-slow", "call port: %s sent no complete message within %g s", self._peer,
                         CLIENT_SEND_TIMEOUT)
             self._answer(None)
         elif self._state == _ANSWERED:
@@ -249,125 +249,73 @@ class CallConnection:
     def _take(self, data: bytes) -> None:
         received = self._received + data if self._received else data
         try:
-            value, raw = _first_object(received)
-        except _Incomplete:
+            item = first_object(received, MAX_CLIENT_MESSAGE)
+        except Incomplete:
             self._received = received
             return
         except InvalidMessage as exc:
-            log.warning("call port: refused message from %s: %s", self._peer, exc.reason)
+            limited_log.warning("call-refused", "call port: refused message from %s: %s", self._peer,
+                                exc.reason)
             self._answer(None)
             return
         except Exception as exc:
-            log.warning("call port: undecodable message from %s: %s", self._peer, exc)
+            limited_log.warning("call-refused", "call port: undecodable message from %s: %s", self._peer, exc)
             self._answer(None)
             return
         self._received = b""
         self._state = _CALLING
+        raw = item.raw
         try:
-            message = parse_message(value)
+            message = parse_message(item.value)
         except InvalidMessage as exc:
-            log.warning("call port: invalid message from %s: %s", self._peer, exc.reason)
+            limited_log.warning("call-invalid", "call port: invalid message from %s: %s", self._peer,
+                                exc.reason)
             if exc.msgid is None:
                 self._answer(None)
             else:
-                self._answer(error_reply(_msgid_bytes(raw), f"invalid message: {exc.reason}"))
+                self._answer(raw_error_reply(msgid_bytes_of(raw), f"invalid message: {exc.reason}"))
             return
         if isinstance(message, Request):
             self._call_m4(message, raw)
         elif isinstance(message, Notification):
-            self._notify_m4(Frame(message, raw))
+            self._context.m4.notify(raw, f"call port: notification {message.method!r} from {self._peer}")
+            self._answer(None)
         else:
-            log.warning("call port: %s sent a response; only requests and notifications are forwarded",
-                        self._peer)
+            limited_log.warning("call-response", "call port: %s sent a response; only requests and "
+                                "notifications are forwarded", self._peer)
             self._answer(None)
 
     # -- to the M4 ---------------------------------------------------------------------------
 
-    def _notify_m4(self, frame: Frame) -> None:
-        proxy = self._proxy
-        peer = self._peer
-        if len(frame.raw) > proxy.config.max_message:
-            log.warning("call port: notification %r from %s is %d bytes, over the M4 link limit "
-                        "of %d; dropped", frame.message, peer, len(frame.raw), proxy.config.max_message)
-        else:
-            try:
-                pending = proxy.link.send(frame.raw)
-            except LinkDown as exc:
-                log.warning("call port: notification from %s lost: %s", peer, exc)
-            else:
-                if pending is not None:
-                    pending.add_done_callback(
-                        lambda done: _log_lost(done, f"call port: notification from {peer} lost"))
-        self._answer(None)
-
     def _call_m4(self, request: Request, raw: bytes) -> None:
-        proxy = self._proxy
-        config = proxy.config
-        proxy.stats.calls += 1
         self._method = request.method
-        pending = proxy.pending
-        wire_msgid = pending.open_callback(self._m4_replied)
-        wire, client_msgid = replace_msgid(raw, msgpack.packb(wire_msgid))
-        if len(wire) > config.max_message >= len(raw):
-            # Our id made it longer than the client's own message: a one-byte id fits.
-            pending.close(wire_msgid)
-            wire_msgid = pending.open_callback(self._m4_replied, compact=True)
-            wire, _ = replace_msgid(raw, msgpack.packb(wire_msgid))
-        self._wire_msgid, self._client_msgid = wire_msgid, client_msgid
-        if len(wire) > config.max_message:
-            pending.close(wire_msgid)
+        self._client_msgid = msgid_bytes_of(raw)
+        try:
+            self._withdraw = self._context.m4.call(raw, self._m4_done)
+        except TooLarge as exc:
             log.warning("call port: %s from %s is %d bytes, over the M4 link limit of %d",
-                        request.method, self._peer, len(wire), config.max_message)
-            self._answer(error_reply(client_msgid, f"message too large for the M4 link: {len(wire)} "
-                                                   f"bytes (limit {config.max_message})"))
-            return
-        try:
-            written = proxy.link.send(wire)
-        except LinkDown as exc:
+                        request.method, self._peer, exc.size, exc.limit)
+            self._answer(raw_error_reply(self._client_msgid, exc.reason))
+        except M4CallFailed as exc:
             self._not_sent(exc)
-            return
-        if written is not None:
-            written.add_done_callback(self._written)
-        self._timer = self._loop.call_later(config.call_timeout, self._m4_timed_out)
 
-    def _written(self, written: asyncio.Future[None]) -> None:
-        if written.cancelled() or self._state != _CALLING:
-            return
-        exc = written.exception()
-        if isinstance(exc, LinkDown):
-            self._not_sent(exc)
-        elif exc is not None:
-            log.error("call port: %s from %s: writing to the M4 failed: %r", self._method, self._peer, exc)
-            self._not_sent(LinkDown(str(exc)))
+    def _not_sent(self, exc: M4CallFailed) -> None:
+        log.warning("call port: %s from %s not sent: %s", self._method, self._peer, exc.reason)
+        self._answer(raw_error_reply(self._client_msgid, exc.reason))
 
-    def _not_sent(self, exc: LinkDown) -> None:
-        log.warning("call port: %s from %s not sent: %s", self._method, self._peer, exc)
-        self._proxy.pending.close(self._wire_msgid)
-        self._answer(error_reply(self._client_msgid, str(exc)))
-
-    def _m4_replied(self, reply: bytes) -> None:
-        """The M4's reply (called from the link's data handler; the pending entry is gone)."""
-        if self._state != _CALLING:  # pragma: no cover - answered calls leave the pending table
+    def _m4_done(self, result: bytes | M4CallFailed) -> None:
+        """The M4's reply with the client's msgid back in place, or why there is none."""
+        self._withdraw = None
+        if self._state != _CALLING:  # pragma: no cover - answered calls are withdrawn
             return
-        try:
-            restored, _ = replace_msgid(reply, self._client_msgid)
-        except InvalidMessage as exc:  # pragma: no cover - the decoder only passes valid replies
-            log.error("call port: M4 reply to %s unusable: %s", self._method, exc)
-            self._answer(None)
-            return
-        self._answer(restored)
-
-    def _m4_timed_out(self) -> None:
-        self._timer = None
-        proxy = self._proxy
-        proxy.pending.close(self._wire_msgid)  # a late reply finds nobody waiting and is dropped
-        proxy.stats.call_timeouts += 1
-        timeout = proxy.config.call_timeout
-        log.info("call port: no reply from the M4 to %s within %g s", self._method, timeout)
-        if proxy.config.timeout_error_reply:
-            self._answer(error_reply(self._client_msgid, f"no reply from the M4 within {timeout:g} s"))
+        if isinstance(result, bytes):
+            self._answer(result)
+        elif result.timed_out:
+            log.info("call port: no reply from the M4 to %s: %s", self._method, result.reason)
+            self._answer(raw_error_reply(self._client_msgid, result.reason)
+                         if self._context.timeout_error_reply else None)
         else:
-            self._answer(None)
+            self._not_sent(result)
 
     # -- answering and closing -------------------------------------------------------------
 
@@ -377,9 +325,6 @@ class CallConnection:
             return
         self._state = _ANSWERED
         self._received = b""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         sock = self._sock
         if sock is None:
             return  # the client went away meanwhile
@@ -439,7 +384,7 @@ class CallConnection:
         """Close with RST (SO_LINGER 0) instead of FIN."""
         if self._sock is None:
             return
-        self._proxy.stats.reset_after_answer += 1
+        self._context.stats.reset_after_answer += 1
         with contextlib.suppress(OSError):
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.close()
@@ -454,16 +399,11 @@ class CallConnection:
         if self._unsent:
             self._loop.remove_writer(self._fd)
             self._unsent = b""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         if self._state == _CALLING:  # the client went away before the answer
             self._state = _ANSWERED
-            self._proxy.pending.close(self._wire_msgid)
+            if self._withdraw is not None:
+                self._withdraw()
+                self._withdraw = None
         sock.close()
-        self._port.connections.discard(self)
+        self._on_closed(self)
 
-
-def _log_lost(done: asyncio.Future[None], what: str) -> None:
-    if not done.cancelled() and done.exception() is not None:
-        log.warning("%s: %s", what, done.exception())

@@ -19,6 +19,9 @@ __all__ = ["build_parser", "main"]
 log = logging.getLogger("x8manager.proxy")
 
 LOG_IDENTIFIER = "m4_proxy"  # what users grep the journal for, as with the original
+DEFAULT_ROUTER_SOCKET = "/var/run/arduino-router.sock"  # the Bridge's default address
+DEFAULT_ROUTER_GROUP = "arduino-router"
+DEFAULT_MONITOR = "127.0.0.1:7500"  # as arduino-router's monitor port
 EXIT_STARTUP_FAILED = 1
 
 
@@ -64,6 +67,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--registry-file", type=Path, default=None, metavar="FILE",
                         help="keep the registry in FILE so a restarted proxy still knows the services "
                              "(e.g. /run/m4-proxy/registry.json; default: memory only, as the original)")
+    parser.add_argument("--router-socket", default=DEFAULT_ROUTER_SOCKET, metavar="PATH",
+                        help="UNIX socket of the router front for arduino-router-bridge apps "
+                             "(default %(default)s; '' turns it off)")
+    parser.add_argument("--router-socket-group", default=DEFAULT_ROUTER_GROUP, metavar="GROUP",
+                        help="group that may connect to the router socket, mode 0660 "
+                             "(default %(default)s; without that group only root can)")
+    parser.add_argument("--router-listen", default=None, metavar="ADDR:PORT",
+                        help="also serve the router front on TCP (default: off; unauthenticated, "
+                             "keep it on loopback)")
+    parser.add_argument("--monitor-listen", default=DEFAULT_MONITOR, metavar="ADDR:PORT",
+                        help="the sketch's Serial as a raw TCP stream, both ways (default %(default)s; "
+                             "'' turns it off; without a client the output goes to the journal as m4-serial)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
@@ -81,6 +96,13 @@ async def _run(config: ProxyConfig) -> int:
         loop.add_signal_handler(signum, stop.set)
     listening = ", ".join(f"{host}:{port}" for host, port in proxy.register_ports)
     calling = ", ".join(f"{host}:{port}" for host, port in proxy.call_ports)
+    if proxy.router is not None:
+        where = [proxy.router.unix_path or ""]
+        if proxy.router.tcp_address is not None:
+            where.append("tcp {}:{}".format(*proxy.router.tcp_address))
+        log.info("router front: %s", ", ".join(filter(None, where)))
+    if proxy.monitor is not None and proxy.monitor.address is not None:
+        log.info("monitor port: %s:%d", *proxy.monitor.address)
     log.info("ready: register port %d, call port %d (register on %s; calls on %s), M4 link %s",
              proxy.register_port, proxy.call_port, listening, calling, proxy.link_description)
     notify_ready(f"M4 link {proxy.link_description}; register port {proxy.register_port}, "
@@ -105,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
         timeout_error_reply=args.timeout_error_reply,
         m4_error_replies=args.m4_error_replies,
         registry_file=args.registry_file,
+        router_socket=args.router_socket,
+        router_socket_group=args.router_socket_group or None,
+        router_listen=args.router_listen,
+        monitor_listen=args.monitor_listen or None,
     )
     try:
         return asyncio.run(_run(config))

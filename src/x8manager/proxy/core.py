@@ -1,12 +1,14 @@
-"""The proxy itself: the M4 link, the register port (5000) and the call port (5001).
+"""The proxy: one routing core and one M4 link behind three fronts.
 
-Data paths:
+- the M4 link (:class:`~.m4port.M4Port`): calls into the M4 with proxy-assigned msgids, the
+  M4's replies back to their callers, the M4's own calls and notifications to the core;
+- the routing table (:class:`~.routing.RoutingTable`): method name → provider, a legacy
+  service (register port) or a router-front connection;
+- the fronts: the register port (5000) fills the table, the call port (5001) calls the M4 one
+  message per connection, the router front speaks arduino-router's protocol.
 
-- Linux→M4 (call port): one message per connection, checked, forwarded verbatim except for
-  the msgid (a proxy-assigned uint32 on the M4 wire), the M4's reply returned with the
-  client's msgid bytes restored, then a graceful close.
-- M4→Linux (link): the byte stream is cut into messages by a streaming decoder; replies go to
-  the waiting caller by msgid, calls and notifications to the registered local service.
+M4→Linux: the M4's calls and notifications go to the provider of their method; its reply goes
+back to the M4 with the M4's own msgid.
 """
 
 from __future__ import annotations
@@ -21,36 +23,35 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from x8manager.proxy.callport import CallPort
-from x8manager.proxy.link import LinkDown, M4Link, StartupError, open_link
-from x8manager.proxy.pending import PendingCalls
-from x8manager.proxy.registry import Registry, handle_register_connection
-from x8manager.proxy.services import ServiceCallFailed, ServiceLink
+from x8manager.proxy.callport import CallContext, CallPort, CallPortStats
+from x8manager.proxy.link import M4Link, ReaderMode, StartupError, open_link
+from x8manager.proxy.m4port import M4Port
+from x8manager.proxy.monitor import MonitorPort
+from x8manager.proxy.ratelimit import RateLimitedLog
+from x8manager.proxy.registry import handle_register_connection
+from x8manager.proxy.routerfront import RouterFront
+from x8manager.proxy.routing import ProviderFailed, RoutingTable
 from x8manager.rpc.framing import (
     M4_MAX_MESSAGE,
     Frame,
     Notification,
     Request,
-    Response,
-    StreamDecoder,
     pack_response,
 )
 
 __all__ = ["M4Proxy", "ProxyConfig", "ProxyStats"]
 
 log = logging.getLogger(__name__)
+limited_log = RateLimitedLog(log)
 
 # The original waits 1 s for the M4's reply; clients (msgpack-rpc-python) are tuned to it.
 DEFAULT_CALL_TIMEOUT: Final = 1.0
 # M4→Linux calls: the original waits forever for a service, which freezes every other call.
 DEFAULT_SERVICE_TIMEOUT: Final = 10.0
-# The M4 link carries ≤ ~496 bytes per RPMsg message; a larger partial object is garbage.
-M4_DECODER_BUFFER: Final = 8 * 1024
 # M4→Linux calls in flight; the M4 has at most 10 callers, anything past this is garbage.
 MAX_SERVICE_CALLS: Final = 64
-# A partial M4 message with no new byte for this long is abandoned (the M4 reset mid-message).
-# The H7 forwards one message's chunks back to back, so real gaps are far shorter.
-STALE_PARTIAL_AFTER: Final = 0.5
+# Register-port connections at once (a registration takes one message; idle ones time out).
+MAX_REGISTER_CONNECTIONS: Final = 256
 
 
 @dataclass
@@ -66,6 +67,11 @@ class ProxyConfig:
     m4_error_replies: bool = False  # M4 gets an error reply for unregistered methods/dead services
     max_message: int = M4_MAX_MESSAGE
     registry_file: Path | None = None  # keep the registry across proxy restarts
+    device_reader: ReaderMode = "auto"  # how the char device is read (tests force one)
+    router_socket: str = ""  # UNIX socket of the router front ('' = off; the daemon's default is on)
+    router_socket_group: str | None = None  # group that may connect to it (mode 0660)
+    router_listen: str | None = None  # HOST:PORT of the router front on TCP (off by default)
+    monitor_listen: str | None = None  # HOST:PORT of the monitor port (off in-process; on in the daemon)
 
 
 def _listen_socket(host: str, port: int, *, family: socket.AddressFamily,
@@ -124,19 +130,21 @@ def make_listeners(what: str, bind: str | None, port: int, *, dual_stack: bool) 
     return sockets
 
 
+def split_host_port(text: str, flag: str) -> tuple[str, int]:
+    """``HOST:PORT`` (IPv6 hosts in brackets) of a listening flag."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise StartupError(f"{flag} {text!r}: expected HOST:PORT")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
 @dataclass
 class ProxyStats:
-    """Counters of what the proxy did; tests and the benchmark read them."""
+    """Counters of the M4→Linux side; tests read them."""
 
-    calls: int = 0
-    call_timeouts: int = 0
-    late_replies: int = 0
     m4_calls: int = 0
     m4_notifications: int = 0
     unroutable: int = 0
-    m4_bytes: int = 0
-    reset_after_answer: int = 0
-    stale_partials: int = 0
 
 
 class M4Proxy:
@@ -144,18 +152,18 @@ class M4Proxy:
 
     def __init__(self, config: ProxyConfig, link: M4Link | None = None) -> None:
         self.config = config
-        self.registry = Registry(config.registry_file)
+        self.routes = RoutingTable(config.registry_file)
         self.stats = ProxyStats()
+        self.call_port_stats = CallPortStats()
         self._link = link
-        self.pending = PendingCalls()  # Linux→M4 calls waiting for the M4 (the call port's)
+        self._m4: M4Port | None = None
         self._call_port: CallPort | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._decoder = StreamDecoder(M4_DECODER_BUFFER)
-        self._last_m4_data = 0.0
+        self.router: RouterFront | None = None
+        self.monitor: MonitorPort | None = None
         self._servers: list[asyncio.Server] = []
-        self._services: dict[int, ServiceLink] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._service_calls = 0  # M4→Linux calls in flight
+        self._register_connections = 0
         self.register_ports: list[tuple[str, int]] = []
         self.call_ports: list[tuple[str, int]] = []
 
@@ -174,19 +182,39 @@ class M4Proxy:
             raise
         try:
             if self._link is None:
-                self._link = open_link(config.device)
-            await self._link.open()
+                self._link = await open_link(config.device, config.device_reader)
         except BaseException:
             for sock in register_sockets + call_sockets:
                 sock.close()
             raise
-        self._loop = asyncio.get_running_loop()
-        self._link.start(self._on_m4_data, self.discard_partial_message)
+        loop = asyncio.get_running_loop()
+        self._m4 = M4Port(self._link, call_timeout=config.call_timeout, max_message=config.max_message)
+        self._m4.start(self._on_m4_frame)
         for sock in register_sockets:
             self._servers.append(await asyncio.start_server(self._on_register_connection, sock=sock))
-        self._call_port = CallPort(self, call_sockets)
+        self._call_port = CallPort(
+            CallContext(loop, self._m4, config.timeout_error_reply, self.call_port_stats), call_sockets)
         self.register_ports = [s.getsockname()[:2] for s in register_sockets]
         self.call_ports = [s.getsockname()[:2] for s in call_sockets]
+        try:
+            await self._start_router_front()
+            if config.monitor_listen:
+                self.monitor = MonitorPort(self.m4.notify)
+                await self.monitor.listen(*split_host_port(config.monitor_listen, "--monitor-listen"))
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start_router_front(self) -> None:
+        config = self.config
+        if not config.router_socket and not config.router_listen:
+            return
+        self.router = RouterFront(self.routes, self.m4)
+        if config.router_socket:
+            await self.router.listen_unix(config.router_socket, group=config.router_socket_group)
+        if config.router_listen:
+            host, port = split_host_port(config.router_listen, "--router-listen")
+            await self.router.listen_tcp(host, port)
 
     @property
     def register_port(self) -> int:
@@ -197,14 +225,9 @@ class M4Proxy:
         return self.call_ports[0][1]
 
     @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        assert self._loop is not None, "M4Proxy.start() first"
-        return self._loop
-
-    @property
-    def link(self) -> M4Link:
-        assert self._link is not None, "M4Proxy.start() first"
-        return self._link
+    def m4(self) -> M4Port:
+        assert self._m4 is not None, "M4Proxy.start() first"
+        return self._m4
 
     @property
     def link_description(self) -> str:
@@ -213,6 +236,12 @@ class M4Proxy:
     async def stop(self) -> None:
         for server in self._servers:
             server.close()
+        if self.router is not None:
+            await self.router.close()
+            self.router = None
+        if self.monitor is not None:
+            await self.monitor.close()
+            self.monitor = None
         if self._call_port is not None:
             self._call_port.close()
             self._call_port = None
@@ -220,10 +249,9 @@ class M4Proxy:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        for service in self._services.values():
-            await service.close()
-        if self._link is not None:
-            await self._link.close()
+        await self.routes.close()
+        if self._m4 is not None:
+            await self._m4.close()
         for server in self._servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 1.0)
@@ -250,54 +278,41 @@ class M4Proxy:
 
     async def _on_register_connection(self, reader: asyncio.StreamReader,
                                       writer: asyncio.StreamWriter) -> None:
+        if self._register_connections >= MAX_REGISTER_CONNECTIONS:
+            limited_log.warning("register-full", "register port: connection from %s refused: %d open already",
+                                writer.get_extra_info("peername"), MAX_REGISTER_CONNECTIONS)
+            writer.transport.abort()
+            return
+        self._register_connections += 1
+        try:
+            await self._serve_register_connection(reader, writer)
+        finally:
+            self._register_connections -= 1
+
+    async def _serve_register_connection(self, reader: asyncio.StreamReader,
+                                         writer: asyncio.StreamWriter) -> None:
         with self._connection_task():
             try:
-                await handle_register_connection(reader, writer, self.registry)
+                await handle_register_connection(reader, writer, self.routes)
             except asyncio.CancelledError:
                 writer.close()  # shutting down (see _connection_task)
             except Exception:  # the proxy outlives any peer
                 log.exception("register connection failed")
                 writer.close()
 
-    # -- M4 link (M4 → Linux) ---------------------------------------------------------------
-
-    def discard_partial_message(self) -> None:
-        """Forget a half-received M4 message (called when the link reopens: its tail is gone)."""
-        if self._decoder.pending:
-            log.info("M4 link: discarding %d bytes of a partial message", self._decoder.pending)
-        self._decoder.reset()
-
-    def _on_m4_data(self, data: bytes) -> None:
-        now = asyncio.get_running_loop().time()
-        self.stats.m4_bytes += len(data)
-        if self._decoder.pending and now - self._last_m4_data > STALE_PARTIAL_AFTER:
-            # x8h7_ui never reports an M4 reset: a message cut short by one would otherwise
-            # swallow the start of the next one. Chunks of one message come milliseconds apart.
-            self.stats.stale_partials += 1
-            self.discard_partial_message()
-        self._last_m4_data = now
-        try:
-            frames = self._decoder.feed_frames(data)
-        except Exception:  # pragma: no cover - the decoder resynchronises on its own
-            log.exception("M4 stream decoder failed; resetting it")
-            self._decoder.reset()
-            return
-        for frame in frames:
-            try:
-                self._on_m4_frame(frame)
-            except Exception:
-                log.exception("M4 message %s could not be handled", frame.raw[:64].hex(" "))
+    # -- the M4's calls and notifications (M4 → Linux) --------------------------------------
 
     def _on_m4_frame(self, frame: Frame) -> None:
         message = frame.message
-        if isinstance(message, Response):
-            if not self.pending.resolve(message.msgid, frame.raw):
-                self.stats.late_replies += 1
-                log.info("M4 reply for msgid %d dropped: no caller waits for it (late or unsolicited)",
-                         message.msgid)
-            return
-        port = self.registry.port_of(message.method)
-        if port is None:
+        assert isinstance(message, Request | Notification)
+        provider = self.routes.provider_of(message.method)
+        if self.monitor is not None and message.method == "tty" and isinstance(message, Notification):
+            # The sketch's Serial output: to the monitor port (or the journal), and to a Linux
+            # program that provides tty itself as well.
+            self.monitor.output(message.params, taken=provider is not None)
+            if provider is None:
+                return
+        if provider is None:
             self.stats.unroutable += 1
             log.warning("M4 %s %r: no Linux service registered for it",
                         "call" if isinstance(message, Request) else "notification", message.method)
@@ -306,52 +321,32 @@ class M4Proxy:
             return
         if isinstance(message, Notification):
             self.stats.m4_notifications += 1
-            self._service(port).notify(frame.raw)
+            provider.notify(frame)
             return
         self.stats.m4_calls += 1
         if self._service_calls >= MAX_SERVICE_CALLS:
             log.warning("M4 call %r dropped: %d calls already in flight", message.method, MAX_SERVICE_CALLS)
             return
         self._service_calls += 1
-        self._service(port).start_call(
-            frame, message.msgid, wait=self.config.service_timeout,
-            done=lambda result: self._m4_call_done(message, result))
+        provider.call(frame, lambda result: self._m4_call_done(message, result),
+                      wait=self.config.service_timeout)
 
-    def _m4_call_done(self, request: Request, result: Frame | ServiceCallFailed) -> None:
-        """The service answered the M4's call (or failed to): the reply goes to the M4."""
+    def _m4_call_done(self, request: Request, result: Frame | ProviderFailed) -> None:
+        """The provider answered the M4's call (or failed to): the reply goes to the M4."""
         self._service_calls -= 1
-        if isinstance(result, ServiceCallFailed):
-            log.warning("M4 call %r: %s", request.method, result)
-            if self.config.m4_error_replies:
-                self._send_to_m4(pack_response(request.msgid, f"m4-proxy: {result}", None))
+        if isinstance(result, ProviderFailed):
+            log.warning("M4 call %r: %s", request.method, result.text)
+            if result.answer_m4:
+                self.m4.reply(pack_response(request.msgid, [result.code, result.text], None))
+            elif self.config.m4_error_replies:
+                self._reply_to_m4(request.msgid, f"m4-proxy: {result.text}")
             return
         if len(result.raw) > self.config.max_message:
             log.error("M4 call %r: the reply is %d bytes, over the M4 link limit of %d; "
                       "sending an error instead", request.method, len(result.raw), self.config.max_message)
-            self._send_to_m4(pack_response(
-                request.msgid, f"reply too large for the M4 link ({len(result.raw)} bytes)", None))
+            self._reply_to_m4(request.msgid, f"reply too large for the M4 link ({len(result.raw)} bytes)")
             return
-        self._send_to_m4(result.raw)
-
-    def _service(self, port: int) -> ServiceLink:
-        service = self._services.get(port)
-        if service is None:
-            service = self._services[port] = ServiceLink(port)
-        return service
+        self.m4.reply(result.raw)
 
     def _reply_to_m4(self, msgid: int, text: str) -> None:
-        self._send_to_m4(pack_response(msgid, text, None))
-
-    def _send_to_m4(self, message: bytes) -> None:
-        try:
-            pending = self.link.send(message)
-        except LinkDown as exc:
-            log.warning("reply to the M4 lost: %s", exc)
-            return
-        if pending is not None:
-            pending.add_done_callback(_log_lost_reply)
-
-
-def _log_lost_reply(written: asyncio.Future[None]) -> None:
-    if not written.cancelled() and written.exception() is not None:
-        log.warning("reply to the M4 lost: %s", written.exception())
+        self.m4.reply(pack_response(msgid, text, None))

@@ -1,23 +1,22 @@
-"""The name → port registry and the register port (5000).
+"""The register port (5000): legacy services put their names into the routing table.
 
 Behaviour clients can observe is kept from the original Go proxy: ``register(port, [names])``
 as a request or a notification on a persistent connection, reply bytes ``94 01 <msgid> c0 a0``
 with the msgid in Go's smallest signed form, its error texts, and its log line. What crashed
 the original (unknown methods, str8/bin names, non-string names, short arrays) is answered
-with an error reply instead.
+with an error reply instead. Unlike the original, a name a live service holds is not taken
+over by another port (see :mod:`.routing`): that registration gets an error reply.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
-from pathlib import Path
 from typing import Any, Final
 
 import msgpack
 
+from x8manager.proxy.routing import RoutingTable
 from x8manager.rpc.framing import (
     InvalidMessage,
     Request,
@@ -29,7 +28,7 @@ from x8manager.rpc.framing import (
     parse_message,
 )
 
-__all__ = ["INTROSPECTION_METHODS", "Registry", "handle_register_connection", "handle_register_message"]
+__all__ = ["INTROSPECTION_METHODS", "handle_register_connection", "handle_register_message"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +38,10 @@ INTROSPECTION_METHODS: Final = ("list", "registry")
 READ_CHUNK: Final = 64 * 1024
 # A register message is a port and a list of names; nothing legitimate comes near this.
 MAX_REGISTER_MESSAGE: Final = 64 * 1024
+# A register connection with nothing to read, or replies not read, for this long is closed.
+IDLE_TIMEOUT: Final = 60.0
+# Replies a peer has not read yet, in bytes, before the proxy stops reading from it.
+UNREAD_REPLIES: Final = 64 * 1024
 
 
 def _go_type(value: Any) -> str:
@@ -58,68 +61,6 @@ def _go_type(value: Any) -> str:
     if value is None:
         return "<nil>"
     return type(value).__name__
-
-
-class Registry:
-    """Method name → local TCP port. Last writer wins, nothing is removed (as the original).
-
-    With a *path* the registry is also kept in that file (JSON, replaced atomically), so a
-    restarted proxy still knows the services that registered before: the original forgot them,
-    and services that register only at their own start-up then never heard from the M4 again.
-    """
-
-    def __init__(self, path: Path | None = None) -> None:
-        self._ports: dict[str, int] = {}
-        self.path = path
-        if path is not None:
-            self._load(path)
-
-    def _load(self, path: Path) -> None:
-        try:
-            saved = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return
-        except (OSError, ValueError) as exc:
-            log.warning("registry file %s unreadable, starting empty: %s", path, exc)
-            return
-        if not isinstance(saved, dict):
-            log.warning("registry file %s does not hold a name → port map, starting empty", path)
-            return
-        self._ports = {str(name): port for name, port in saved.items()
-                       if isinstance(port, int) and not isinstance(port, bool) and 1 <= port <= 65535}
-        if self._ports:
-            log.info("registry restored from %s: %s", path, self.go_map())
-
-    def _save(self) -> None:
-        if self.path is None:
-            return
-        temporary = self.path.with_name(self.path.name + ".tmp")
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            temporary.write_text(json.dumps(self.snapshot()), encoding="utf-8")
-            os.replace(temporary, self.path)
-        except OSError as exc:
-            # Only restarts lose from this; the registration itself stands.
-            log.warning("cannot save the registry to %s: %s", self.path, exc)
-
-    def register(self, port: int, names: list[str]) -> None:
-        for name in names:
-            self._ports[name] = port
-        # Byte for byte the Go fmt.Println line users grep the journal for.
-        log.info("Registering service on port  %d  with functions  %s", port, self.go_map())
-        self._save()
-
-    def port_of(self, name: str) -> int | None:
-        return self._ports.get(name)
-
-    def snapshot(self) -> dict[str, int]:
-        return dict(sorted(self._ports.items()))
-
-    def go_map(self) -> str:
-        return "map[" + " ".join(f"{name}:{port}" for name, port in sorted(self._ports.items())) + "]"
-
-    def __len__(self) -> int:
-        return len(self._ports)
 
 
 def _reply_ok(msgid: int, result_bytes: bytes = b"\xa0") -> bytes:
@@ -156,7 +97,7 @@ def _parse_register(params: list[Any]) -> tuple[int, list[str]]:
     return port, decoded
 
 
-def handle_register_message(value: Any, registry: Registry) -> bytes | None:
+async def handle_register_message(value: Any, table: RoutingTable, peer: object = None) -> bytes | None:
     """Act on one decoded object from the register port; return the reply bytes, if any."""
     try:
         message = parse_message(value)
@@ -173,34 +114,51 @@ def handle_register_message(value: Any, registry: Registry) -> bytes | None:
         except RegisterError as exc:
             log.warning("msgpack: %s", exc)
             return None if msgid is None else _reply_error(msgid, str(exc))
-        registry.register(port, names)
-        return None if msgid is None else _reply_ok(msgid)
+        refused = await table.register_legacy(port, names, peer=peer)
+        if msgid is None:
+            return None
+        return _reply_error(msgid, "; ".join(refused)) if refused else _reply_ok(msgid)
     if message.method in INTROSPECTION_METHODS:
         if msgid is None:
             return None
-        encoded: bytes = msgpack.packb(registry.snapshot(), use_bin_type=True)
+        encoded: bytes = msgpack.packb(table.snapshot(), use_bin_type=True)
         return _reply_ok(msgid, encoded)
     log.warning("register port: unknown method %r", message.method)
     return None if msgid is None else _reply_error(msgid, f"'{message.method}' method not found")
 
 
 async def handle_register_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                                     registry: Registry) -> None:
-    """Serve one persistent connection: any number of messages until the peer closes."""
+                                     table: RoutingTable) -> None:
+    """Serve one persistent connection: any number of messages until the peer closes.
+
+    A peer that goes quiet for :data:`IDLE_TIMEOUT` is closed (a registration takes one
+    message), and one that does not read its replies is not read from either: past
+    :data:`UNREAD_REPLIES` bytes of unread replies the loop waits for the peer, at most
+    :data:`IDLE_TIMEOUT`, so pipelined ``list`` requests cannot pile up replies in memory.
+    """
     peer = writer.get_extra_info("peername")
     decoder = StreamDecoder(MAX_REGISTER_MESSAGE)
+    transport = writer.transport
     try:
-        while data := await reader.read(READ_CHUNK):
+        while True:
+            async with asyncio.timeout(IDLE_TIMEOUT):
+                data = await reader.read(READ_CHUNK)
+            if not data:
+                break
             for item in decoder.feed(data):
                 if not isinstance(item.value, list):
                     log.warning("msgpack: Invalid message format (not an array) from %s", peer)
                     continue
-                reply = handle_register_message(item.value, registry)
+                reply = await handle_register_message(item.value, table, peer)
                 if reply is not None:
                     writer.write(reply)
+                    if transport.get_write_buffer_size() > UNREAD_REPLIES:
+                        async with asyncio.timeout(IDLE_TIMEOUT):
+                            await writer.drain()
             await writer.drain()
+    except TimeoutError:
+        log.info("register connection from %s idle or not reading for %g s: closed", peer, IDLE_TIMEOUT)
     except OSError as exc:
         log.debug("register connection from %s broke: %s", peer, exc)
     finally:
         writer.close()
-

@@ -29,15 +29,19 @@ __all__ = [
     "MAX_MSGID",
     "DecodedObject",
     "Frame",
+    "Incomplete",
     "InvalidMessage",
     "Message",
     "MessageType",
     "Notification",
+    "ObjectCutter",
     "Request",
     "Response",
     "StreamDecoder",
+    "first_object",
     "go_pack_int",
     "method_name",
+    "msgid_bytes_of",
     "msgid_span",
     "pack_message",
     "pack_notification",
@@ -45,6 +49,7 @@ __all__ = [
     "pack_request",
     "pack_response",
     "parse_message",
+    "raw_error_reply",
     "replace_msgid",
     "unpack_options",
     "validate_message",
@@ -429,3 +434,118 @@ def pack_response(msgid: int, error: Any, result: Any) -> bytes:
 
 def pack_notification(method: str, params: list[Any] | tuple[Any, ...]) -> bytes:
     return pack_message(Notification(method, list(params)))
+
+
+# --- cutting objects out of a peer's bytes (no resynchronisation) --------------------------
+
+class Incomplete(Exception):
+    """The bytes so far are the start of an object, not all of it."""
+
+
+_CUT_UNPACK_OPTIONS: Final[dict[str, Any]] = {
+    "raw": False, "strict_map_key": False, "unicode_errors": "surrogateescape"}
+
+
+def first_object(data: bytes, limit: int) -> DecodedObject:
+    """The first msgpack object of *data* and its exact bytes (bytes after it are ignored).
+
+    For peers that send one message (the call port) or whose stream must stay in step (the
+    router front): nothing is skipped. Raises :class:`Incomplete` if *data* ends inside the
+    object, :class:`InvalidMessage` if it is not msgpack or would be larger than *limit*.
+    """
+    if len(data) <= limit:
+        try:
+            return DecodedObject(msgpack.unpackb(data, **_CUT_UNPACK_OPTIONS), data)
+        except msgpack.ExtraData as extra:  # bytes pipelined behind the object
+            return DecodedObject(extra.unpacked, data[: len(data) - len(extra.extra)])
+        except Exception:  # incomplete, not msgpack, or not buildable: tell them apart below
+            pass
+    declared = _declared_length(data)
+    if declared is not None and declared > limit:
+        raise InvalidMessage(f"message announces {declared} bytes or elements, over the limit of {limit}")
+    bound = max(limit, 16)
+    # Length headers are checked against the limit as soon as they are read: a 100 MB bin
+    # header is refused at once, not after 100 MB.
+    unpacker = msgpack.Unpacker(max_buffer_size=bound + 1, strict_map_key=False, max_bin_len=bound,
+                                max_str_len=bound, max_ext_len=bound, max_array_len=bound,
+                                max_map_len=bound)
+    try:
+        unpacker.feed(data[: limit + 1])
+        unpacker.skip()
+    except msgpack.OutOfData:
+        if len(data) > limit:
+            raise InvalidMessage(f"message larger than {limit} bytes") from None
+        raise Incomplete from None
+    except msgpack.BufferFull:
+        raise InvalidMessage(f"message larger than {limit} bytes") from None
+    except Exception as exc:
+        raise InvalidMessage(f"not msgpack: {exc}") from None
+    raw = data[: unpacker.tell()]
+    try:
+        return DecodedObject(msgpack.unpackb(raw, **_CUT_UNPACK_OPTIONS), raw)
+    except Exception as exc:  # skippable but not buildable (e.g. unhashable map keys, depth)
+        raise InvalidMessage(f"undecodable msgpack: {exc}") from None
+
+
+# First byte -> (offset, size) of the big-endian length of str/bin/ext/array/map 16 and 32.
+_LENGTH_FIELDS: Final = {0xC5: (1, 2), 0xC6: (1, 4), 0xC8: (1, 2), 0xC9: (1, 4), 0xDA: (1, 2),
+                         0xDB: (1, 4), 0xDC: (1, 2), 0xDD: (1, 4), 0xDE: (1, 2), 0xDF: (1, 4)}
+
+
+def _declared_length(data: bytes) -> int | None:
+    """The length an object's header announces (bytes, or elements of a container), if any:
+    msgpack itself waits for all of it before checking its limits."""
+    if not data or data[0] not in _LENGTH_FIELDS:
+        return None
+    offset, size = _LENGTH_FIELDS[data[0]]
+    if len(data) < offset + size:
+        return None
+    return int.from_bytes(data[offset:offset + size], "big")
+
+
+class ObjectCutter:
+    """Cut a trusted-to-be-in-step stream into objects; the first bad byte ends the stream.
+
+    Unlike :class:`StreamDecoder` nothing is skipped: a peer speaking msgpack-RPC on a
+    persistent connection (the router front) that sends garbage is out of step for good, and
+    the connection is closed (as arduino-router does).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._buffer = b""
+
+    @property
+    def pending(self) -> int:
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> list[DecodedObject]:
+        """Objects completed by *data*; raises :class:`InvalidMessage` on bad bytes."""
+        buffer = self._buffer + data if self._buffer else data
+        out: list[DecodedObject] = []
+        while buffer:
+            try:
+                item = first_object(buffer, self._limit)
+            except Incomplete:
+                break
+            out.append(item)
+            buffer = buffer[len(item.raw):]
+        self._buffer = buffer
+        return out
+
+
+# --- error replies ---------------------------------------------------------------------------
+
+def raw_error_reply(msgid_bytes: bytes, text: str) -> bytes:
+    """``[1, msgid, "text", nil]`` with the peer's own msgid bytes and old-style raw text,
+    as the original Go proxy answers."""
+    return b"\x94\x01" + msgid_bytes + pack_raw_compat(text) + b"\xc0"
+
+
+def msgid_bytes_of(raw: bytes) -> bytes:
+    """The msgid bytes of a request-shaped message (for error replies to invalid ones)."""
+    try:
+        start, end = msgid_span(raw)
+    except InvalidMessage:
+        return b"\x00"
+    return raw[start:end]

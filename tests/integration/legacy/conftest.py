@@ -152,6 +152,10 @@ def proxy(m4: Sim, tmp_path: Path) -> Iterator[Proxy]:
                 str(register_port),
                 "--call-port",
                 str(call_port),
+                "--router-socket",  # fixed default paths/ports: off, tests run side by side
+                "",
+                "--monitor-listen",
+                "",
             ],
             stdout=stderr,
             stderr=stderr,

@@ -11,8 +11,8 @@ import pytest
 from proxy_harness import WAIT, exchange, running_proxy, serving, wait_for
 
 from x8manager.proxy import M4Proxy, ProxyConfig
-from x8manager.proxy.core import STALE_PARTIAL_AFTER
 from x8manager.proxy.link import ReaderMode
+from x8manager.proxy.m4port import STALE_PARTIAL_AFTER
 from x8manager.rpc import AsyncM4Client, M4Client, RpcError
 
 CALLERS = 32
@@ -32,7 +32,7 @@ def test_32_concurrent_callers_out_of_order_replies_no_crosstalk(tmp_path: Path,
                 await gate  # released below in a random order
                 return value * 7
 
-            m4.procedures["identity"] = identity
+            m4.bind("identity", identity, replace=True)
             client = AsyncM4Client("127.0.0.1", proxy.call_port, timeout=WAIT)
             calls = [asyncio.create_task(client.call("identity", n)) for n in range(CALLERS)]
             await wait_for(lambda: len(gates) == CALLERS, what="all calls at the M4")
@@ -42,7 +42,7 @@ def test_32_concurrent_callers_out_of_order_replies_no_crosstalk(tmp_path: Path,
                 gates[index].set_result(None)
             assert await asyncio.gather(*calls) == [n * 7 for n in range(CALLERS)]
             # Every legacy client uses msgid 0: still no crosstalk, because the wire ids differ.
-            wire_ids = {msgpack.unpackb(raw)[1] for raw in m4.received}
+            wire_ids = {msgpack.unpackb(raw)[1] for raw in m4.raw_received}
             assert len(wire_ids) == CALLERS
     asyncio.run(scenario())
 
@@ -54,7 +54,7 @@ def test_32_concurrent_legacy_msgid_zero_callers(tmp_path: Path) -> None:
                 await asyncio.sleep(random.random() / 100)  # replies complete out of order
                 return value * 2
 
-            m4.procedures["double"] = double
+            m4.bind("double", double, replace=True)
             replies = await asyncio.gather(*(
                 exchange(proxy.call_port, msgpack.packb([0, 0, "double", [n]])) for n in range(CALLERS)))
             assert [msgpack.unpackb(r) for r in replies] == [[1, 0, None, n * 2] for n in range(CALLERS)]
@@ -64,11 +64,11 @@ def test_32_concurrent_legacy_msgid_zero_callers(tmp_path: Path) -> None:
 def test_sync_client_and_m4_to_linux_concurrently(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with running_proxy(tmp_path) as (proxy, m4):
-            m4.procedures["square"] = lambda x: x * x
+            m4.bind("square", lambda x: x * x, replace=True)
             async with serving(proxy, hello=lambda name: f"hello {name}"):
                 client = M4Client("127.0.0.1", proxy.call_port)
                 linux_to_m4 = [asyncio.to_thread(client.call, "square", n) for n in range(8)]
-                m4_to_linux = [m4.call("hello", f"m4-{n}", msgid=0x10000000 + n) for n in range(8)]
+                m4_to_linux = [m4.call_raw("hello", f"m4-{n}", msgid=0x10000000 + n) for n in range(8)]
                 results = await asyncio.gather(*linux_to_m4, *m4_to_linux)
             assert results[:8] == [n * n for n in range(8)]
             assert [msgpack.unpackb(f.raw)[3] for f in results[8:]] == [f"hello m4-{n}" for n in range(8)]
@@ -79,13 +79,13 @@ def test_sync_client_and_m4_to_linux_concurrently(tmp_path: Path) -> None:
 def test_m4_reset_device_reopened_without_restarting_the_proxy(tmp_path: Path, reader: ReaderMode) -> None:
     async def scenario() -> None:
         async with running_proxy(tmp_path, reader=reader) as (proxy, m4):
-            m4.procedures["where"] = lambda: "first"
+            m4.bind("where", lambda: "first", replace=True)
             client = AsyncM4Client("127.0.0.1", proxy.call_port)
             assert await client.call("where") == "first"
             async with serving(proxy, linux=lambda: "up"):
-                m4.write(b"\x94\x00\xce\x10")  # the M4 resets in the middle of a message
-                m4.reset()
-                m4.procedures["where"] = lambda: "second"
+                m4.send_raw(b"\x94\x00\xce\x10")  # the M4 resets in the middle of a message
+                await m4.replug_pty()
+                m4.bind("where", lambda: "second", replace=True)
 
                 async def answers() -> bool:
                     try:
@@ -97,11 +97,11 @@ def test_m4_reset_device_reopened_without_restarting_the_proxy(tmp_path: Path, r
                 while not await answers():
                     assert asyncio.get_running_loop().time() < deadline, "proxy did not reopen the device"
                 # The registry survived, and the partial message did not swallow the next call.
-                reply = await m4.call("linux")
+                reply = await m4.call_raw("linux")
                 assert msgpack.unpackb(reply.raw)[3] == "up"
                 # Garbage in mid-stream after the reset is resynchronised too.
-                m4.write(b"\xc1\xc1\xdd\xff\xff\xff\xff")
-                reply = await m4.call("linux", msgid=77)
+                m4.send_raw(b"\xc1\xc1\xdd\xff\xff\xff\xff")
+                reply = await m4.call_raw("linux", msgid=77)
                 assert msgpack.unpackb(reply.raw) == [1, 77, None, "up"]
     asyncio.run(scenario())
 
@@ -140,12 +140,12 @@ def test_partial_message_abandoned_after_a_pause(tmp_path: Path) -> None:
     """x8h7_ui never reports an M4 reset: a message cut short must not swallow the next one."""
     async def scenario() -> None:
         async with running_proxy(tmp_path) as (proxy, m4), serving(proxy, linux=lambda: "up"):
-            m4.write(b"\x94\x00\xce\x10")  # the M4 resets after four bytes; the device stays open
-            await wait_for(lambda: proxy.stats.m4_bytes >= 4, what="partial message read")
+            m4.send_raw(b"\x94\x00\xce\x10")  # the M4 resets after four bytes; the device stays open
+            await wait_for(lambda: proxy.m4.stats.m4_bytes >= 4, what="partial message read")
             cut_at = asyncio.get_running_loop().time()
             await wait_for(lambda: asyncio.get_running_loop().time() - cut_at > STALE_PARTIAL_AFTER,
                            what="the pause after the partial message")
-            reply = await m4.call("linux", msgid=5)
+            reply = await m4.call_raw("linux", msgid=5)
             assert msgpack.unpackb(reply.raw) == [1, 5, None, "up"]
-            assert proxy.stats.stale_partials == 1
+            assert proxy.m4.stats.stale_partials == 1
     asyncio.run(scenario())

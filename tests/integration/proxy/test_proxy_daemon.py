@@ -11,7 +11,7 @@ from pathlib import Path
 
 import msgpack
 import pytest
-from proxy_harness import WAIT, PtyM4, free_port, register
+from proxy_harness import WAIT, free_port, m4_on_pty, register
 
 from x8manager.rpc import M4Client, RpcService
 
@@ -25,9 +25,14 @@ def proxy_command() -> list[str]:
 
 async def start_daemon(*args: str,
                        env: dict[str, str] | None = None) -> tuple[asyncio.subprocess.Process, str]:
-    """Start m4-proxy; return it with its stderr up to the ready line (or its exit)."""
+    """Start m4-proxy; return it with its stderr up to the ready line (or its exit).
+
+    The router socket and the monitor port are off unless *args* turn them on: their defaults
+    are fixed (/var/run/arduino-router.sock, 127.0.0.1:7500) and tests run side by side.
+    """
     process = await asyncio.create_subprocess_exec(
-        *proxy_command(), *args, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        *proxy_command(), "--router-socket", "", "--monitor-listen", "", *args,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
         env={**os.environ, **(env or {})})
     assert process.stderr is not None
     seen = ""
@@ -55,14 +60,13 @@ async def stop_daemon(process: asyncio.subprocess.Process) -> tuple[int, str]:
 
 def test_daemon_end_to_end_with_sd_notify(tmp_path: Path) -> None:
     async def scenario() -> None:
-        m4 = PtyM4(tmp_path / "x8h7_ui")
-        m4.start()
-        m4.procedures["temperature"] = lambda: 21.5
+        m4, device = await m4_on_pty(tmp_path)
+        m4.bind("temperature", lambda: 21.5)
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         notify.bind(str(tmp_path / "notify"))
         notify.setblocking(False)
         process, log = await start_daemon(
-            "--device", str(m4.link_path), "--bind", "127.0.0.1", "--register-port", "0", "--call-port", "0",
+            "--device", device, "--bind", "127.0.0.1", "--register-port", "0", "--call-port", "0",
             env={"NOTIFY_SOCKET": str(tmp_path / "notify")})
         try:
             assert process.returncode is None, log
@@ -77,7 +81,7 @@ def test_daemon_end_to_end_with_sd_notify(tmp_path: Path) -> None:
             service.add("multiply", lambda a, b: a * b)
             serving = asyncio.create_task(service.serve(register_port=register_port))
             await asyncio.wait_for(service.wait_registered(), WAIT)
-            reply = await m4.call("multiply", 6, 7)
+            reply = await m4.call_raw("multiply", 6, 7)
             assert msgpack.unpackb(reply.raw)[3] == 42
             service_port = service.port
             assert msgpack.unpackb(await register(register_port, msgpack.packb([0, 1, "list", []])))[3] \
@@ -87,7 +91,7 @@ def test_daemon_end_to_end_with_sd_notify(tmp_path: Path) -> None:
         finally:
             code, rest = await stop_daemon(process)
             notify.close()
-            m4.close()
+            await m4.stop()
         assert code == 0, rest
         line = f"Registering service on port  {service_port}  with functions  map[multiply:{service_port}]"
         assert line in rest
@@ -136,3 +140,34 @@ def test_bad_tcp_device_and_unreachable_tcp_link() -> None:
     code, log = _startup_failure(["--device", f"tcp:127.0.0.1:{free_port()}", "--bind", "127.0.0.1",
                                   "--register-port", "0", "--call-port", "0"])
     assert code != 0 and "cannot connect to M4 link" in log
+
+
+def test_daemon_router_front_and_monitor_flags(tmp_path: Path) -> None:
+    async def scenario() -> str:
+        m4, device = await m4_on_pty(tmp_path)
+        router_socket = f"/tmp/x8-router-{os.getpid()}.sock"  # short: UNIX paths have 108 bytes
+        args = ["--device", device, "--bind", "127.0.0.1", "--register-port", "0", "--call-port", "0",
+                "--router-socket", router_socket, "--router-listen", "127.0.0.1:0",
+                "--monitor-listen", "127.0.0.1:0"]
+        process, log = await start_daemon(*args)
+        try:
+            assert process.returncode is None, log
+            assert f"router front: {router_socket}, tcp 127.0.0.1:" in log
+            assert "monitor port: 127.0.0.1:" in log
+            reader, writer = await asyncio.open_unix_connection(router_socket)
+            writer.write(msgpack.packb([0, 1, "$/version", []]))
+            reply = msgpack.unpackb(await asyncio.wait_for(reader.read(4096), WAIT))
+            assert reply[:3] == [1, 1, None] and reply[3].startswith("x8manager m4-proxy ")
+            writer.close()
+            # A second router on the same socket is a start-up error: exit 1, the first keeps it.
+            second, second_log = await start_daemon(*args)
+            assert await asyncio.wait_for(second.wait(), WAIT) == 1
+            assert second.stderr is not None
+            assert "another router" in second_log + (await second.stderr.read()).decode()
+        finally:
+            code, rest = await stop_daemon(process)
+            await m4.stop()
+        assert code == 0, rest
+        return router_socket
+
+    assert not os.path.exists(asyncio.run(scenario()))

@@ -18,8 +18,10 @@ import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from proxy_harness import WAIT, PtyM4, running_proxy, serving, wait_for
+from proxy_harness import WAIT, running_proxy, serving, wait_for
 
+from x8manager.m4sim import VirtualM4
+from x8manager.m4sim.m4 import M4_TO_LINUX_CHUNK
 from x8manager.proxy import M4Proxy
 
 T = TypeVar("T")
@@ -32,12 +34,12 @@ class LiveProxy:
         self.thread.start()
         self.stack = AsyncExitStack()
         self.proxy: M4Proxy
-        self.m4: PtyM4
+        self.m4: VirtualM4
         self.run(self._start(tmp_path))
 
     async def _start(self, tmp_path: Path) -> None:
         self.proxy, self.m4 = await self.stack.enter_async_context(running_proxy(tmp_path, call_timeout=0.3))
-        self.m4.procedures["ping"] = lambda: "pong"
+        self.m4.bind("ping", lambda: "pong", replace=True)
         await self.stack.enter_async_context(serving(self.proxy, linux_ping=lambda: "linux-pong"))
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -54,7 +56,7 @@ class LiveProxy:
         writer.write(msgpack.packb([0, 1, "ping", []]))
         assert msgpack.unpackb(await asyncio.wait_for(reader.read(-1), WAIT)) == [1, 1, None, "pong"]
         writer.close()
-        reply = await self.m4.call("linux_ping", msgid=0xFFFFFFFF)
+        reply = await self.m4.call_raw("linux_ping", msgid=0xFFFFFFFF)
         assert msgpack.unpackb(reply.raw) == [1, 0xFFFFFFFF, None, "linux-pong"]
 
     async def send_bytewise(self, port: int, data: bytes) -> None:
@@ -72,13 +74,14 @@ class LiveProxy:
             writer.close()
 
     async def m4_bytewise(self, data: bytes) -> None:
-        expected = self.proxy.stats.m4_bytes + len(data)
-        for index in range(len(data)):
-            self.m4.write(data[index : index + 1])
-        await wait_for(lambda: self.proxy.stats.m4_bytes == expected, what="proxy read the bytes")
+        expected = self.proxy.m4.stats.m4_bytes + len(data)
+        self.m4.chunk_size = 1  # the proxy reads every byte on its own
+        self.m4.send_raw(data)
+        await wait_for(lambda: self.proxy.m4.stats.m4_bytes == expected, what="proxy read the bytes")
         # Garbage may end in a partial object that would swallow the next message: what a
         # reset M4 leaves behind. The proxy drops it after a pause; here we do not wait for that.
-        self.proxy.discard_partial_message()
+        self.m4.chunk_size = M4_TO_LINUX_CHUNK
+        self.proxy.m4.discard_partial_message()
 
 
 @pytest.fixture(scope="module")

@@ -57,8 +57,8 @@ def test_calls_and_notifications_share_one_connection_in_order(tmp_path: Path) -
         async with raw_service(answer) as (port, connections), running_proxy(tmp_path) as (proxy, m4):
             await register(proxy.register_port, msgpack.packb([0, 1, "register", [port, ["double", "tty"]]]))
             for n in range(5):
-                m4.notify("tty", n)
-                reply = await m4.call("double", n, msgid=100 + n)
+                await m4.notify("tty", n)
+                reply = await m4.call_raw("double", n, msgid=100 + n)
                 assert msgpack.unpackb(reply.raw) == [1, 100 + n, None, 2 * n]
             assert seen == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
             assert connections == [1]
@@ -72,7 +72,7 @@ def test_service_that_closes_after_each_reply(tmp_path: Path) -> None:
                     running_proxy(tmp_path) as (proxy, m4)):
             await register(proxy.register_port, msgpack.packb([0, 1, "register", [port, ["once"]]]))
             for n in range(6):
-                reply = await m4.call("once", msgid=n)
+                reply = await m4.call_raw("once", msgid=n)
                 assert msgpack.unpackb(reply.raw) == [1, n, None, "once"]
             assert connections[0] >= 6
     asyncio.run(scenario())
@@ -83,10 +83,10 @@ def test_service_restart_is_followed(tmp_path: Path) -> None:
         async with running_proxy(tmp_path, m4_error_replies=True) as (proxy, m4):
             async with raw_service(lambda message: "up") as (port, _):
                 await register(proxy.register_port, msgpack.packb([0, 1, "register", [port, ["s"]]]))
-                assert msgpack.unpackb((await m4.call("s", msgid=1)).raw)[3] == "up"
+                assert msgpack.unpackb((await m4.call_raw("s", msgid=1)).raw)[3] == "up"
             async with raw_service(lambda message: "up again", port=port):  # restarted, same port
                 deadline = asyncio.get_running_loop().time() + 10
                 # The first try may meet the old, dead connection and get an error reply.
-                while msgpack.unpackb((await m4.call("s", msgid=2)).raw)[3] != "up again":
+                while msgpack.unpackb((await m4.call_raw("s", msgid=2)).raw)[3] != "up again":
                     assert asyncio.get_running_loop().time() < deadline
     asyncio.run(scenario())

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import msgpack
 import pytest
-from proxy_harness import M4_THREAD_ID, PtyM4, exchange, register, running_proxy, serving, wait_for
+from proxy_harness import M4_THREAD_ID, exchange, register, running_proxy, serving, wait_for
 
+from x8manager.m4sim import VirtualM4
 from x8manager.proxy import M4Proxy
 
 
-async def assert_still_serving(proxy: M4Proxy, m4: PtyM4) -> None:
-    m4.procedures.setdefault("ping", lambda: "pong")
+async def assert_still_serving(proxy: M4Proxy, m4: VirtualM4) -> None:
+    m4.bind("ping", lambda: "pong", replace=True)
     reply = await exchange(proxy.call_port, msgpack.packb([0, 9, "ping", []]))
     assert reply == bytes.fromhex("940109c0a4706f6e67")
     assert await register(proxy.register_port, msgpack.packb([0, 1, "register", [5999, ["alive"]]])) \
@@ -78,7 +79,7 @@ def test_register_accepts_str8_and_bin_names(tmp_path: Path, encoded_names: byte
         async with running_proxy(tmp_path) as (proxy, m4):
             message = b"\x94\x00\x01\xd9\x08register\x92\xcd\x13\x8d" + encoded_names
             assert await register(proxy.register_port, message) == bytes.fromhex("940101c0a0")
-            assert set(proxy.registry.snapshot().values()) == {5005}
+            assert set(proxy.routes.snapshot().values()) == {5005}
             await assert_still_serving(proxy, m4)
     asyncio.run(scenario())
 
@@ -110,7 +111,7 @@ def test_call_port_bad_input_closes_without_reply(tmp_path: Path, what: str, dat
     async def scenario() -> None:
         async with running_proxy(tmp_path) as (proxy, m4):
             assert await exchange(proxy.call_port, data, half_close=True) == b"", what
-            assert m4.received == [], what
+            assert not m4.raw_received, what
             await assert_still_serving(proxy, m4)
     asyncio.run(scenario())
 
@@ -129,16 +130,16 @@ def test_call_port_bad_request_with_msgid_gets_error_reply(tmp_path: Path) -> No
 def test_oversize_message_refused_with_clear_error(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with running_proxy(tmp_path) as (proxy, m4):
-            m4.procedures["echo"] = len
+            m4.bind("echo", len, replace=True)
             reply = decode(await exchange(proxy.call_port, msgpack.packb([0, 1, "echo", ["x" * 300]])))
             assert reply[0:2] == [1, 1] and reply[3] is None
             assert "too large for the M4 link" in str(reply[2]) and "248" in str(reply[2])
-            assert m4.received == []
+            assert not m4.raw_received
             # Just under the limit goes through.
             payload = "y" * 200
             assert decode(await exchange(proxy.call_port, msgpack.packb([0, 2, "echo", [payload]]))) \
                 == [1, 2, None, 200]
-            assert all(len(raw) <= 248 for raw in m4.received)
+            assert all(len(raw) <= 248 for raw in m4.raw_received)
             await assert_still_serving(proxy, m4)
     asyncio.run(scenario())
 
@@ -146,10 +147,10 @@ def test_oversize_message_refused_with_clear_error(tmp_path: Path) -> None:
 def test_no_reply_closes_without_bytes_by_default(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with running_proxy(tmp_path, call_timeout=0.2) as (proxy, m4):
-            m4.answer = False
-            m4.procedures["slow"] = lambda: 1
+            m4.answer_calls = False
+            m4.bind("slow", lambda: 1, replace=True)
             assert await exchange(proxy.call_port, msgpack.packb([0, 1, "slow", []])) == b""
-            m4.answer = True
+            m4.answer_calls = True
             await assert_still_serving(proxy, m4)
     asyncio.run(scenario())
 
@@ -157,7 +158,7 @@ def test_no_reply_closes_without_bytes_by_default(tmp_path: Path) -> None:
 def test_no_reply_gives_error_reply_with_flag(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with running_proxy(tmp_path, call_timeout=0.2, timeout_error_reply=True) as (proxy, m4):
-            m4.answer = False
+            m4.answer_calls = False
             reply = decode(await exchange(proxy.call_port, msgpack.packb([0, 1, "slow", []])))
             assert reply[:2] == [1, 1] and "no reply from the M4" in str(reply[2])
     asyncio.run(scenario())
@@ -167,14 +168,14 @@ def test_late_reply_is_dropped_not_handed_to_the_next_caller(tmp_path: Path) -> 
     """E5 of the original: the stale reply shifted every later answer by one."""
     async def scenario() -> None:
         async with running_proxy(tmp_path, call_timeout=0.2) as (proxy, m4):
-            m4.answer = False
+            m4.answer_calls = False
             assert await exchange(proxy.call_port, msgpack.packb([0, 0, "first", []])) == b""
-            (late_request,) = m4.received
-            m4.answer = True
+            (late_request,) = m4.raw_received
+            m4.answer_calls = True
             late_msgid = msgpack.unpackb(late_request)[1]
-            m4.write(msgpack.packb([1, late_msgid, None, "stale"]))
-            await wait_for(lambda: proxy.stats.late_replies == 1, what="late reply dropped")
-            m4.procedures["second"] = lambda: "fresh"
+            m4.send_raw(msgpack.packb([1, late_msgid, None, "stale"]))
+            await wait_for(lambda: proxy.m4.stats.late_replies == 1, what="late reply dropped")
+            m4.bind("second", lambda: "fresh", replace=True)
             assert decode(await exchange(proxy.call_port, msgpack.packb([0, 0, "second", []]))) \
                 == [1, 0, None, "fresh"]
     asyncio.run(scenario())
@@ -184,14 +185,14 @@ def test_pipelined_second_request_is_ignored_without_reset(tmp_path: Path) -> No
     """E15 of the original: the unread second request made the kernel send RST."""
     async def scenario() -> None:
         async with running_proxy(tmp_path) as (proxy, m4):
-            m4.procedures["n"] = lambda: 1
+            m4.bind("n", lambda: 1, replace=True)
             two = msgpack.packb([0, 1, "n", []]) + msgpack.packb([0, 2, "n", []])
             reader, writer = await asyncio.open_connection("127.0.0.1", proxy.call_port)
             writer.write(two)
             reply = await asyncio.wait_for(reader.read(-1), 10)  # ConnectionResetError would fail here
             assert reply == bytes.fromhex("940101c001")
             writer.close()
-            assert len(m4.received) == 1
+            assert len(m4.raw_received) == 1
     asyncio.run(scenario())
 
 
@@ -200,19 +201,19 @@ def test_second_call_on_a_finished_connection_fails_at_once(tmp_path: Path) -> N
     original, instead of being swallowed until the client's own timeout."""
     async def scenario() -> None:
         async with running_proxy(tmp_path) as (proxy, m4):
-            m4.procedures["n"] = lambda: 1
+            m4.bind("n", lambda: 1, replace=True)
             reader, writer = await asyncio.open_connection("127.0.0.1", proxy.call_port)
             writer.write(msgpack.packb([0, 1, "n", []]))
             assert await asyncio.wait_for(reader.readexactly(5), 10) == bytes.fromhex("940101c001")
             writer.write(msgpack.packb([0, 2, "n", []]))  # the client has not noticed the FIN yet
-            await wait_for(lambda: proxy.stats.reset_after_answer == 1, what="the reset")
+            await wait_for(lambda: proxy.call_port_stats.reset_after_answer == 1, what="the reset")
             with pytest.raises(ConnectionError):  # the reset surfaces at the latest on a write
                 for _ in range(100):
                     writer.write(b"\x90")
                     await writer.drain()
                     await asyncio.sleep(0)
             writer.close()
-            assert len(m4.received) == 1
+            assert len(m4.raw_received) == 1
     asyncio.run(scenario())
 
 
@@ -256,8 +257,8 @@ def test_m4_stream_garbage_split_messages_and_raw_text(tmp_path: Path) -> None:
                           + "é".encode() + b"\xff\xfe"
                           + msgpack.packb([2, "tty", [b"sacrificed"]], use_bin_type=True)
                           + msgpack.packb([2, "tty", [b"after"]], use_bin_type=True))
-                for index in range(len(stream)):  # byte by byte: every split point
-                    m4.write(stream[index:index + 1])
+                m4.chunk_size = 1  # byte by byte: every split point
+                m4.send_raw(stream)
                 await wait_for(lambda: b"after" in got, what="tty after garbage")
                 assert got[:2] == [big, "x" * 40]
             await assert_still_serving(proxy, m4)
@@ -268,15 +269,15 @@ def test_m4_call_to_unregistered_method_dropped_or_answered_with_flag(tmp_path: 
     async def scenario() -> None:
         async with running_proxy(tmp_path) as (proxy, m4):
             with pytest.raises(TimeoutError):
-                await m4.call("nobody", within=0.3)
+                await m4.call_raw("nobody", within=0.3)
             await assert_still_serving(proxy, m4)
         async with running_proxy(tmp_path, m4_error_replies=True) as (proxy, m4):
-            reply = await m4.call("nobody")
+            reply = await m4.call_raw("nobody")
             kind, msgid, error, result = msgpack.unpackb(reply.raw)
             assert (kind, msgid, result) == (1, M4_THREAD_ID, None) and "nobody" in error
             # A registered but dead service: also an error reply with the flag.
             await register(proxy.register_port, msgpack.packb([0, 1, "register", [1, ["dead"]]]))
-            reply = await m4.call("dead", msgid=M4_THREAD_ID + 1)
+            reply = await m4.call_raw("dead", msgid=M4_THREAD_ID + 1)
             assert "port 1" in msgpack.unpackb(reply.raw)[2]
     asyncio.run(scenario())
 
@@ -291,8 +292,8 @@ def test_slow_service_blocks_nothing_else(tmp_path: Path) -> None:
                 await never.wait()
 
             async with serving(proxy, hang=hang, fast=lambda: "quick"):
-                hanging = asyncio.create_task(m4.call("hang", msgid=1))
-                reply = await m4.call("fast", msgid=2, within=5)
+                hanging = asyncio.create_task(m4.call_raw("hang", msgid=1))
+                reply = await m4.call_raw("fast", msgid=2, within=5)
                 assert msgpack.unpackb(reply.raw) == [1, 2, None, "quick"]
                 await assert_still_serving(proxy, m4)  # Linux→M4 also unaffected
                 never.set()
@@ -304,7 +305,7 @@ def test_service_reply_too_large_for_the_m4_becomes_an_error(tmp_path: Path) -> 
     async def scenario() -> None:
         async with running_proxy(tmp_path) as (proxy, m4):
             async with serving(proxy, blob=lambda: "z" * 400):
-                reply = await m4.call("blob")
+                reply = await m4.call_raw("blob")
             assert len(reply.raw) <= 248
             assert "too large" in msgpack.unpackb(reply.raw)[2]
     asyncio.run(scenario())
@@ -313,12 +314,12 @@ def test_service_reply_too_large_for_the_m4_becomes_an_error(tmp_path: Path) -> 
 def test_message_at_the_limit_still_fits_after_the_msgid_rewrite(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with running_proxy(tmp_path) as (proxy, m4):
-            m4.procedures["echo"] = len
-            proxy.pending._next = 2**31  # a long-running proxy: its ids take five bytes
+            m4.bind("echo", len, replace=True)
+            proxy.m4.pending._next = 2**31  # a long-running proxy: its ids take five bytes
             head = msgpack.packb([0, 0, "echo", [""]])
             payload = "p" * (248 - len(head) - 1)  # the empty string took 1 byte, str8 takes 2
             message = msgpack.packb([0, 0, "echo", [payload]])
             assert len(message) == 248
             assert decode(await exchange(proxy.call_port, message)) == [1, 0, None, len(payload)]
-            assert len(m4.received[-1]) == 248
+            assert len(m4.raw_received[-1]) == 248
     asyncio.run(scenario())

@@ -21,12 +21,12 @@ LEGACY_NOTIFY_TTY = bytes.fromhex("9302a374747991a568656c6c6f")
 def test_e1_call_forwarded_verbatim_reply_returned_then_closed(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with running_proxy(tmp_path) as (proxy, m4):
-            m4.procedures["add"] = lambda a, b: a + b
+            m4.bind("add", lambda a, b: a + b, replace=True)
             request = bytes.fromhex("940007a3616464920102")
             reply = await exchange(proxy.call_port, request)
             assert reply == bytes.fromhex("940107c003")  # [1, 7, nil, 3], client's msgid restored
             # Only the msgid differs on the M4 wire: the proxy's own id.
-            (wire,) = m4.received
+            (wire,) = m4.raw_received
             assert wire[:2] == request[:2] and wire[-6:] == request[-6:]
             kind, wire_msgid, method, params = msgpack.unpackb(wire)
             assert (kind, method, params) == (0, "add", [1, 2]) and 0 <= wire_msgid < 2**32
@@ -45,10 +45,10 @@ def test_e1_call_forwarded_verbatim_reply_returned_then_closed(tmp_path: Path) -
 def test_linux_bytes_reach_the_m4_intact(tmp_path: Path, payload: bytes, name: str) -> None:
     async def scenario() -> None:
         async with running_proxy(tmp_path) as (proxy, m4):
-            m4.procedures["echo"] = lambda value: value
+            m4.bind("echo", lambda value: value, replace=True)
             body = b"\xa4echo\x91" + payload
             reply = await exchange(proxy.call_port, b"\x94\x00\x05" + body)
-            (wire,) = m4.received
+            (wire,) = m4.raw_received
             assert wire.endswith(body), name
             assert msgpack.unpackb(reply, raw=False, strict_map_key=False)[:3] == [1, 5, None]
     asyncio.run(scenario())
@@ -57,7 +57,7 @@ def test_linux_bytes_reach_the_m4_intact(tmp_path: Path, payload: bytes, name: s
 def test_client_msgid_encoding_restored_exactly(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with running_proxy(tmp_path) as (proxy, m4):
-            m4.procedures["one"] = lambda: 1
+            m4.bind("one", lambda: 1, replace=True)
             # msgid 5 written as uint16 (cd 00 05): the reply carries the same three bytes.
             reply = await exchange(proxy.call_port, bytes.fromhex("9400cd0005a36f6e6590"))
             assert reply == bytes.fromhex("9401cd0005c001")
@@ -68,7 +68,7 @@ def test_e8_m4_call_reaches_service_and_reply_returns_unchanged(tmp_path: Path) 
     async def scenario() -> None:
         async with running_proxy(tmp_path) as (proxy, m4):
             async with serving(proxy, multiply=lambda a, b: a * b):
-                reply = await m4.call("multiply", 3, 4)
+                reply = await m4.call_raw("multiply", 3, 4)
             assert reply.raw == bytes.fromhex("9401ce10003000c00c")
     asyncio.run(scenario())
 
@@ -78,7 +78,7 @@ def test_e8b_tty_notification_bin_payload_reaches_service(tmp_path: Path) -> Non
         async with running_proxy(tmp_path) as (proxy, m4):
             got: list[bytes] = []
             async with serving(proxy, tty=got.append):
-                m4.write(bytes.fromhex("9302a3747479 91c407") + b"hello\r\n")
+                m4.send_raw(bytes.fromhex("9302a3747479 91c407") + b"hello\r\n")
                 await wait_for(lambda: got == [b"hello\r\n"], what="tty notification")
     asyncio.run(scenario())
 
@@ -96,7 +96,7 @@ def test_register_reply_bytes_and_log_line(tmp_path: Path, caplog: pytest.LogCap
             reply = await register(proxy.register_port, bytes.fromhex("9400ccc8a8") + b"register"
                                    + bytes.fromhex("92cd138e91a162"))
             assert reply == bytes.fromhex("9401d100c8c0a0")
-            assert proxy.registry.snapshot() == {"a": 5006, "b": 5006, "divide": 5005, "multiply": 5005}
+            assert proxy.routes.snapshot() == {"a": 5006, "b": 5006, "divide": 5005, "multiply": 5005}
     asyncio.run(scenario())
 
 
@@ -127,20 +127,20 @@ def test_register_persistent_connection_request_and_notification(tmp_path: Path)
 def test_legacy_call_and_notify_vectors(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with running_proxy(tmp_path) as (proxy, m4):
-            m4.procedures["temperature"] = lambda: 321
+            m4.bind("temperature", lambda: 321, replace=True)
             seen: list[str] = []
-            m4.procedures["tty"] = seen.append
+            m4.bind("tty", seen.append, replace=True)
             assert await exchange(proxy.call_port, LEGACY_CALL_TEMPERATURE) == bytes.fromhex("940100c0cd0141")
             assert await exchange(proxy.call_port, LEGACY_NOTIFY_TTY) == b""
             await wait_for(lambda: seen == ["hello"], what="tty on the M4")
-            assert m4.received[-1] == LEGACY_NOTIFY_TTY  # notifications carry no msgid: verbatim
+            assert m4.raw_received[-1] == LEGACY_NOTIFY_TTY  # notifications carry no msgid: verbatim
     asyncio.run(scenario())
 
 
 def test_async_client_through_proxy(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with running_proxy(tmp_path) as (proxy, m4):
-            m4.procedures["divide"] = lambda a, b: a / b
+            m4.bind("divide", lambda a, b: a / b, replace=True)
             client = AsyncM4Client("127.0.0.1", proxy.call_port)
             assert await client.call("divide", 3.0, 2.0) == 1.5
     asyncio.run(scenario())

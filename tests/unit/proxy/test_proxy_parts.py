@@ -17,34 +17,58 @@ from hypothesis import strategies as st
 from x8manager.proxy import M4Proxy, ProxyConfig
 from x8manager.proxy.cli import build_parser
 from x8manager.proxy.core import make_listeners
-from x8manager.proxy.link import DeviceLink, StartupError, TcpLink, open_link
+from x8manager.proxy.link import Backoff, StartupError, parse_link_spec
 from x8manager.proxy.pending import PendingCalls
-from x8manager.proxy.registry import Registry, handle_register_message
+from x8manager.proxy.registry import handle_register_message
+from x8manager.proxy.routing import RoutingTable
 
 
-def test_registry_last_writer_wins_and_go_map_log_line(caplog: pytest.LogCaptureFixture) -> None:
-    registry = Registry()
+async def _nobody_listens(port: int) -> bool:
+    return False
+
+
+async def _everybody_listens(port: int) -> bool:
+    return True
+
+
+def table(path: Path | None = None, *, live: bool = False) -> RoutingTable:
+    return RoutingTable(path, live=_everybody_listens if live else _nobody_listens)
+
+
+def test_registry_dead_holder_loses_its_name_and_the_log_names_the_change(
+        caplog: pytest.LogCaptureFixture) -> None:
+    routes = table()
     with caplog.at_level(logging.INFO):
-        registry.register(5005, ["tty", "count"])
-        registry.register(5006, ["len", "tty"])
-    assert registry.snapshot() == {"count": 5005, "len": 5006, "tty": 5006}
-    assert (
-        caplog.messages[-1]
-        == "Registering service on port  5006  with functions  map[count:5005 len:5006 tty:5006]"
-    )
-    assert registry.port_of("nothing") is None and len(registry) == 3
+        asyncio.run(routes.register_legacy(5005, ["tty", "count"]))
+        asyncio.run(routes.register_legacy(5006, ["len", "tty"]))
+    assert routes.snapshot() == {"count": 5005, "len": 5006, "tty": 5006}
+    # The original's line, with this registration's names only (not the whole table).
+    assert caplog.messages[-1] == "Registering service on port  5006  with functions  map[len:5006 tty:5006]"
+    assert routes.port_of("nothing") is None and len(routes) == 3
+
+
+def test_registry_live_holder_keeps_its_name(caplog: pytest.LogCaptureFixture) -> None:
+    routes = table(live=True)
+    with caplog.at_level(logging.INFO):
+        assert asyncio.run(routes.register_legacy(5005, ["tty"])) == []
+        refused = asyncio.run(routes.register_legacy(5006, ["tty", "len"]))
+    assert refused == ["'tty' is registered by the live service on port 5005"]
+    assert routes.snapshot() == {"len": 5006, "tty": 5005}
+    assert any("5005" in line and "5006" in line and "refused" in line for line in caplog.messages)
 
 
 def test_register_message_replies() -> None:
-    registry = Registry()
-    assert handle_register_message([0, 0, "register", [5005, ["a"]]], registry) == bytes.fromhex("940100c0a0")
-    assert handle_register_message([2, "register", [5006, ["b"]]], registry) is None
-    assert handle_register_message([0, 300, b"register", [5007, [b"c"]]], registry) == bytes.fromhex(
-        "9401d1012cc0a0"
-    )
-    reply = handle_register_message([0, 9, "registry", []], registry)
-    assert reply is not None and msgpack.unpackb(reply) == [1, 9, None, {"a": 5005, "b": 5006, "c": 5007}]
-    assert handle_register_message([2, "nope", []], registry) is None
+    async def scenario() -> None:
+        routes = table()
+        assert await handle_register_message([0, 0, "register", [5005, ["a"]]], routes) \
+            == bytes.fromhex("940100c0a0")
+        assert await handle_register_message([2, "register", [5006, ["b"]]], routes) is None
+        assert await handle_register_message([0, 300, b"register", [5007, [b"c"]]], routes) \
+            == bytes.fromhex("9401d1012cc0a0")
+        reply = await handle_register_message([0, 9, "registry", []], routes)
+        assert reply is not None and msgpack.unpackb(reply) == [1, 9, None, {"a": 5005, "b": 5006, "c": 5007}]
+        assert await handle_register_message([2, "nope", []], routes) is None
+    asyncio.run(scenario())
 
 
 def test_pending_calls_ids_unique_and_late_replies_refused() -> None:
@@ -108,19 +132,25 @@ def test_cli_flags_and_defaults() -> None:
     args = build_parser().parse_args([])
     assert (args.device, args.bind, args.register_port, args.call_port) == ("/dev/x8h7_ui", None, 5000, 5001)
     assert args.call_timeout == 1.0 and not args.timeout_error_reply and not args.m4_error_replies
+    assert (args.router_socket, args.router_listen, args.monitor_listen) == (
+        "/var/run/arduino-router.sock", None, "127.0.0.1:7500")
+    off = build_parser().parse_args(["--router-socket", "", "--monitor-listen", ""])
+    assert (off.router_socket, off.monitor_listen) == ("", "")
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--call-port", "70000"])
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--call-timeout", "0"])
 
 
-def test_link_specs() -> None:
-    assert isinstance(open_link("/dev/x8h7_ui"), DeviceLink)
-    link = open_link("tcp:[::1]:7000")
-    assert isinstance(link, TcpLink) and (link.host, link.port) == ("::1", 7000)
+def test_link_specs_and_one_backoff() -> None:
+    assert parse_link_spec("/dev/x8h7_ui").path == "/dev/x8h7_ui"
+    spec = parse_link_spec("tcp:[::1]:7000")
+    assert spec.is_tcp and (spec.host, spec.port) == ("::1", 7000)
     for bad in ("tcp:", "tcp:host", "tcp:host:port", "tcp::5"):
         with pytest.raises(StartupError, match="tcp:HOST:PORT"):
-            open_link(bad)
+            parse_link_spec(bad)
+    backoff = Backoff(0.05, 1.0)
+    assert [backoff.next() for _ in range(7)] == [0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
 
 
 @settings(max_examples=300, deadline=None)
@@ -137,7 +167,7 @@ def test_link_specs() -> None:
     )
 )
 def test_fuzz_register_messages_never_raise(value: list[Any]) -> None:
-    reply = handle_register_message(value, Registry())
+    reply = asyncio.run(handle_register_message(value, table()))
     if reply is not None:
         assert msgpack.unpackb(reply, raw=True)[0] == 1
 
@@ -159,15 +189,45 @@ def test_pending_compact_ids_are_one_byte_and_free() -> None:
 
 def test_registry_file_survives_a_restart_and_bad_files_start_empty(tmp_path: Path) -> None:
     path = tmp_path / "run" / "m4-proxy" / "registry.json"
-    Registry(path).register(5005, ["tty", "echo"])
-    restored = Registry(path)
+
+    async def register(routes: RoutingTable, port: int, names: list[str]) -> None:
+        await routes.register_legacy(port, names)
+        await routes.close()  # writes the batched file
+
+    asyncio.run(register(table(path), 5005, ["tty", "echo"]))
+    restored = table(path)
     assert restored.snapshot() == {"echo": 5005, "tty": 5005}
-    restored.register(5006, ["tty"])
-    assert Registry(path).snapshot() == {"echo": 5005, "tty": 5006}
+    asyncio.run(register(restored, 5006, ["tty"]))
+    assert table(path).snapshot() == {"echo": 5005, "tty": 5006}
     for content in ("{not json", "[1, 2]", '{"a": "x", "b": 0, "c": true, "d": 7}'):
         path.write_text(content)
-        assert Registry(path).snapshot() == ({"d": 7} if content.startswith('{"a"') else {})
-    assert Registry(None).snapshot() == {}
+        assert table(path).snapshot() == ({"d": 7} if content.startswith('{"a"') else {})
+    assert table(None).snapshot() == {}
+
+
+def test_registry_file_written_once_for_many_registrations(tmp_path: Path) -> None:
+    """Issue 11 item 9: 10,000 registrations rewrote the file 10,000 times."""
+    path = tmp_path / "registry.json"
+    writes: list[int] = []
+
+    async def scenario() -> None:
+        routes = table(path)
+        real_replace = os.replace
+
+        def counting_replace(src: Any, dst: Any) -> None:
+            writes.append(1)
+            real_replace(src, dst)
+
+        os.replace = counting_replace  # type: ignore[assignment]
+        try:
+            for n in range(500):
+                await routes.register_legacy(6000 + n, [f"name{n}"])
+            await routes.close()
+        finally:
+            os.replace = real_replace  # type: ignore[assignment]
+
+    asyncio.run(scenario())
+    assert len(writes) <= 2 and len(table(path).snapshot()) == 500
 
 
 def test_proxy_restart_keeps_registrations_with_a_registry_file(tmp_path: Path) -> None:
@@ -185,6 +245,6 @@ def test_proxy_restart_keeps_registrations_with_a_registry_file(tmp_path: Path) 
         await first.stop()
         second = M4Proxy(config)
         await second.start()
-        assert second.registry.port_of("multiply") == 5005
+        assert second.routes.port_of("multiply") == 5005
         await second.stop()
     asyncio.run(scenario())

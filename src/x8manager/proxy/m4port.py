@@ -1,0 +1,262 @@
+"""The one M4 link as the fronts see it: calls into the M4, notifications, and the M4's own traffic.
+
+Every front (call port, router front) reaches the M4 through :class:`M4Port` only:
+
+- :meth:`M4Port.call` puts a caller's raw request on the wire with a proxy-assigned msgid
+  (every msgpack-rpc-python client sends msgid 0, so the callers' own ids cannot tell replies
+  apart), checks the link's size limit before anything is sent, and hands back the M4's raw
+  reply with the caller's msgid bytes restored, or why there is none;
+- :meth:`M4Port.notify` and :meth:`M4Port.reply` send one message each;
+- the M4's byte stream is cut into messages; replies go to their callers, the M4's calls and
+  notifications to the routing core's handler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+import msgpack
+
+from x8manager.proxy.link import LinkDown, M4Link
+from x8manager.proxy.pending import PendingCalls
+from x8manager.rpc.framing import (
+    M4_MAX_MESSAGE,
+    Frame,
+    InvalidMessage,
+    Response,
+    StreamDecoder,
+    replace_msgid,
+)
+
+__all__ = ["M4CallFailed", "M4Port", "M4Stats", "TooLarge"]
+
+log = logging.getLogger(__name__)
+
+# The M4 link carries ≤ ~496 bytes per RPMsg message; a larger partial object is garbage.
+M4_DECODER_BUFFER: Final = 8 * 1024
+# A partial M4 message with no new byte for this long is abandoned (the M4 reset mid-message).
+# The H7 forwards one message's chunks back to back, so real gaps are far shorter.
+STALE_PARTIAL_AFTER: Final = 0.5
+
+
+class M4CallFailed(Exception):
+    """A call into the M4 got no reply: not sent, refused by the link, or timed out."""
+
+    def __init__(self, reason: str, *, timed_out: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.timed_out = timed_out
+
+
+class TooLarge(M4CallFailed):
+    """The message is over the M4 link's size limit; nothing was sent."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"message too large for the M4 link: {size} bytes (limit {limit})")
+        self.size = size
+        self.limit = limit
+
+
+# Gets the M4's raw reply (the caller's msgid bytes restored) or why there is none; once.
+CallDone = Callable[["bytes | M4CallFailed"], None]
+# Gets each call or notification the M4 sends (the routing core).
+FrameHandler = Callable[[Frame], None]
+
+
+@dataclass
+class M4Stats:
+    """Counters of the M4 link; tests and the benchmark read them."""
+
+    calls: int = 0
+    call_timeouts: int = 0
+    late_replies: int = 0
+    m4_bytes: int = 0
+    stale_partials: int = 0
+
+
+class _Call:
+    """One call in flight: its wire msgid, the caller's msgid bytes, deadline and callback."""
+
+    __slots__ = ("caller_msgid", "done", "port", "timer", "wait", "wire_msgid", "written")
+
+    def __init__(self, port: M4Port, done: CallDone) -> None:
+        self.port = port
+        self.done: CallDone | None = done
+        self.wire_msgid = -1
+        self.caller_msgid = b""
+        self.timer: asyncio.TimerHandle | None = None
+        self.wait = 0.0
+        self.written: asyncio.Future[None] | None = None
+
+    def replied(self, raw: bytes) -> None:
+        try:
+            restored, _ = replace_msgid(raw, self.caller_msgid)
+        except InvalidMessage as exc:  # pragma: no cover - the decoder passed it as a response
+            self.finish(M4CallFailed(f"the M4's reply is unusable: {exc.reason}"))
+            return
+        self.finish(restored)
+
+    def timed_out(self) -> None:
+        self.timer = None
+        self.port.stats.call_timeouts += 1
+        self.port.pending.close(self.wire_msgid)  # a late reply finds nobody waiting
+        self.finish(M4CallFailed(f"no reply from the M4 within {self.wait:g} s",
+                                 timed_out=True))
+
+    def finish(self, result: bytes | M4CallFailed) -> None:
+        done, self.done = self.done, None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.written is not None and not self.written.done():
+            self.written.cancel()  # not written yet: the link drops it unless it has started
+        if done is not None:
+            done(result)
+
+    def cancel(self) -> None:
+        """The caller gave up (or went away): forget the call, send nothing more."""
+        if self.done is None:
+            return
+        self.port.pending.close(self.wire_msgid)
+        self.done = None
+        self.finish(M4CallFailed("cancelled"))
+
+    def on_written(self, written: asyncio.Future[None]) -> None:
+        if written.cancelled() or self.done is None:
+            return
+        exc = written.exception()
+        if exc is not None:
+            self.port.pending.close(self.wire_msgid)
+            reason = str(exc) if isinstance(exc, LinkDown) else f"writing to the M4 failed: {exc!r}"
+            self.finish(M4CallFailed(reason))
+
+
+class M4Port:
+    """The M4 link's user-facing side (see the module docstring)."""
+
+    def __init__(self, link: M4Link, *, call_timeout: float, max_message: int = M4_MAX_MESSAGE) -> None:
+        self.link = link
+        self.max_message = max_message
+        self.call_timeout = call_timeout
+        self.stats = M4Stats()
+        self.pending = PendingCalls()
+        self._decoder = StreamDecoder(M4_DECODER_BUFFER)
+        self._last_data = 0.0
+        self._on_frame: FrameHandler | None = None
+
+    @property
+    def description(self) -> str:
+        return self.link.description
+
+    def start(self, on_frame: FrameHandler) -> None:
+        """Start reading; *on_frame* gets every call and notification from the M4."""
+        self._on_frame = on_frame
+        self.link.start(self._on_data, self.discard_partial_message)
+
+    async def close(self) -> None:
+        await self.link.close()
+
+    # -- Linux → M4 ---------------------------------------------------------------------------
+
+    def call(self, raw: bytes, done: CallDone, *, timeout: float | None = None) -> Callable[[], None]:
+        """Send the raw request *raw* with a wire msgid; *done* gets the outcome, once.
+
+        Raises :class:`TooLarge` (nothing sent) or :class:`M4CallFailed` (link down or busy)
+        at once; later failures and the timeout go to *done*. Returns a function that
+        withdraws the call (the caller gave up): a message still waiting for the M4 to read
+        is then not sent at all, and a late reply is dropped.
+        """
+        self.stats.calls += 1
+        pending = self.pending
+        call = _Call(self, done)
+        wire_msgid = pending.open_callback(call.replied)
+        wire, caller_msgid = replace_msgid(raw, msgpack.packb(wire_msgid))
+        if len(wire) > self.max_message >= len(raw):
+            # Our id made it longer than the caller's own message: a one-byte id fits.
+            pending.close(wire_msgid)
+            wire_msgid = pending.open_callback(call.replied, compact=True)
+            wire, _ = replace_msgid(raw, msgpack.packb(wire_msgid))
+        call.wire_msgid, call.caller_msgid = wire_msgid, caller_msgid
+        if len(wire) > self.max_message:
+            pending.close(wire_msgid)
+            raise TooLarge(len(wire), self.max_message)
+        try:
+            call.written = self.link.send(wire)
+        except LinkDown as exc:
+            pending.close(wire_msgid)
+            raise M4CallFailed(str(exc)) from None
+        if call.written is not None:
+            call.written.add_done_callback(call.on_written)
+        call.wait = self.call_timeout if timeout is None else timeout
+        call.timer = asyncio.get_running_loop().call_later(call.wait, call.timed_out)
+        return call.cancel
+
+    def notify(self, raw: bytes, what: str) -> None:
+        """Send a raw notification; *what* names its sender in the log if it is lost."""
+        if len(raw) > self.max_message:
+            log.warning("%s: notification is %d bytes, over the M4 link limit of %d; dropped",
+                        what, len(raw), self.max_message)
+            return
+        self._send(raw, what)
+
+    def reply(self, raw: bytes) -> None:
+        """Send a reply to one of the M4's calls (its size is the caller's concern)."""
+        self._send(raw, "reply to the M4")
+
+    def _send(self, raw: bytes, what: str) -> None:
+        try:
+            written = self.link.send(raw)
+        except LinkDown as exc:
+            log.warning("%s lost: %s", what, exc)
+            return
+        if written is not None:
+            written.add_done_callback(lambda done: _log_lost(done, f"{what} lost"))
+
+    # -- M4 → Linux ---------------------------------------------------------------------------
+
+    def discard_partial_message(self) -> None:
+        """Forget a half-received M4 message (called when the link reopens: its tail is gone)."""
+        if self._decoder.pending:
+            log.info("M4 link: discarding %d bytes of a partial message", self._decoder.pending)
+        self._decoder.reset()
+
+    def _on_data(self, data: bytes) -> None:
+        now = asyncio.get_running_loop().time()
+        self.stats.m4_bytes += len(data)
+        if self._decoder.pending and now - self._last_data > STALE_PARTIAL_AFTER:
+            # x8h7_ui never reports an M4 reset: a message cut short by one would otherwise
+            # swallow the start of the next one. Chunks of one message come milliseconds apart.
+            self.stats.stale_partials += 1
+            self.discard_partial_message()
+        self._last_data = now
+        try:
+            frames = self._decoder.feed_frames(data)
+        except Exception:  # pragma: no cover - the decoder resynchronises on its own
+            log.exception("M4 stream decoder failed; resetting it")
+            self._decoder.reset()
+            return
+        for frame in frames:
+            try:
+                self._on_m4_frame(frame)
+            except Exception:
+                log.exception("M4 message %s could not be handled", frame.raw[:64].hex(" "))
+
+    def _on_m4_frame(self, frame: Frame) -> None:
+        message = frame.message
+        if isinstance(message, Response):
+            if not self.pending.resolve(message.msgid, frame.raw):
+                self.stats.late_replies += 1
+                log.info("M4 reply for msgid %d dropped: no caller waits for it (late or unsolicited)",
+                         message.msgid)
+            return
+        assert self._on_frame is not None
+        self._on_frame(frame)
+
+
+def _log_lost(done: asyncio.Future[None], what: str) -> None:
+    if not done.cancelled() and done.exception() is not None:
+        log.warning("%s: %s", what, done.exception())

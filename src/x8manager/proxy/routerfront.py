@@ -1,0 +1,549 @@
+"""The router front: arduino-router's protocol, so ``arduino-router-bridge`` apps run unchanged.
+
+Persistent connections on a UNIX socket (the Bridge's default ``/var/run/arduino-router.sock``)
+and optionally TCP. Each connection may have many requests in flight; its request ids are its
+own (the proxy gives every forwarded request an id of the receiving connection's, or the M4
+link's), notifications go both ways. The router methods and errors are arduino-router's
+(``internal/msgpackrouter``) and what ``arduino-router-bridge`` 0.5.1 expects of a router:
+
+=====================  =================================================================
+``$/register [name]``  ``true``; ``[1, "invalid params: ..."]``, ``[5, "route already exists: NAME"]``
+``$/unregister [name]``  ``true``; ``[4, "route not registered by this client: NAME"]``
+``$/reset []``          ``true`` (every route of the connection dropped)
+``$/version []``        the proxy's version string
+``$/cancelRequest [id]``  notification: the caller gave up on its request *id*
+=====================  =================================================================
+
+A call of a method nobody on Linux provides goes to the M4. What the M4 link cannot carry
+(over 248 bytes once the msgid is ours) is refused before anything is sent:
+``[6, "message size exceeds the limit of 248 bytes"]``. The M4's rpclib answers errors as
+strings, which a Bridge cannot read; they reach the caller as ``[code, text]``:
+
+- "server could not find function": ``[2, "method NAME not available"]``, exactly what
+  arduino-router answers when nobody provides a method: "nobody has it" on both boards;
+- a wrong argument count: ``[253, rpclib's text]`` (the Bridge's MALFORMED_CALL_ERR);
+- anything else (the handler threw): ``[255, rpclib's text]`` (GENERIC_ERR): "it failed".
+
+A connection's routes drop when it ends; calls the M4 or others made to it get
+``[3, "failed to send request: ..."]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import logging
+import os
+import socket
+import stat
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import msgpack
+
+from x8manager import __version__
+from x8manager.proxy.link import StartupError
+from x8manager.proxy.m4port import M4CallFailed, M4Port, TooLarge
+from x8manager.proxy.ratelimit import RateLimitedLog
+from x8manager.proxy.routing import (
+    ERR_FAILED_TO_SEND,
+    ERR_GENERIC,
+    ERR_INVALID_PARAMS,
+    ERR_METHOD_NOT_AVAILABLE,
+    ERR_OVER_SIZE_LIMIT,
+    ProviderDone,
+    ProviderFailed,
+    RouteExists,
+    RoutingTable,
+)
+from x8manager.rpc.framing import (
+    MAX_MSGID,
+    Frame,
+    InvalidMessage,
+    Notification,
+    ObjectCutter,
+    Request,
+    Response,
+    pack_notification,
+    pack_response,
+    parse_message,
+    replace_msgid,
+)
+
+__all__ = ["MAX_ROUTER_MESSAGE", "RouterConnection", "RouterContext", "RouterFront", "m4_error_for_bridge"]
+
+log = logging.getLogger(__name__)
+
+# Largest message a router client may send (the Bridge's own default cap on what it reads).
+MAX_ROUTER_MESSAGE: Final = 1024 * 1024
+# Router-front connections at once; more are closed at once (logged, rate-limited).
+MAX_ROUTER_CONNECTIONS: Final = 64
+# Requests one connection may have in flight.
+MAX_IN_FLIGHT: Final = 256
+# Replies a client has not read yet, in bytes: past this the client is not read from; past
+# the hard limit (a client that never reads) it is disconnected.
+PAUSE_READING_AT: Final = 256 * 1024
+DISCONNECT_AT: Final = 4 * 1024 * 1024
+# A router-front call waits this long for the M4 or another client (the Bridge's default).
+ROUTER_CALL_TIMEOUT: Final = 10.0
+# Bridge 0.5.1's error codes for a peer's handler (protocol.py).
+PEER_MALFORMED_CALL: Final = 0xFD
+PEER_GENERIC: Final = 0xFF
+
+
+def _go_type(value: Any) -> str:
+    """Go's %T of a decoded value, as arduino-router's error texts name it."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int64" if value < 0 else "uint64"
+    if isinstance(value, float):
+        return "float64"
+    if isinstance(value, bytes):
+        return "[]uint8"
+    if isinstance(value, list):
+        return "[]interface {}"
+    if isinstance(value, dict):
+        return "map[string]interface {}"
+    if value is None:
+        return "<nil>"
+    return type(value).__name__
+
+
+def m4_error_for_bridge(method: str, error: Any) -> list[Any]:
+    """The M4's error object as ``[code, text]`` (see the module docstring)."""
+    if isinstance(error, list) and len(error) >= 2 and isinstance(error[0], int):
+        return error
+    text = error.decode("utf-8", "replace") if isinstance(error, bytes) else str(error)
+    if "server could not find function" in text:
+        return [ERR_METHOD_NOT_AVAILABLE, f"method {method} not available"]
+    if "called with an invalid number of arguments" in text:
+        return [PEER_MALFORMED_CALL, text]
+    return [PEER_GENERIC, text]
+
+
+def bridge_error(error: Any) -> list[Any]:
+    """Any provider's error object as ``[code, text]`` (a legacy service answers strings)."""
+    if isinstance(error, list) and len(error) >= 2 and isinstance(error[0], int):
+        return error
+    text = error.decode("utf-8", "replace") if isinstance(error, bytes) else str(error)
+    return [PEER_GENERIC, text]
+
+
+@dataclass
+class RouterContext:
+    """What a router connection needs: the routing table, the M4, and bookkeeping."""
+
+    table: RoutingTable
+    m4: M4Port
+    call_timeout: float = ROUTER_CALL_TIMEOUT
+    connections: set[RouterConnection] = field(default_factory=set)
+    next_number: int = 1
+    limited_log: RateLimitedLog = field(default_factory=lambda: RateLimitedLog(log))
+
+
+@dataclass
+class _Forwarded:
+    """A request forwarded to this connection: the sender's msgid bytes, its callback, deadline."""
+
+    caller_msgid: bytes
+    done: ProviderDone
+    timer: asyncio.TimerHandle
+
+
+class RouterConnection(asyncio.Protocol):
+    """One router-front client: its requests, the requests it serves, its routes."""
+
+    def __init__(self, context: RouterContext) -> None:
+        self._context = context
+        self.label = f"router client {context.next_number}"
+        context.next_number += 1
+        self._transport: asyncio.Transport | None = None
+        self._cutter = ObjectCutter(MAX_ROUTER_MESSAGE)
+        self._calls: dict[int, Callable[[], None]] = {}  # its requests in flight: withdraw each
+        self._served: dict[int, _Forwarded] = {}  # requests it serves, by the id we gave them
+        self._next_id = 1
+        self._reading_paused = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- connection events --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        transport.set_write_buffer_limits(high=PAUSE_READING_AT)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family == socket.AF_UNIX:
+            with contextlib.suppress(OSError):
+                pid, uid, _ = struct.unpack("3i", sock.getsockopt(
+                    socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+                self.label += f" (pid {pid}, uid {uid})"
+        else:
+            self.label += f" ({transport.get_extra_info('peername')})"
+        if len(self._context.connections) >= MAX_ROUTER_CONNECTIONS:
+            self._context.limited_log.warning(
+                "router-full", "router: %s refused: %d connections already", self.label,
+                MAX_ROUTER_CONNECTIONS)
+            transport.abort()
+            return
+        self._context.connections.add(self)
+        log.debug("router: %s connected", self.label)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        context = self._context
+        if self not in context.connections:
+            return
+        context.connections.discard(self)
+        log.debug("router: %s disconnected%s", self.label, f" ({exc})" if exc else "")
+        context.table.drop_provider(self)
+        for withdraw in list(self._calls.values()):
+            withdraw()
+        self._calls.clear()
+        served, self._served = self._served, {}
+        for forwarded in served.values():
+            forwarded.timer.cancel()
+            forwarded.done(ProviderFailed(
+                ERR_FAILED_TO_SEND, f"failed to send request: {self.label} disconnected", answer_m4=True))
+        for task in self._tasks:
+            task.cancel()
+
+    def pause_writing(self) -> None:
+        # The client does not read its replies: stop reading its requests until it does.
+        if self._transport is not None and not self._reading_paused:
+            self._reading_paused = True
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._transport is not None and self._reading_paused:
+            self._reading_paused = False
+            self._transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            items = self._cutter.feed(data)
+        except InvalidMessage as exc:
+            self._context.limited_log.warning(
+                "router-garbage", "router: %s sent bytes that are not msgpack-RPC (%s): disconnected",
+                self.label, exc.reason)
+            self.close()
+            return
+        for item in items:
+            try:
+                message = parse_message(item.value)
+            except InvalidMessage as exc:
+                self._context.limited_log.warning(
+                    "router-invalid", "router: %s sent an invalid message: %s", self.label, exc.reason)
+                if exc.msgid is not None:
+                    self._reply(exc.msgid, [ERR_GENERIC, f"invalid message: {exc.reason}"], None)
+                continue
+            frame = Frame(message, item.raw)
+            if isinstance(message, Request):
+                self._on_request(message, frame)
+            elif isinstance(message, Notification):
+                self._on_notification(message, frame)
+            else:
+                self._on_response(message, frame)
+
+    def _send(self, data: bytes) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        transport.write(data)
+        if transport.get_write_buffer_size() > DISCONNECT_AT:
+            self._context.limited_log.warning(
+                "router-unread", "router: %s does not read its replies (%d bytes unread): disconnected",
+                self.label, transport.get_write_buffer_size())
+            transport.abort()
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+    @property
+    def unsent(self) -> int:
+        """Reply bytes the client has not read yet."""
+        return self._transport.get_write_buffer_size() if self._transport is not None else 0
+
+    # -- the client's requests ----------------------------------------------------------------
+
+    def _reply(self, msgid: int, error: Any, result: Any) -> None:
+        self._send(pack_response(msgid, error, result))
+
+    def _on_request(self, request: Request, frame: Frame) -> None:
+        method, params, msgid = request.method, request.params, request.msgid
+        if method.startswith("$/") and self._router_method(method, params, msgid):
+            return
+        if len(self._calls) >= MAX_IN_FLIGHT:
+            self._reply(msgid, [ERR_GENERIC, f"too many requests in flight ({MAX_IN_FLIGHT})"], None)
+            return
+        previous = self._calls.pop(msgid, None)
+        if previous is not None:  # the same id twice: the older one is given up (as the Go router)
+            previous()
+        if not 0 <= msgid <= MAX_MSGID:
+            self._reply(msgid, [ERR_INVALID_PARAMS, f"invalid msgid {msgid}"], None)
+            return
+        provider = self._context.table.provider_of(method)
+        if provider is not None:
+            self._calls[msgid] = provider.call(frame, lambda result: self._provider_done(msgid, result),
+                                               wait=self._context.call_timeout)
+            return
+        try:
+            self._calls[msgid] = self._context.m4.call(
+                frame.raw, lambda result: self._m4_done(method, msgid, result),
+                timeout=self._context.call_timeout)
+        except TooLarge as exc:
+            self._reply(msgid, [ERR_OVER_SIZE_LIMIT, f"message size exceeds the limit of {exc.limit} bytes"],
+                        None)
+        except M4CallFailed as exc:
+            self._reply(msgid, [ERR_FAILED_TO_SEND, f"failed to send request: {exc.reason}"], None)
+
+    def _provider_done(self, msgid: int, result: Frame | ProviderFailed) -> None:
+        if self._calls.pop(msgid, None) is None:
+            return  # cancelled, or this client is gone
+        if isinstance(result, ProviderFailed):
+            self._reply(msgid, [result.code, result.text], None)
+            return
+        response = result.message
+        assert isinstance(response, Response)
+        if response.error is None:
+            self._send(result.raw)
+        else:
+            self._reply(msgid, bridge_error(response.error), None)
+
+    def _m4_done(self, method: str, msgid: int, result: bytes | M4CallFailed) -> None:
+        if self._calls.pop(msgid, None) is None:
+            return
+        if isinstance(result, M4CallFailed):
+            code = ERR_GENERIC if result.timed_out else ERR_FAILED_TO_SEND
+            text = result.reason if result.timed_out else f"failed to send request: {result.reason}"
+            self._reply(msgid, [code, text], None)
+            return
+        try:
+            reply = parse_message(_unpack(result))
+        except (InvalidMessage, ValueError):  # pragma: no cover - the M4 port passes responses only
+            self._reply(msgid, [ERR_GENERIC, "unusable reply from the M4"], None)
+            return
+        assert isinstance(reply, Response)
+        if reply.error is None:
+            self._send(result)  # the M4's bytes, with the caller's msgid
+        else:
+            self._reply(msgid, m4_error_for_bridge(method, reply.error), None)
+
+    # -- router methods -----------------------------------------------------------------------
+
+    def _router_method(self, method: str, params: list[Any], msgid: int | None) -> bool:
+        """Handle ``$/...``; False if *method* is not one (it is routed like any other)."""
+        if method in ("$/register", "$/unregister"):
+            if len(params) != 1:
+                self._answer(msgid, [ERR_INVALID_PARAMS,
+                                     f"invalid params: only one param is expected, got {len(params)}"], None)
+            elif not isinstance(params[0], str):
+                self._answer(msgid, [ERR_INVALID_PARAMS,
+                                     f"invalid params: expected string, got {_go_type(params[0])}"], None)
+            elif method == "$/register":
+                self._spawn(self._register(params[0], msgid))
+            elif self._context.table.remove_route(params[0], self):
+                self._answer(msgid, None, True)
+            else:
+                self._answer(msgid, [ERR_GENERIC, f"route not registered by this client: {params[0]}"], None)
+        elif method == "$/reset":
+            if params:
+                self._answer(msgid, [ERR_INVALID_PARAMS, "invalid params: no params are expected"], None)
+            else:
+                self._context.table.drop_provider(self)
+                self._answer(msgid, None, True)
+        elif method == "$/version":
+            self._answer(msgid, None, f"x8manager m4-proxy {__version__}")
+        elif method == "$/cancelRequest":
+            self._cancel(params)
+            self._answer(msgid, None, True)
+        else:
+            return False
+        return True
+
+    def _answer(self, msgid: int | None, error: Any, result: Any) -> None:
+        if msgid is not None:  # router methods may come as notifications: no answer then
+            self._reply(msgid, error, result)
+
+    async def _register(self, name: str, msgid: int | None) -> None:
+        try:
+            await self._context.table.add_route(name, self)
+        except RouteExists as exc:
+            log.warning("router: %s cannot provide '%s': %s holds it", self.label, name, exc.holder)
+            self._answer(msgid, [5, str(exc)], None)
+            return
+        if self not in self._context.connections:  # gone while the table dialled back
+            self._context.table.drop_provider(self)
+            return
+        self._answer(msgid, None, True)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _cancel(self, params: list[Any]) -> None:
+        if len(params) != 1 or not isinstance(params[0], int) or isinstance(params[0], bool):
+            self._context.limited_log.warning(
+                "router-cancel", "router: %s sent an invalid $/cancelRequest %r", self.label, params[:1])
+            return
+        withdraw = self._calls.pop(params[0], None)
+        if withdraw is not None:
+            withdraw()
+
+    # -- notifications and responses from the client -----------------------------------------
+
+    def _on_notification(self, notification: Notification, frame: Frame) -> None:
+        method = notification.method
+        if method.startswith("$/") and self._router_method(method, notification.params, None):
+            return
+        provider = self._context.table.provider_of(method)
+        if provider is not None:
+            provider.notify(frame)
+        else:
+            self._context.m4.notify(frame.raw, f"router: {method!r} from {self.label}")
+
+    def _on_response(self, response: Response, frame: Frame) -> None:
+        forwarded = self._served.pop(response.msgid, None)
+        if forwarded is None:
+            log.info("router: %s answered id %d, which nobody waits for", self.label, response.msgid)
+            return
+        forwarded.timer.cancel()
+        try:
+            restored, _ = replace_msgid(frame.raw, forwarded.caller_msgid)
+        except InvalidMessage:  # pragma: no cover - parse_message passed it
+            return
+        forwarded.done(Frame(response, restored))
+
+    # -- as a provider: requests and notifications for the names it holds ---------------------
+
+    def call(self, frame: Frame, done: ProviderDone, *, wait: float) -> Callable[[], None]:
+        msgid = self._new_id()
+        raw, caller_msgid = replace_msgid(frame.raw, _packb(msgid))
+        loop = asyncio.get_running_loop()
+
+        def timed_out() -> None:
+            if self._served.pop(msgid, None) is not None:
+                self._send(pack_notification("$/cancelRequest", [msgid]))
+                done(ProviderFailed(ERR_GENERIC, f"no reply from {self.label} within {wait:g} s",
+                                    answer_m4=True))
+
+        self._served[msgid] = _Forwarded(caller_msgid, done, loop.call_later(wait, timed_out))
+        self._send(raw)
+
+        def withdraw() -> None:
+            forwarded = self._served.pop(msgid, None)
+            if forwarded is not None:
+                forwarded.timer.cancel()
+                self._send(pack_notification("$/cancelRequest", [msgid]))
+
+        return withdraw
+
+    def notify(self, frame: Frame) -> None:
+        self._send(frame.raw)
+
+    def _new_id(self) -> int:
+        while self._next_id in self._served:
+            self._next_id = (self._next_id + 1) & MAX_MSGID
+        msgid = self._next_id
+        self._next_id = (self._next_id + 1) & MAX_MSGID
+        return msgid
+
+
+def _packb(value: int) -> bytes:
+    packed: bytes = msgpack.packb(value)
+    return packed
+
+
+def _unpack(raw: bytes) -> Any:
+    return msgpack.unpackb(raw, raw=False, strict_map_key=False, unicode_errors="surrogateescape")
+
+
+# --- listening -------------------------------------------------------------------------------
+
+def unix_listener(path: str, *, mode: int, group: str | None) -> socket.socket:
+    """The router socket at *path*: a stale socket there is replaced, anything else is an error."""
+    try:
+        existing = os.lstat(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise StartupError(f"--router-socket {path}: {exc.strerror or exc}") from exc
+    else:
+        if not stat.S_ISSOCK(existing.st_mode):
+            raise StartupError(f"--router-socket {path}: exists and is not a socket")
+        if _someone_listens(path):
+            raise StartupError(f"--router-socket {path}: another router (arduino-router or m4-proxy) "
+                               "is listening there")
+        os.unlink(path)  # left behind by a router that is gone
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        os.chmod(path, mode)
+        if group:
+            _chgrp(path, group)
+        sock.listen(128)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"cannot listen on the router socket {path}: {exc.strerror or exc}") from exc
+    return sock
+
+
+def _someone_listens(path: str) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(path)
+        except OSError:
+            return False
+    return True
+
+
+def _chgrp(path: str, group: str) -> None:
+    try:
+        gid = grp.getgrnam(group).gr_gid
+    except KeyError:
+        log.warning("router socket %s: no group %r on this system; only root can connect", path, group)
+        return
+    os.chown(path, -1, gid)
+
+
+class RouterFront:
+    """The router front's listeners and connections."""
+
+    def __init__(self, table: RoutingTable, m4: M4Port) -> None:
+        self.context = RouterContext(table, m4)
+        self._servers: list[asyncio.Server] = []
+        self.unix_path: str | None = None
+        self.tcp_address: tuple[str, int] | None = None
+
+    async def listen_unix(self, path: str, *, mode: int = 0o660, group: str | None = None) -> None:
+        sock = unix_listener(path, mode=mode, group=group)
+        loop = asyncio.get_running_loop()
+        self._servers.append(await loop.create_unix_server(lambda: RouterConnection(self.context), sock=sock))
+        self.unix_path = path
+
+    async def listen_tcp(self, host: str, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            server = await loop.create_server(lambda: RouterConnection(self.context), host, port)
+        except OSError as exc:
+            raise StartupError(f"cannot listen for the router front on {host}:{port}: "
+                               f"{exc.strerror or exc}") from exc
+        self._servers.append(server)
+        self.tcp_address = server.sockets[0].getsockname()[:2]
+
+    async def close(self) -> None:
+        for server in self._servers:
+            server.close()
+        for connection in list(self.context.connections):
+            connection.close()
+        for server in self._servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 1.0)
+        if self.unix_path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.unix_path)

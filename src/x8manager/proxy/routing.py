@@ -1,0 +1,312 @@
+"""The one routing table: method name → the Linux program that provides it.
+
+A provider is either a legacy service (registered on port 5000 with ``register(port, names)``,
+reached at ``127.0.0.1:port``) or a router-front connection (an ``arduino-router-bridge``
+client that sent ``$/register``). The M4's calls and notifications, and router-front calls,
+go to the provider of their method; a router-front call nobody on Linux provides goes to the
+M4. A name has one provider at a time:
+
+- a legacy name and a router route for the same name conflict: the later one is refused
+  (router error 5) and the attempt logged, unless the holder is a legacy service that no longer
+  answers on its port (dial-back), which then loses the name;
+- a legacy name held by a live service stays with it when another port registers it (logged
+  with both ports); a dead holder's name is taken over;
+- a router route is dropped by ``$/unregister``, ``$/reset`` or its connection ending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Final, Protocol
+
+from x8manager.proxy.services import ServiceCallFailed, ServiceLink
+from x8manager.rpc.framing import Frame, Request
+
+__all__ = [
+    "LegacyService",
+    "Provider",
+    "ProviderDone",
+    "ProviderFailed",
+    "RegistryFile",
+    "RouteExists",
+    "RoutingTable",
+    "is_listening",
+]
+
+log = logging.getLogger("x8manager.proxy.registry")
+
+# A dial-back to decide whether a legacy holder is alive waits this long.
+DIAL_BACK_TIMEOUT: Final = 0.5
+# Registry-file writes are batched: one write at most this long after a change.
+SAVE_DELAY: Final = 0.2
+
+# Router error codes (arduino-router's internal/msgpackrouter/errors.go, Bridge 0.5.1's table).
+ERR_INVALID_PARAMS: Final = 1
+ERR_METHOD_NOT_AVAILABLE: Final = 2
+ERR_FAILED_TO_SEND: Final = 3
+ERR_GENERIC: Final = 4
+ERR_ROUTE_EXISTS: Final = 5
+ERR_OVER_SIZE_LIMIT: Final = 6
+
+
+class ProviderFailed(Exception):
+    """A provider gave no reply: it is gone, unreachable or too slow. ``code`` is the router's."""
+
+    def __init__(self, code: int, text: str, *, answer_m4: bool) -> None:
+        super().__init__(text)
+        self.code = code
+        self.text = text
+        # Router semantics answer every call; the legacy path answers only with --m4-error-replies.
+        self.answer_m4 = answer_m4
+
+
+# Gets the provider's response (its raw bytes carry the caller's msgid) or why there is none.
+ProviderDone = Callable[["Frame | ProviderFailed"], None]
+
+
+class Provider(Protocol):
+    """Something on Linux that answers calls and takes notifications for the names it holds."""
+
+    label: str
+
+    def call(self, frame: Frame, done: ProviderDone, *, wait: float) -> Callable[[], None]:
+        """Deliver the raw request; *done* gets the outcome once. Returns a withdraw function."""
+        ...
+
+    def notify(self, frame: Frame) -> None: ...
+
+
+class RouteExists(Exception):
+    """``$/register`` of a name somebody else holds (router error 5)."""
+
+    def __init__(self, name: str, holder: str) -> None:
+        super().__init__(f"route already exists: {name}")
+        self.name = name
+        self.holder = holder
+
+
+class LegacyService:
+    """A service registered on the register port, reached at ``127.0.0.1:port``."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.label = f"service on port {port}"
+        self.link = ServiceLink(port)
+
+    def call(self, frame: Frame, done: ProviderDone, *, wait: float) -> Callable[[], None]:
+        assert isinstance(frame.message, Request)
+
+        def finished(result: Frame | ServiceCallFailed) -> None:
+            if isinstance(result, ServiceCallFailed):
+                done(ProviderFailed(ERR_FAILED_TO_SEND, str(result), answer_m4=False))
+            else:
+                done(result)
+
+        self.link.start_call(frame, frame.message.msgid, wait=wait, done=finished)
+        return _nothing
+
+    def notify(self, frame: Frame) -> None:
+        self.link.notify(frame.raw)
+
+
+def _nothing() -> None:
+    """Withdrawing a legacy call: the service link's own timeout ends it."""
+
+
+async def is_listening(port: int) -> bool:
+    """Dial back: whether something accepts connections on ``127.0.0.1:port``."""
+    try:
+        async with asyncio.timeout(DIAL_BACK_TIMEOUT):
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    return True
+
+
+class RegistryFile:
+    """The legacy names kept in a JSON file, so a restarted proxy still knows the services.
+
+    The original forgot them, and services that register only at their own start-up then never
+    heard from the M4 again. Writes are batched (many registrations, one write).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._timer: asyncio.TimerHandle | None = None
+        self._snapshot: Callable[[], dict[str, int]] | None = None
+
+    def load(self) -> dict[str, int]:
+        try:
+            saved = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            log.warning("registry file %s unreadable, starting empty: %s", self.path, exc)
+            return {}
+        if not isinstance(saved, dict):
+            log.warning("registry file %s does not hold a name → port map, starting empty", self.path)
+            return {}
+        return {str(name): port for name, port in saved.items()
+                if isinstance(port, int) and not isinstance(port, bool) and 1 <= port <= 65535}
+
+    def save_soon(self, snapshot: Callable[[], dict[str, int]]) -> None:
+        """Write *snapshot()* shortly (at once when no event loop runs)."""
+        self._snapshot = snapshot
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        if self._timer is None:
+            self._timer = loop.call_later(SAVE_DELAY, self.flush)
+
+    def flush(self) -> None:
+        """Write now if a write is due."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        snapshot, self._snapshot = self._snapshot, None
+        if snapshot is None:
+            return
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            temporary.write_text(json.dumps(snapshot()), encoding="utf-8")
+            os.replace(temporary, self.path)
+        except OSError as exc:
+            # Only restarts lose from this; the registration itself stands.
+            log.warning("cannot save the registry to %s: %s", self.path, exc)
+
+
+def go_map(ports: dict[str, int]) -> str:
+    """A name → port map the way the original's ``fmt.Println`` printed it."""
+    return "map[" + " ".join(f"{name}:{port}" for name, port in sorted(ports.items())) + "]"
+
+
+class RoutingTable:
+    """Method name → provider, for every front (see the module docstring)."""
+
+    def __init__(self, registry_file: Path | None = None,
+                 live: Callable[[int], Awaitable[bool]] = is_listening) -> None:
+        self._ports: dict[str, int] = {}  # legacy names
+        self._routes: dict[str, Provider] = {}  # router-front names
+        self._services: dict[int, LegacyService] = {}
+        self._live = live
+        self._file = RegistryFile(registry_file) if registry_file is not None else None
+        if self._file is not None:
+            self._ports = self._file.load()
+            if self._ports:
+                log.info("registry restored from %s: %s", registry_file, go_map(self._ports))
+
+    # -- lookups --------------------------------------------------------------------------
+
+    def provider_of(self, name: str) -> Provider | None:
+        route = self._routes.get(name)
+        if route is not None:
+            return route
+        port = self._ports.get(name)
+        if port is None:
+            return None
+        service = self._services.get(port)
+        if service is None:
+            service = self._services[port] = LegacyService(port)
+        return service
+
+    def port_of(self, name: str) -> int | None:
+        return self._ports.get(name)
+
+    def snapshot(self) -> dict[str, int]:
+        """The legacy names (what the register port's ``list`` returns)."""
+        return dict(sorted(self._ports.items()))
+
+    def routes(self) -> dict[str, str]:
+        """Router-front names and who provides them."""
+        return {name: provider.label for name, provider in sorted(self._routes.items())}
+
+    def __len__(self) -> int:
+        return len(self._ports) + len(self._routes)
+
+    # -- legacy registrations ---------------------------------------------------------------
+
+    async def register_legacy(self, port: int, names: list[str], *, peer: object = None) -> list[str]:
+        """``register(port, names)``; returns why names were refused (empty: all taken)."""
+        accepted: dict[str, int] = {}
+        refused: list[str] = []
+        for name in names:
+            route = self._routes.get(name)
+            if route is not None:
+                log.warning("register port: '%s' for port %d (from %s) refused: %s provides it "
+                            "through the router socket", name, port, peer, route.label)
+                refused.append(f"route already exists: {name}")
+                continue
+            holder = self._ports.get(name)
+            if holder is not None and holder != port:
+                if await self._live(holder):
+                    log.warning("register port: '%s' for port %d (from %s) refused: the service on "
+                                "port %d holds it and is alive", name, port, peer, holder)
+                    refused.append(f"'{name}' is registered by the live service on port {holder}")
+                    continue
+                log.info("register port: '%s' moves from port %d (not answering) to port %d",
+                         name, holder, port)
+            accepted[name] = port
+        if accepted or not names:
+            self._ports.update(accepted)
+            # The original's line, with the names of this registration only (not the table).
+            log.info("Registering service on port  %d  with functions  %s", port, go_map(accepted))
+            self._save()
+        return refused
+
+    def _save(self) -> None:
+        if self._file is not None:
+            self._file.save_soon(self.snapshot)
+
+    # -- router routes ----------------------------------------------------------------------
+
+    async def add_route(self, name: str, provider: Provider) -> None:
+        """``$/register``; raises :class:`RouteExists` if somebody else (or *provider*) holds it."""
+        route = self._routes.get(name)
+        if route is not None:
+            raise RouteExists(name, route.label)
+        holder = self._ports.get(name)
+        if holder is not None:
+            if await self._live(holder):
+                log.warning("router: '%s' for %s refused: the service on port %d registered it "
+                            "on the register port", name, provider.label, holder)
+                raise RouteExists(name, f"service on port {holder}")
+            log.info("router: '%s' moves from port %d (not answering) to %s", name, holder,
+                     provider.label)
+            del self._ports[name]
+            self._save()
+        if name in self._routes:  # taken while we dialled back
+            raise RouteExists(name, self._routes[name].label)
+        self._routes[name] = provider
+        log.info("router: %s provides '%s'", provider.label, name)
+
+    def remove_route(self, name: str, provider: Provider) -> bool:
+        """``$/unregister``; False if *provider* does not hold *name*."""
+        if self._routes.get(name) is not provider:
+            return False
+        del self._routes[name]
+        log.info("router: %s no longer provides '%s'", provider.label, name)
+        return True
+
+    def drop_provider(self, provider: Provider) -> list[str]:
+        """Every route of *provider* (``$/reset``, or its connection ended)."""
+        names = [name for name, route in self._routes.items() if route is provider]
+        for name in names:
+            del self._routes[name]
+        if names:
+            log.info("router: %s no longer provides %s", provider.label, ", ".join(sorted(names)))
+        return names
+
+    async def close(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+        for service in self._services.values():
+            await service.link.close()

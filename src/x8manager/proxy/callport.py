@@ -30,16 +30,13 @@ from x8manager.rpc.framing import (
     raw_error_reply,
 )
 
-__all__ = ["CLIENT_SEND_TIMEOUT", "DRAIN_TIMEOUT", "MAX_CLIENT_MESSAGE", "CallConnection", "CallPort",
-           "CallPortStats"]
+__all__ = ["CLIENT_SEND_TIMEOUT", "MAX_CLIENT_MESSAGE", "CallConnection", "CallPort", "CallPortStats"]
 
 log = logging.getLogger("x8manager.proxy.core")
 limited_log = RateLimitedLog(log)
 
 # A call-port client gets this long to send its one message (the original waits forever).
 CLIENT_SEND_TIMEOUT: Final = 30.0
-# After answering, the proxy half-closes and waits this long for the client to close too.
-DRAIN_TIMEOUT: Final = 1.0
 # The biggest message the call port reads; larger ones cannot reach the M4 in any case.
 MAX_CLIENT_MESSAGE: Final = 64 * 1024
 
@@ -57,7 +54,7 @@ ACCEPT_PAUSE: Final = 0.5
 # Connection states.
 _READING: Final = 0  # waiting for the one message
 _CALLING: Final = 1  # message taken, the answer is not known yet
-_ANSWERED: Final = 2  # answer (or nothing) sent, half-closed, waiting for the client to close
+_ANSWERED: Final = 2  # answer (or nothing) sent: closing
 
 
 @dataclass
@@ -112,21 +109,22 @@ class CallPort:
                                     address, MAX_CONNECTIONS)
                 sock.close()
                 continue
-            try:
-                # No TCP_NODELAY: the proxy writes one reply and then the end of stream, and
-                # neither the first segment on a connection nor a FIN waits for Nagle.
-                sock.setblocking(False)
-                connection = CallConnection(self._context, sock, address, self.connections.discard)
-            except OSError as exc:
-                log.debug("call port: connection from %s lost at once: %s", address, exc)
-                sock.close()
-                continue
+            # No TCP_NODELAY: the proxy writes one reply and then the end of stream, and neither
+            # the first segment on a connection nor a FIN waits for Nagle. The socket stays in
+            # blocking mode: every recv/send passes MSG_DONTWAIT (one syscall less per call).
+            connection = CallConnection(self._context, sock, address, self._closed, self._waiting)
             self.connections.add(connection)
-            if self._sweeper is None:
-                self._sweeper = self._loop.call_later(SWEEP_INTERVAL, self._sweep)
             # The client sends its message right after connecting, so it is usually here
-            # already: taking it now saves a trip through the event loop.
+            # already: taken now, the connection never needs an event-loop watcher.
             connection.readable()
+
+    def _closed(self, connection: CallConnection) -> None:
+        self.connections.discard(connection)
+
+    def _waiting(self) -> None:
+        """A connection waits for the rest of its message: deadlines need checking."""
+        if self._sweeper is None:
+            self._sweeper = self._loop.call_later(SWEEP_INTERVAL, self._sweep)
 
     def _back_off(self, exc: OSError) -> None:
         """Out of descriptors (or memory): stop accepting for a moment instead of spinning,
@@ -168,17 +166,22 @@ class CallPort:
 class CallConnection:
     """One call-port connection: read one message, forward it, answer, close.
 
-    Bytes pipelined behind the message (read with it) are dropped, so they cause no RST. Bytes
-    arriving later are a new call on a finished connection (e.g. msgpack-rpc-python's second
-    call() on the same Client): they are answered with a reset, as the original proxy's close
-    did, so that call fails at once instead of waiting for the client's own timeout. The reply
-    and the end of stream go out in the same step, like the original's write-then-close.
+    The reply and the end of stream go out in the same step, like the original's
+    write-then-close. Bytes pipelined behind the message (read with it) are dropped, so they
+    cause no RST. Bytes arriving later are a new call on a finished connection (e.g.
+    msgpack-rpc-python's second call() on the same Client): found before the close they are
+    answered with a reset (SO_LINGER 0), after it the kernel resets, as with the original's
+    close, so that call fails at once instead of waiting for the client's own timeout.
+
+    A connection whose message came with the accept (the usual case) is never watched by the
+    event loop at all; only one that sends its message slowly gets a reader and a deadline.
     """
 
     def __init__(self, context: CallContext, sock: socket.socket, peer: Any,
-                 on_closed: Callable[[CallConnection], None]) -> None:
+                 on_closed: Callable[[CallConnection], None], on_waiting: Callable[[], None]) -> None:
         self._context = context
         self._on_closed = on_closed
+        self._on_waiting = on_waiting
         self._loop = context.loop
         self._sock: socket.socket | None = sock
         self._fd = sock.fileno()
@@ -186,47 +189,44 @@ class CallConnection:
         self._state = _READING
         self._received = b""
         self._deadline = self._loop.time() + CLIENT_SEND_TIMEOUT
-        self._late_bytes = False  # bytes arrived after the message, before the answer
         self._client_done = False  # the client half-closed
-        self._reading = True
+        self._reading = False  # an event-loop reader is registered
         self._unsent = b""  # the part of the answer the socket did not take at once
         self._withdraw: Callable[[], None] | None = None  # the M4 call in flight
         self._client_msgid = b""
         self._method = ""
-        self._loop.add_reader(self._fd, self.readable)
 
     # -- socket events ----------------------------------------------------------------------
 
     def readable(self) -> None:
+        """Take what the client sent so far (called at accept, then by the reader if needed)."""
         sock = self._sock
         if sock is None:
             return
         try:
-            data = sock.recv(READ_CHUNK)
+            data = sock.recv(READ_CHUNK, socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
+            self._wait_for_more()
             return
         except OSError as exc:
             self._broken(exc)
             return
         if not data:
-            self._eof()
-        elif self._state == _READING:
-            self._take(data)
-        elif self._state == _CALLING:
-            self._late_bytes = True
-        else:
-            self._reset()
-
-    def _eof(self) -> None:
-        self._client_done = True
-        if self._state == _READING:
+            self._client_done = True
             log.debug("call port: %s closed before sending a message", self._peer)
             self._answer(None)
-        elif self._state == _CALLING:
-            # Half-closed after its message: the answer still goes out, then the close.
-            self._stop_reading()
+            return
+        self._take(data)
+        if self._state == _READING:
+            self._wait_for_more()
         else:
-            self.close()
+            self._stop_reading()
+
+    def _wait_for_more(self) -> None:
+        if not self._reading and self._sock is not None:
+            self._reading = True
+            self._loop.add_reader(self._fd, self.readable)
+            self._on_waiting()
 
     def _stop_reading(self) -> None:
         if self._reading:
@@ -234,15 +234,11 @@ class CallConnection:
             self._loop.remove_reader(self._fd)
 
     def check_deadline(self, now: float) -> None:
-        """Called by the sweep: enforce the send deadline and the close wait."""
-        if now < self._deadline:
-            return
-        if self._state == _READING:
-            limited_log.warning("call-slow", "call port: %s sent no complete message within %g s", self._peer,
-                        CLIENT_SEND_TIMEOUT)
+        """Called by the sweep: enforce the send deadline."""
+        if now >= self._deadline and self._state == _READING:
+            limited_log.warning("call-slow", "call port: %s sent no complete message within %g s",
+                                self._peer, CLIENT_SEND_TIMEOUT)
             self._answer(None)
-        elif self._state == _ANSWERED:
-            self.close()
 
     # -- reading the one message ------------------------------------------------------------
 
@@ -320,7 +316,7 @@ class CallConnection:
     # -- answering and closing -------------------------------------------------------------
 
     def _answer(self, reply: bytes | None) -> None:
-        """Send *reply* (if any) and the end of stream together, then wait for the client's close."""
+        """Send *reply* (if any) and the end of stream together."""
         if self._state == _ANSWERED:
             return
         self._state = _ANSWERED
@@ -328,9 +324,10 @@ class CallConnection:
         sock = self._sock
         if sock is None:
             return  # the client went away meanwhile
+        self._stop_reading()
         if reply:
             try:
-                sent = sock.send(reply)
+                sent = sock.send(reply, socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError as exc:
@@ -348,7 +345,7 @@ class CallConnection:
         if sock is None:
             return
         try:
-            sent = sock.send(self._unsent)
+            sent = sock.send(self._unsent, socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
@@ -360,21 +357,20 @@ class CallConnection:
             self._finish()
 
     def _finish(self) -> None:
-        """The answer is out: end of stream, then the client's close (or a reset)."""
+        """The answer is out: close, with a reset if the client sent more after its message."""
         sock = self._sock
         assert sock is not None
-        if self._client_done:
-            self.close()
-            return
-        if self._late_bytes:
-            self._reset()
-            return
-        try:
-            sock.shutdown(socket.SHUT_WR)
-        except OSError as exc:
-            self._broken(exc)
-            return
-        self._deadline = self._loop.time() + DRAIN_TIMEOUT
+        if not self._client_done:
+            try:
+                late = sock.recv(READ_CHUNK, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                late = b""
+            except OSError:
+                late = b""
+            if late:
+                self._reset()
+                return
+        self.close()
 
     def _broken(self, exc: OSError) -> None:
         log.debug("call connection from %s broke: %s", self._peer, exc)
@@ -394,8 +390,8 @@ class CallConnection:
         sock = self._sock
         if sock is None:
             return
-        self._sock = None
         self._stop_reading()
+        self._sock = None
         if self._unsent:
             self._loop.remove_writer(self._fd)
             self._unsent = b""

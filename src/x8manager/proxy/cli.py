@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import logging
 import signal
 import sys
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from x8manager.common.logs import setup_logging
 from x8manager.common.systemd import notify_ready, notify_stopping
@@ -79,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--monitor-listen", default=DEFAULT_MONITOR, metavar="ADDR:PORT",
                         help="the sketch's Serial as a raw TCP stream, both ways (default %(default)s; "
                              "'' turns it off; without a client the output goes to the journal as m4-serial)")
+    parser.add_argument("--event-loop", choices=("auto", "uvloop", "asyncio"), default="auto",
+                        help="uvloop (libuv: about half the CPU per call) or Python's own; auto = uvloop "
+                             "when installed (default %(default)s)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
@@ -103,6 +109,7 @@ async def _run(config: ProxyConfig) -> int:
         log.info("router front: %s", ", ".join(filter(None, where)))
     if proxy.monitor is not None and proxy.monitor.address is not None:
         log.info("monitor port: %s:%d", *proxy.monitor.address)
+    log.debug("event loop: %s", type(asyncio.get_running_loop()).__module__)
     log.info("ready: register port %d, call port %d (register on %s; calls on %s), M4 link %s",
              proxy.register_port, proxy.call_port, listening, calling, proxy.link_description)
     notify_ready(f"M4 link {proxy.link_description}; register port {proxy.register_port}, "
@@ -112,6 +119,21 @@ async def _run(config: ProxyConfig) -> int:
     log.info("stopping")
     await proxy.stop()
     return 0
+
+
+def event_loop_runner(choice: str) -> Callable[[Coroutine[Any, Any, int]], int]:
+    """``asyncio.run`` or uvloop's: the proxy is callbacks on sockets, where libuv's loop costs
+    far less per event than the selector loop; nothing else changes."""
+    if choice != "asyncio":
+        try:
+            uvloop = importlib.import_module("uvloop")
+        except ImportError:
+            if choice == "uvloop":
+                raise
+        else:
+            run: Callable[[Coroutine[Any, Any, int]], int] = uvloop.run
+            return run
+    return asyncio.run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,7 +155,12 @@ def main(argv: list[str] | None = None) -> int:
         monitor_listen=args.monitor_listen or None,
     )
     try:
-        return asyncio.run(_run(config))
+        runner = event_loop_runner(args.event_loop)
+    except ImportError as exc:
+        log.error("m4-proxy cannot start: --event-loop uvloop: %s", exc)
+        return EXIT_STARTUP_FAILED
+    try:
+        return runner(_run(config))
     except KeyboardInterrupt:
         return 0
 

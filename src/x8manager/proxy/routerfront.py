@@ -40,7 +40,7 @@ import stat
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import msgpack
 
@@ -172,22 +172,22 @@ class RouterConnection(asyncio.Protocol):
     # -- connection events --------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        transport.set_write_buffer_limits(high=PAUSE_READING_AT)
-        sock = transport.get_extra_info("socket")
+        # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
+        stream = self._transport = cast(asyncio.Transport, transport)
+        stream.set_write_buffer_limits(high=PAUSE_READING_AT)
+        sock = stream.get_extra_info("socket")
         if sock is not None and sock.family == socket.AF_UNIX:
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, AttributeError, struct.error):
                 pid, uid, _ = struct.unpack("3i", sock.getsockopt(
                     socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
                 self.label += f" (pid {pid}, uid {uid})"
         else:
-            self.label += f" ({transport.get_extra_info('peername')})"
+            self.label += f" ({stream.get_extra_info('peername')})"
         if len(self._context.connections) >= MAX_ROUTER_CONNECTIONS:
             self._context.limited_log.warning(
                 "router-full", "router: %s refused: %d connections already", self.label,
                 MAX_ROUTER_CONNECTIONS)
-            transport.abort()
+            stream.abort()
             return
         self._context.connections.add(self)
         log.debug("router: %s connected", self.label)

@@ -541,6 +541,11 @@ class _Resync:
         self._aside: deque[list[int]] = deque()  # open containers of an earlier attempt
         self._aside_cur = 0
         self._excess = 0  # levels the current attempt nests beyond MAX_NESTING
+        # Upper bounds on how deep the open containers reach, counted from the first of them
+        # (index + height, maximised), so that taking the aside ones up costs O(1) unless the
+        # bound says the limit might be passed.
+        self._reach = MAX_NESTING
+        self._aside_reach = MAX_NESTING
         self._ends: dict[int, tuple[int, int]] = {}  # container offset -> (end, height)
         self._failed: set[int] = set()
         self.dropped = 0
@@ -594,6 +599,7 @@ class _Resync:
         self._excess = 0
         if stack:
             self._aside, self._aside_cur = stack, self._cur
+            self._aside_reach = self._reach - 1  # one level less without the dropped start
             self._stack = deque()
         self._cur = self._head
         aside = self._aside
@@ -617,6 +623,7 @@ class _Resync:
         aside = self._aside
         cur = self._cur
         steps = 0
+        reach = MAX_NESTING  # bound on the open containers' reach when this returns
         try:
             while True:
                 steps += 1
@@ -630,6 +637,7 @@ class _Resync:
                     height = known[1]
                     if len(stack) + height > MAX_NESTING:
                         self._excess = len(stack) + height - MAX_NESTING
+                        reach = MAX_NESTING  # the element not taken does not count
                         return _FAIL
                     cur = known[0]
                 elif cur in failed:
@@ -641,10 +649,11 @@ class _Resync:
                     stack.extend(aside)
                     cur = self._aside_cur
                     aside.clear()
-                    reach = max(base + index + entry[2] for index, entry in enumerate(stack) if index >= base)
-                    if reach > MAX_NESTING:
-                        self._excess = reach - MAX_NESTING
-                        return _FAIL
+                    if base + self._aside_reach > MAX_NESTING:  # maybe too deep: look exactly
+                        reach = max(index + entry[2] for index, entry in enumerate(stack) if index >= base)
+                        if reach > MAX_NESTING:
+                            self._excess = reach - MAX_NESTING
+                            return _FAIL
                     continue
                 else:
                     if cur >= len(buf):
@@ -663,6 +672,7 @@ class _Resync:
                         cur += size
                         if len(stack) > MAX_NESTING:
                             self._excess = 1
+                            reach = len(stack)
                             return _FAIL  # too deep from this start; not for the ones inside
                         continue
                     if cur + size > len(buf):
@@ -685,6 +695,7 @@ class _Resync:
                     return _OK
         finally:
             self._cur = cur
+            self._reach = max(reach, MAX_NESTING)
             self.steps += steps
 
     def _compact(self) -> None:

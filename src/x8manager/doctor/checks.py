@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,7 @@ class Options:
     expect: list[str] = field(default_factory=list)
     compose: list[Path] = field(default_factory=list)
     flasher: Sequence[str] = ("m4-flasher",)
+    router_socket: str | None = None  # the router front's unix socket, when the proxy serves one
 
 
 def _ok(layer: str, check: str, message: str) -> Finding:
@@ -114,16 +116,23 @@ def check_firmware(host: Host, options: Options) -> Finding:
     return _ok("h7", "firmware", f"H7 firmware {running!r}" + ("" if expected else " (no image to compare)"))
 
 
+def _runs(process: Process, script: str, module: str) -> bool:
+    """Whether *process* is the console script *script* or ``python -m module``."""
+    if process.comm == script:
+        return True
+    args = process.cmdline
+    interpreted = len(args) > 1 and os.path.basename(args[0]).startswith("python")
+    return interpreted and (os.path.basename(args[1]) == script or args[1:3] == ("-m", module))
+
+
 def _is_ours(process: Process) -> bool:
-    return process.comm == "m4-proxy" or any("m4-proxy" in part or "x8manager.proxy" in part
-                                             for part in process.cmdline[:3])
+    return _runs(process, "m4-proxy", "x8manager.proxy.cli")
 
 
 def _is_virtual_m4(process: Process) -> bool:
     # m4-sim, the stand-in M4 of tests and the virtual X8, keeps its pty's slave open: it is the
     # device's far end, not a second reader on the Linux side.
-    return process.comm == "m4-sim" or any("m4-sim" in part or "x8manager.m4sim" in part
-                                           for part in process.cmdline[:3])
+    return _runs(process, "m4-sim", "x8manager.m4sim.cli")
 
 
 def _is_arduino_proxy(process: Process) -> bool:
@@ -183,6 +192,21 @@ def check_proxy_ports(host: Host, options: Options) -> Finding:
         return _problem("proxy", "ports", f"nothing listens on port {', '.join(map(str, missing))}",
                         f"journalctl -u {PROXY_UNIT} (a port in use? --bind on an address the board lacks?)")
     return _ok("proxy", "ports", f"listening on {options.register_port} and {options.call_port}")
+
+
+def check_router_socket(host: Host, options: Options) -> Finding:
+    if options.router_socket is None:
+        return Finding("proxy", "router", Status.SKIPPED, "no --router-socket given")
+    path = host.path(options.router_socket)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(options.timeout)
+        try:
+            sock.connect(str(path))
+        except OSError as error:
+            return _problem("proxy", "router", f"the router socket {options.router_socket} does not accept "
+                                               f"connections: {error.strerror or error}",
+                            f"journalctl -u {PROXY_UNIT} (is the router front enabled?)")
+    return _ok("proxy", "router", f"the router socket {options.router_socket} accepts connections")
 
 
 def check_proxy_journal(host: Host, options: Options) -> Finding:
@@ -308,7 +332,8 @@ def check_apps(host: Host, options: Options) -> Finding:
 Check = Callable[[Host, Options], Finding]
 CHECKS: dict[str, tuple[Check, ...]] = {
     "h7": (check_h7_programmer, check_modules, check_firmware, check_device),
-    "proxy": (check_proxy_running, check_proxy_ports, check_proxy_journal, check_registry),
+    "proxy": (check_proxy_running, check_proxy_ports, check_router_socket, check_proxy_journal,
+              check_registry),
     "sketch": (check_last_flash, check_sketch_answers, check_expected_methods),
     "apps": (check_apps,),
 }

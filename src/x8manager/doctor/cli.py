@@ -35,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="a method the sketch must bind (repeatable)")
     parser.add_argument("--compose", action="append", type=Path, default=[], metavar="FILE",
                         help="compose file(s) to check (default: the apps in /var/sota/compose-apps)")
+    parser.add_argument("--router-socket", metavar="PATH",
+                        help="also check the proxy's router front socket (below --root)")
     parser.add_argument("--timeout", type=float, default=3.0, help="seconds per network probe (3)")
     parser.add_argument("--since", default="-10min", help="journal window for recent errors (-10min)")
     return parser
@@ -58,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         flasher = (sys.executable, "-m", "x8manager.flasher.cli")
     options = Options(host=args.host, register_port=args.register_port, call_port=args.call_port,
                       timeout=args.timeout, since=args.since, expect=args.expect, compose=args.compose,
-                      flasher=flasher)
+                      flasher=flasher, router_socket=args.router_socket)
     report = diagnose(Host(args.root), options)
     sys.stdout.write(report.as_json() if args.json else report.as_text())
     return EXIT_OK if report.healthy else EXIT_PROBLEM

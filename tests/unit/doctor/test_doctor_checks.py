@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from x8manager.doctor.checks import (
     check_proxy_journal,
     check_proxy_ports,
     check_proxy_running,
+    check_router_socket,
     diagnose,
 )
 from x8manager.doctor.cli import main
@@ -179,6 +181,14 @@ def test_arduinos_go_proxy_is_told_apart_from_ours(x8: tuple[Host, Commands, Pat
     assert finding.status is Status.PROBLEM and "Arduino's Go m4_proxy" in finding.message
 
 
+def test_a_command_naming_the_proxy_is_not_the_proxy(x8: tuple[Host, Commands, Path]) -> None:
+    host, _, root = x8
+    (root / "proc" / "412" / "comm").write_text("journalctl\n")
+    (root / "proc" / "412" / "cmdline").write_bytes(b"journalctl\0-u\0m4-proxy\0")
+    finding = check_proxy_running(host, Options())
+    assert finding.status is Status.PROBLEM and "no m4-proxy process" in finding.message
+
+
 def test_proxy_unit_stopped(x8: tuple[Host, Commands, Path]) -> None:
     host, commands, _ = x8
     commands.outputs[("systemctl", "m4-proxy.service")] = Command(
@@ -193,6 +203,18 @@ def test_port_not_listening_is_named(x8: tuple[Host, Commands, Path]) -> None:
     (root / "proc" / "net" / "tcp").write_text("\n".join(without_5001))
     finding = check_proxy_ports(host, Options())
     assert finding.status is Status.PROBLEM and "5001" in finding.message
+
+
+def test_router_socket_checked_when_named(x8: tuple[Host, Commands, Path]) -> None:
+    host, _, root = x8
+    (root / "run").mkdir()
+    assert check_router_socket(host, Options()).status is Status.SKIPPED
+    options = Options(router_socket="/run/arduino-router.sock")
+    assert check_router_socket(host, options).status is Status.PROBLEM
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(root / "run" / "arduino-router.sock"))
+        server.listen()
+        assert check_router_socket(host, options).status is Status.OK
 
 
 def test_recent_journal_errors_are_a_warning(x8: tuple[Host, Commands, Path]) -> None:

@@ -28,6 +28,10 @@ PROXY_DEVICE = "/dev/x8h7_ui"
 PROXY_PORTS = (5000, 5001)
 # Our templates tell lint (and the app itself) which port the app registers with the proxy.
 RPC_PORT_VARIABLES = ("RPC_SERVICE_PORT", "RPC_SERVICE_PORTS")
+# Work limits (X8003): port ranges expand to one mapping per port, and every procedure port is
+# looked up among them, so both are counted.
+MAX_PORT_MAPPINGS = 65_536  # per file
+MAX_PROCEDURE_PORTS = 256  # per service
 LEGACY_GATEWAY = "172.17.0.1"
 FACTORY_IMAGE = re.compile(r"^hub\.foundries\.io/\$\{FACTORY\}/(?P<repository>[a-z0-9._-]+)(?::[\w.-]+)?$")
 
@@ -46,6 +50,10 @@ RULES: dict[str, Rule] = {
         Rule("X8000", "yaml-syntax", Severity.ERROR, "the file is not valid YAML"),
         Rule("X8001", "duplicate-key", Severity.ERROR, "a mapping repeats a key (docker compose rejects it)"),
         Rule("X8002", "compose-schema", Severity.ERROR, "the file breaks the Compose specification"),
+        Rule("X8003", "input-limit", Severity.ERROR,
+             "the file is beyond what lint reads (size, nesting, alias expansion, port counts): exit 2"),
+        Rule("X8004", "yaml-tag", Severity.ERROR,
+             "a YAML tag docker compose does not read (e.g. !!python/object)"),
         Rule("X8101", "proxy-wiring-missing", Severity.ERROR,
              "the app uses the m4-proxy hostname but does not map it with extra_hosts"),
         Rule("X8102", "proxy-legacy-ip", Severity.WARNING,
@@ -99,11 +107,22 @@ _HOST_PATHS = {"/": "the whole host file system", "/dev": "every host device",
                "/sys": "the whole of sysfs", "/proc": "the host's /proc"}
 
 
+class _LimitExceeded(Exception):
+    """The file asks for more work than the limits allow; the X8 rules stop there."""
+
+    def __init__(self, where: Path, message: str, service: str) -> None:
+        super().__init__(message)
+        self.where = where
+        self.message = message
+        self.service = service
+
+
 class _Checker:
     def __init__(self, source: ComposeSource, path: str) -> None:
         self.source = source
         self.path = path
         self.findings: list[Finding] = []
+        self.port_mappings = 0
 
     def report(self, rule_id: str, where: Path, message: str, service: str | None, *,
                key: bool = False) -> None:
@@ -249,6 +268,10 @@ def _check_ports(check: _Checker, name: str, service: dict[str, Any], base: Path
         except PortSyntaxError as error:
             check.report("X8002", where, str(error), name)
             continue
+        check.port_mappings += len(parsed)
+        if check.port_mappings > MAX_PORT_MAPPINGS:
+            raise _LimitExceeded(where, f"the ports of this file publish more than {MAX_PORT_MAPPINGS} "
+                                        "port mappings; lint stops checking ports there", name)
         for mapping in parsed:
             mappings.append((mapping, where))
         taken = sorted({m.host_port for m in parsed if m.host_port in PROXY_PORTS and m.protocol == "tcp"})
@@ -261,15 +284,20 @@ def _check_ports(check: _Checker, name: str, service: dict[str, Any], base: Path
     return mappings
 
 
-def _procedure_ports(service: dict[str, Any], base: Path, env: dict[str, tuple[str | None, int | str]]
-                     ) -> list[tuple[int, Path]]:
+def _procedure_ports(service: dict[str, Any], base: Path, env: dict[str, tuple[str | None, int | str]],
+                     name: str) -> list[tuple[int, Path]]:
     ports: list[tuple[int, Path]] = []
     for variable in RPC_PORT_VARIABLES:
         if variable in env:
             value, key = env[variable]
             if value is None or is_interpolated(value):
                 continue
-            for part in value.split(","):
+            parts = value.split(",", MAX_PROCEDURE_PORTS)
+            if len(parts) > MAX_PROCEDURE_PORTS:
+                raise _LimitExceeded((*base, "environment", key),
+                                     f"{variable} lists more than {MAX_PROCEDURE_PORTS} ports; lint checks "
+                                     "up to that many", name)
+            for part in parts:
                 number = _port_number(part.strip())
                 if number is not None:
                     ports.append((number, (*base, "environment", key)))
@@ -277,6 +305,9 @@ def _procedure_ports(service: dict[str, Any], base: Path, env: dict[str, tuple[s
         text = str(entry).split("/")[0]
         if "-" not in text and (number := _port_number(text)) is not None:
             ports.append((number, (*base, "expose", index)))
+    if len(ports) > MAX_PROCEDURE_PORTS:
+        raise _LimitExceeded((*base, "expose"), f"more than {MAX_PROCEDURE_PORTS} procedure ports; lint "
+                                                "checks up to that many", name)
     return ports
 
 
@@ -284,13 +315,16 @@ def _check_procedure_ports(check: _Checker, name: str, service: dict[str, Any], 
                            env: dict[str, tuple[str | None, int | str]],
                            mappings: list[tuple[PortMapping, Path]], network_host: bool) -> None:
     wired = PROXY_HOSTNAME in _extra_hosts(service) or any(v in env for v in RPC_PORT_VARIABLES)
-    for port, where in _procedure_ports(service, base, env) if wired else []:
+    by_container_port: dict[int, list[tuple[PortMapping, Path]]] = {}
+    for mapping, mapping_where in mappings:
+        by_container_port.setdefault(mapping.container_port, []).append((mapping, mapping_where))
+    for port, where in _procedure_ports(service, base, env, name) if wired else []:
         if port in PROXY_PORTS:
             check.report("X8106", where, f"the app registers port {port}, which is m4-proxy's own", name)
             continue
         if network_host:
             continue
-        published = [(m, w) for m, w in mappings if m.container_port == port]
+        published = by_container_port.get(port, [])
         if not published:
             check.report("X8103", where,
                          f"the app serves procedures on port {port} but does not publish it; the proxy "
@@ -404,9 +438,12 @@ def check_x8_rules(source: ComposeSource, path: str) -> list[Finding]:
     app_folder = FilePath(path).parent
     in_containers_git = (app_folder / "Dockerfile").is_file()
     if isinstance(services, dict):
-        for name, service in services.items():
-            if isinstance(service, dict):
-                _service_checks(check, str(name), service)
-                if in_containers_git:
-                    _check_factory_image(check, str(name), service, ("services", str(name)), app_folder)
+        try:
+            for name, service in services.items():
+                if isinstance(service, dict):
+                    _service_checks(check, str(name), service)
+                    if in_containers_git:
+                        _check_factory_image(check, str(name), service, ("services", str(name)), app_folder)
+        except _LimitExceeded as limit:
+            check.report("X8003", limit.where, limit.message, limit.service)
     return check.findings

@@ -10,9 +10,11 @@ SECTION = "devel/python"
 LICENSE = "MIT"
 LIC_FILES_CHKSUM = "file://LICENSE;md5=ec647bce7b51f91a5b9105b8b98a096d"
 
-# The Python project lives at the top of this layer (pyproject.toml + src/). Local file:// entries
-# make the fetcher checksum every file under src/, so an edit there changes do_fetch's signature
-# and rebuilds the recipe: no network fetch of our own code and no AUTOREV.
+# The Python project lives at the top of this layer (pyproject.toml + src/): no network fetch of our
+# own code and no AUTOREV. SRC_URI names each source file under src/ (x8_manager_sources below), so
+# the fetcher checksums exactly the package's sources: an edit there changes do_fetch's signature
+# and rebuilds the recipe, while what a developer's host leaves beside them (the editable install's
+# src/*.egg-info, __pycache__, editor files) changes nothing.
 # nooelint: oelint.vars.outofcontext, oelint.vars.fileextrapaths - the source is this layer's own checkout, two levels up
 FILESEXTRAPATHS:prepend := "${THISDIR}/../..:"
 
@@ -21,20 +23,49 @@ FILESEXTRAPATHS:prepend := "${THISDIR}/../..:"
 SRC_URI = "file://pyproject.toml;subdir=${BP} \
            file://README.md;subdir=${BP} \
            file://LICENSE;subdir=${BP} \
-           file://src;subdir=${BP} \
+           ${@x8_manager_sources(d)} \
            file://m4-proxy.service;subdir=${BP}/units \
            file://m4-flasher.service;subdir=${BP}/units \
            file://m4-proxy.default;subdir=${BP}/units \
            file://m4-flasher.default;subdir=${BP}/units \
            file://stm32h7-program-swd-lock.conf;subdir=${BP}/units"
 
+# Host leftovers beside the sources: skipped by name, never fetched.
+X8_MANAGER_SOURCES_SKIP_DIRS = "__pycache__ *.egg-info .*"
+X8_MANAGER_SOURCES_SKIP_FILES = "*.pyc *.pyo .* *~"
+X8_MANAGER_SOURCES_SKIP_DIRS[doc] = "Directory names (globs) under src/ that are not package sources."
+X8_MANAGER_SOURCES_SKIP_FILES[doc] = "File names (globs) under src/ that are not package sources."
+
+# One file:// entry per source file under the layer's src/, sorted, relative to the layer top (the
+# fetcher recreates the path under subdir). Every directory walked is a parse dependency: a file
+# added or removed there changes the directory's mtime, so BitBake re-parses and the list follows.
+def x8_manager_sources(d):
+    import fnmatch
+    import os
+    top = os.path.normpath(os.path.join(os.path.dirname(d.getVar("FILE")), "..", ".."))
+    skip_dirs = (d.getVar("X8_MANAGER_SOURCES_SKIP_DIRS") or "").split()
+    skip_files = (d.getVar("X8_MANAGER_SOURCES_SKIP_FILES") or "").split()
+    def skipped(name, patterns):
+        return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+    entries = []
+    for root, dirs, files in os.walk(os.path.join(top, "src")):
+        dirs[:] = sorted(name for name in dirs if not skipped(name, skip_dirs))
+        bb.parse.mark_dependency(d, root)
+        for name in sorted(files):
+            if not skipped(name, skip_files):
+                relative = os.path.relpath(os.path.join(root, name), top)
+                entries.append("file://%s;subdir=${BP}" % relative)
+    if not entries:
+        bb.fatal("x8-manager: no Python sources under %s/src" % top)
+    return " ".join(entries)
+
 inherit python_setuptools_build_meta systemd
 
 # cve-check: match CVEs filed against this project only, not a like-named CPE.
 CVE_PRODUCT = "x8-manager"
 
-# An editable install on the developer's host leaves egg-info and bytecode in src/; they must not
-# leak into the wheel's metadata.
+# The fetch brings only sources; a previous do_compile in the same ${S} may have left setuptools'
+# build/ and egg-info, which must not leak into the next wheel's metadata.
 do_configure:prepend() {
     rm -rf ${S}/src/*.egg-info ${S}/build
     find ${S}/src -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -43,14 +43,15 @@ Installed = tuple[bb.data_smart.DataSmart, Path, dict[str, set[str]]]
 
 
 def unpack(d: bb.data_smart.DataSmart, workdir: Path) -> None:
-    """file:// entries of SRC_URI copied to WORKDIR/<subdir>, searched like FILESPATH does."""
+    """file:// entries of SRC_URI copied to WORKDIR/<subdir>/<path as written>, searched like
+    FILESPATH does (BitBake's unpack recreates an entry's intermediate directories)."""
     search = [Path(p) for p in d.getVar("FILESEXTRAPATHS").split(":") if p and p != "__default"]
     search.append(RECIPE.parent / "files")
     for entry in d.getVar("SRC_URI").split():
         name, *params = entry.removeprefix("file://").split(";")
         subdir = dict(param.split("=", 1) for param in params).get("subdir", "")
         source = next(base / name for base in search if (base / name).exists())
-        target = workdir / subdir / Path(name).name
+        target = workdir / subdir / name
         target.parent.mkdir(parents=True, exist_ok=True)
         if source.is_dir():
             shutil.copytree(source, target, symlinks=True)

@@ -15,7 +15,7 @@ LIC_FILES_CHKSUM = "file://LICENSE;md5=ec647bce7b51f91a5b9105b8b98a096d"
 # the fetcher checksums exactly the package's sources: an edit there changes do_fetch's signature
 # and rebuilds the recipe, while what a developer's host leaves beside them (the editable install's
 # src/*.egg-info, __pycache__, editor files) changes nothing.
-# nooelint: oelint.vars.outofcontext, oelint.vars.fileextrapaths - the source is this layer's own checkout, two levels up
+# nooelint: oelint.vars.fileextrapaths - the source is this layer's own checkout, two levels up
 FILESEXTRAPATHS:prepend := "${THISDIR}/../..:"
 
 # subdir=${BP} puts the tree in the default S on every release (${WORKDIR}/${BP} up to scarthgap,
@@ -27,8 +27,7 @@ SRC_URI = "file://pyproject.toml;subdir=${BP} \
            file://m4-proxy.service;subdir=${BP}/units \
            file://m4-flasher.service;subdir=${BP}/units \
            file://m4-proxy.default;subdir=${BP}/units \
-           file://m4-flasher.default;subdir=${BP}/units \
-           file://stm32h7-program-swd-lock.conf;subdir=${BP}/units"
+           file://m4-flasher.default;subdir=${BP}/units"
 
 # Host leftovers beside the sources: skipped by name, never fetched.
 X8_MANAGER_SOURCES_SKIP_DIRS = "__pycache__ *.egg-info .*"
@@ -79,15 +78,14 @@ do_install:append() {
     done
     install -D -m 0644 ${S}/units/m4-proxy.default ${D}${sysconfdir}/default/m4-proxy
     install -D -m 0644 ${S}/units/m4-flasher.default ${D}${sysconfdir}/default/m4-flasher
-    # A drop-in for Arduino's unit (inert where that unit is absent): see the file.
-    install -D -m 0644 ${S}/units/stm32h7-program-swd-lock.conf \
-        ${D}${systemd_system_unitdir}/stm32h7-program.service.d/x8-manager-swd-lock.conf
+    # x8manager.qemu drives a virtual X8 from a host (pip extra "qemu"): no device payload.
+    rm -rf ${D}${X8_SITE}/qemu
 }
 
 # One package per service; ${PN} itself is the shared library (x8manager.rpc, x8manager.common)
-# that apps and containers import. -sim (the virtual M4) and -qemu (the harness that drives a
-# virtual X8 from a host) are development tools: packaged, but in no packagegroup.
-PACKAGES =+ "${PN}-proxy ${PN}-flasher ${PN}-apps ${PN}-sim ${PN}-qemu"
+# that apps and containers import. -sim (the virtual M4) is a development tool: packaged, but in
+# no packagegroup. With meta-arduino-nxp, dynamic-layers/ adds the H7-lock drop-in to -flasher.
+PACKAGES =+ "${PN}-proxy ${PN}-flasher ${PN}-apps ${PN}-sim"
 
 X8_SITE = "${PYTHON_SITEPACKAGES_DIR}/x8manager"
 
@@ -102,13 +100,11 @@ FILES:${PN}-proxy += "${bindir}/m4-proxy \
 FILES:${PN}-flasher += "${bindir}/m4-flasher \
                         ${X8_SITE}/flasher \
                         ${systemd_system_unitdir}/m4-flasher.service \
-                        ${systemd_system_unitdir}/stm32h7-program.service.d/x8-manager-swd-lock.conf \
                         ${sysconfdir}/default/m4-flasher"
 FILES:${PN}-apps += "${bindir}/x8-apps \
                      ${X8_SITE}/apps"
 FILES:${PN}-sim += "${bindir}/m4-sim \
                     ${X8_SITE}/m4sim"
-FILES:${PN}-qemu += "${X8_SITE}/qemu"
 FILES:${PN} += "${X8_SITE} \
                 ${PYTHON_SITEPACKAGES_DIR}/x8manager-${PV}.dist-info"
 
@@ -125,12 +121,10 @@ RDEPENDS:${PN} = "python3-asyncio \
                   python3-msgpack"
 RDEPENDS:${PN}-proxy = "${PN} python3-fcntl python3-terminal"
 # openocd comes from meta-oe; on the X8 meta-arduino's openocd bbappend enables the imx_gpio driver.
-# util-linux-flock: the drop-in that makes Arduino's stm32h7-program.service take the H7 lock.
 RDEPENDS:${PN}-flasher = "${PN} openocd python3-crypt python3-ctypes python3-datetime python3-fcntl \
-                          python3-pyelftools util-linux-flock"
+                          python3-pyelftools"
 RDEPENDS:${PN}-apps = "${PN} python3-jsonschema python3-pyyaml python3-tomllib"
 RDEPENDS:${PN}-sim = "${PN} python3-fcntl python3-terminal"
-RDEPENDS:${PN}-qemu = "${PN} python3-netclient python3-pexpect python3-pytest python3-shell"
 # x8-apps lint needs the Compose specification's schema (on a host it comes with PyPI's
 # check-jsonschema); every other x8-apps command works without it.
 RRECOMMENDS:${PN}-apps = "compose-spec-schema"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 import types
 from collections.abc import Iterator
@@ -69,6 +70,16 @@ SCARTHGAP_BASE = {
     "FILES:${PN}": "${bindir}/* ${sysconfdir} ${PYTHON_SITEPACKAGES_DIR}",
     "FILESEXTRAPATHS": "__default:",
 }
+
+
+def copy_python_project(target: Path) -> Path:
+    """The Python project of this checkout (pyproject.toml, README.md, LICENSE, src/) copied to
+    target as a clean checkout has it: without an editable install's egg-info or bytecode."""
+    leftovers = shutil.ignore_patterns("__pycache__", "*.egg-info", "*.pyc")
+    shutil.copytree(LAYER_ROOT / "src", target / "src", ignore=leftovers)
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy2(LAYER_ROOT / name, target / name)
+    return target
 
 
 def layer_files(*patterns: str) -> list[Path]:

@@ -15,7 +15,7 @@ import bb.fetch2
 import bb.parse
 import pytest
 
-from .conftest import LAYER_ROOT, new_datastore, parse_recipe
+from .conftest import LAYER_ROOT, copy_python_project, new_datastore, parse_recipe
 
 pytestmark = pytest.mark.layer
 
@@ -32,12 +32,8 @@ HOST_LEFTOVERS = {
 
 def copy_layer(target: Path) -> Path:
     """The recipe and the Python project, as a clean checkout has them."""
-    leftovers = shutil.ignore_patterns("__pycache__", "*.egg-info", "*.pyc")
     shutil.copytree(LAYER_ROOT / RECIPE.parent, target / RECIPE.parent)
-    shutil.copytree(LAYER_ROOT / "src", target / "src", ignore=leftovers)
-    for name in ("pyproject.toml", "README.md", "LICENSE"):
-        shutil.copy2(LAYER_ROOT / name, target / name)
-    return target
+    return copy_python_project(target)
 
 
 def fetch_checksums(standin_dir: Path, layer: Path) -> tuple[list[tuple[str, str]], bb.data_smart.DataSmart]:

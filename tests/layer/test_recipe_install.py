@@ -28,14 +28,16 @@ from .conftest import LAYER_ROOT, new_datastore, parse_recipe
 pytestmark = pytest.mark.layer
 
 RECIPE = LAYER_ROOT / "recipes-python" / "x8-manager" / "x8-manager_0.1.0.bb"
+# Applied when meta-arduino-nxp (Arduino's stm32h7-program.service) is in the build.
+ARDUINO_APPEND = (
+    LAYER_ROOT / "dynamic-layers/meta-arduino-nxp/recipes-python/x8-manager" / "x8-manager_%.bbappend"
+)
 # Third-party Python modules -> the scarthgap recipes (oe-core / meta-python) that provide them.
 MODULE_RECIPES = {
     "msgpack": "python3-msgpack",
     "elftools": "python3-pyelftools",
     "yaml": "python3-pyyaml",
     "jsonschema": "python3-jsonschema",
-    "pexpect": "python3-pexpect",
-    "pytest": "python3-pytest",
 }
 HOST_SITE = f"${{libdir}}/python{sys.version_info.major}.{sys.version_info.minor}/site-packages"
 # The parsed recipe, the image directory (${D}) and the files each package gets.
@@ -52,6 +54,7 @@ def unpack(d: bb.data_smart.DataSmart, workdir: Path) -> None:
         subdir = dict(param.split("=", 1) for param in params).get("subdir", "")
         source = next(base / name for base in search if (base / name).exists())
         target = workdir / subdir / name
+        assert not target.exists(), f"{entry}: two SRC_URI entries unpack to {target}"
         target.parent.mkdir(parents=True, exist_ok=True)
         if source.is_dir():
             shutil.copytree(source, target, symlinks=True)
@@ -74,14 +77,12 @@ def claim(files: list[str], patterns: list[str], root: Path) -> set[str]:
     return claimed
 
 
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory, oe_core_standin_dir: Path) -> Installed:
-    tmp = tmp_path_factory.mktemp("recipe-install")
-    d = new_datastore(oe_core_standin_dir)
+def install_recipe(tmp: Path, standin_dir: Path, appends: list[Path]) -> Installed:
+    d = new_datastore(standin_dir)
     d.setVar("PYTHON_SITEPACKAGES_DIR", HOST_SITE)
     d.setVar("WORKDIR", str(tmp / "work"))
     d.setVar("D", str(tmp / "image"))
-    d = parse_recipe(d, RECIPE)
+    d = parse_recipe(d, RECIPE, appends)
 
     unpack(d, Path(d.getVar("WORKDIR")))
     source = Path(d.getVar("S"))
@@ -124,16 +125,37 @@ def installed(tmp_path_factory: pytest.TempPathFactory, oe_core_standin_dir: Pat
     return d, image, packages
 
 
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory, oe_core_standin_dir: Path) -> Installed:
+    """Installed as in a build with meta-arduino-nxp (a superset of one without it)."""
+    return install_recipe(tmp_path_factory.mktemp("recipe-install"), oe_core_standin_dir, [ARDUINO_APPEND])
+
+
+@pytest.fixture(scope="module")
+def installed_without_arduino(
+    tmp_path_factory: pytest.TempPathFactory, oe_core_standin_dir: Path
+) -> Installed:
+    return install_recipe(tmp_path_factory.mktemp("recipe-install-plain"), oe_core_standin_dir, [])
+
+
 def test_the_project_version_is_the_recipe_version(installed: Installed) -> None:
     d, _, _ = installed
     project = tomllib.loads((LAYER_ROOT / "pyproject.toml").read_text())["project"]
     assert d.getVar("PV") == project["version"], "rename the recipe to x8-manager_<pyproject version>.bb"
 
 
-def test_every_installed_file_is_packaged(installed: Installed) -> None:
-    _, _, packages = installed
+@pytest.mark.parametrize("build", ["installed", "installed_without_arduino"])
+def test_every_installed_file_is_packaged(build: str, request: pytest.FixtureRequest) -> None:
+    _, _, packages = request.getfixturevalue(build)
     # bitbake's installed-vs-shipped QA check would fail the build on any of these.
     assert packages["<not packaged>"] == set()
+
+
+def test_the_qemu_harness_is_no_device_payload(installed: Installed) -> None:
+    d, _, packages = installed
+    harness = f"{d.getVar('PYTHON_SITEPACKAGES_DIR')}/x8manager/qemu/"
+    assert not any(path.startswith(harness) for files in packages.values() for path in files)
+    assert (LAYER_ROOT / "src/x8manager/qemu/__init__.py").is_file()  # it stays in the pip package
 
 
 def test_console_scripts_go_to_their_service_package(installed: Installed) -> None:
@@ -181,12 +203,23 @@ def test_flasher_brings_the_h7_lock_drop_in_for_arduinos_programmer(installed: I
     d, image, packages = installed
     drop_in = f"{d.getVar('systemd_system_unitdir')}/stm32h7-program.service.d/x8-manager-swd-lock.conf"
     assert drop_in in packages["x8-manager-flasher"]
+    assert drop_in in d.getVar("FILES:x8-manager-flasher").split()
     text = (image / drop_in.lstrip("/")).read_text()
     lock = "/run/lock/x8-h7-swd.lock"
     assert str(DEFAULT_LOCK_PATH) == lock
     assert "\nExecStart=\n" in text
     assert f"\nExecStart=flock {lock} /bin/sh /usr/arduino/extra/program-h7.sh\n" in text
     assert "util-linux-flock" in d.getVar("RDEPENDS:x8-manager-flasher").split()
+
+
+def test_without_meta_arduino_no_drop_in_for_a_unit_that_is_not_there(
+    installed_without_arduino: Installed,
+) -> None:
+    d, _, packages = installed_without_arduino
+    shipped = {path for files in packages.values() for path in files}
+    assert not any("stm32h7-program" in path for path in shipped)
+    assert "stm32h7-program" not in d.getVar("SRC_URI")
+    assert "util-linux-flock" not in d.getVar("RDEPENDS:x8-manager-flasher").split()
 
 
 def test_package_data_lands_with_its_service(installed: Installed) -> None:
@@ -197,7 +230,6 @@ def test_package_data_lands_with_its_service(installed: Installed) -> None:
         ("x8-manager-flasher", "flasher"),
         ("x8-manager-apps", "apps"),
         ("x8-manager-sim", "m4sim"),
-        ("x8-manager-qemu", "qemu"),
     ):
         prefix = f"{site}/x8manager/{subpackage}/"
         shipped = {path for files in packages.values() for path in files if path.startswith(prefix)}

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import x8manager
 
-__all__ = ["TEMPLATES", "ScaffoldError", "Template", "add_parser", "create_app"]
+__all__ = ["DEFAULT_TEMPLATE", "TEMPLATES", "ScaffoldError", "Template", "add_parser", "create_app"]
 
 DEFAULT_IMAGE_PREFIX = "hub.foundries.io/${FACTORY}"
 # Subpackages of x8manager copied into the app: the client library and what it may import.
@@ -52,6 +52,10 @@ TEMPLATES: dict[str, Template] = {
                  "the M4's Serial (tty) output to the console or a file", 5002, "65534:65534"),
     )
 }
+
+
+# `x8-apps new NAME` without --template: the common case, a service facing the M4.
+DEFAULT_TEMPLATE = "m4-service"
 
 
 def _template_dir(package: str) -> Traversable:
@@ -143,7 +147,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                                  description=f"Create NAME/ with a compose file, Dockerfile and app code. "
                                  f"Templates: {listing}.")
     parser.add_argument("name", metavar="NAME")
-    parser.add_argument("--template", "-t", required=True, choices=sorted(TEMPLATES))
+    parser.add_argument("--template", "-t", default=DEFAULT_TEMPLATE, choices=sorted(TEMPLATES),
+                        help=f"what the app does (default {DEFAULT_TEMPLATE})")
     parser.add_argument("--dir", type=Path, default=Path("."),
                         help="the containers.git checkout to create the app in (default: .)")
     parser.add_argument("--port", type=int, help="the port the app serves its procedures on")

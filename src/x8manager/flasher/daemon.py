@@ -18,6 +18,7 @@ import shutil
 import signal
 from pathlib import Path
 
+from x8manager.common.extras import install_hint
 from x8manager.common.systemd import notify_ready, notify_status, notify_stopping
 from x8manager.flasher.elfcheck import SketchRejected
 from x8manager.flasher.inotify import FileWatcher, InotifyError
@@ -54,7 +55,9 @@ class FlasherDaemon:
             # and the first upload does not pay for the import.
             import elftools.elf.elffile  # noqa: F401, PLC0415
         except ImportError as error:
-            raise StartupError(f"pyelftools is needed to validate sketches: {error}") from error
+            raise StartupError(
+                f"pyelftools is needed to validate sketches ({error}): {install_hint('flasher')}"
+            ) from error
         try:
             self.flasher.state.prepare()
         except OSError as error:

@@ -79,10 +79,20 @@ def test_existing_app_is_never_overwritten(tmp_path: Path, capsys: pytest.Captur
     assert (tmp_path / "mine" / "main.py").read_text() == "precious"
 
 
-def test_template_is_required(tmp_path: Path) -> None:
+def test_without_template_an_m4_facing_service(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["new", "x", "--dir", str(tmp_path)]) == 0
+    assert "from template m4-service" in capsys.readouterr().out
+    service = yaml.safe_load((tmp_path / "x" / "docker-compose.yml").read_text())["services"]["x"]
+    port = TEMPLATES["m4-service"].default_port
+    assert service["ports"] == [f"{port}:{port}"]
+    assert "RpcService" in (tmp_path / "x" / "main.py").read_text()
+
+
+def test_unknown_template_is_a_usage_error(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        main(["new", "x", "--dir", str(tmp_path)])
+        main(["new", "x", "--template", "nope", "--dir", str(tmp_path)])
     assert exit_info.value.code == 2
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_scaffolded_code_passes_the_projects_ruff_and_mypy_strict(tmp_path: Path) -> None:

@@ -27,7 +27,8 @@ SRC_URI = "file://pyproject.toml;subdir=${BP} \
            file://m4-proxy.service;subdir=${BP}/units \
            file://m4-flasher.service;subdir=${BP}/units \
            file://m4-proxy.default;subdir=${BP}/units \
-           file://m4-flasher.default;subdir=${BP}/units"
+           file://m4-flasher.default;subdir=${BP}/units \
+           file://x8-manager-proxy.sysusers.conf;subdir=${BP}/units"
 
 # Host leftovers beside the sources: skipped by name, never fetched.
 X8_MANAGER_SOURCES_SKIP_DIRS = "__pycache__ *.egg-info .*"
@@ -78,6 +79,7 @@ do_install:append() {
     done
     install -D -m 0644 ${S}/units/m4-proxy.default ${D}${sysconfdir}/default/m4-proxy
     install -D -m 0644 ${S}/units/m4-flasher.default ${D}${sysconfdir}/default/m4-flasher
+    install -D -m 0644 ${S}/units/x8-manager-proxy.sysusers.conf ${D}${nonarch_libdir}/sysusers.d/x8-manager-proxy.conf
     # x8manager.qemu drives a virtual X8 from a host (pip extra "qemu"): no device payload.
     rm -rf ${D}${X8_SITE}/qemu
 }
@@ -96,6 +98,7 @@ SYSTEMD_SERVICE:${PN}-flasher = "m4-flasher.service"
 FILES:${PN}-proxy += "${bindir}/m4-proxy \
                       ${X8_SITE}/proxy \
                       ${systemd_system_unitdir}/m4-proxy.service \
+                      ${nonarch_libdir}/sysusers.d/x8-manager-proxy.conf \
                       ${sysconfdir}/default/m4-proxy"
 FILES:${PN}-flasher += "${bindir}/m4-flasher \
                         ${X8_SITE}/flasher \
@@ -125,6 +128,9 @@ RDEPENDS:${PN}-flasher = "${PN} openocd python3-crypt python3-ctypes python3-dat
                           python3-pyelftools"
 RDEPENDS:${PN}-apps = "${PN} python3-jsonschema python3-pyyaml python3-tomllib"
 RDEPENDS:${PN}-sim = "${PN} python3-fcntl python3-terminal"
+# Arduino's client library for the router front (/var/run/arduino-router.sock): apps written for
+# the UNO Q run unchanged on the device; x8manager.rpc stays for legacy port-5000/5001 apps.
+RRECOMMENDS:${PN} = "python3-arduino-router-bridge"
 # x8-apps lint needs the Compose specification's schema (on a host it comes with PyPI's
 # check-jsonschema); every other x8-apps command works without it.
 RRECOMMENDS:${PN}-apps = "compose-spec-schema"

@@ -55,6 +55,7 @@ SCARTHGAP_BASE = {
     "datadir": "${prefix}/share",
     "libdir": "${exec_prefix}/lib",
     "nonarch_base_libdir": "${exec_prefix}/lib",
+    "nonarch_libdir": "${exec_prefix}/lib",
     "systemd_unitdir": "${nonarch_base_libdir}/systemd",
     "systemd_system_unitdir": "${systemd_unitdir}/system",
     "PYTHON_SITEPACKAGES_DIR": "${libdir}/python3.12/site-packages",
@@ -114,6 +115,8 @@ def oe_core_classes_inherited() -> set[str]:
         for line in path.read_text().splitlines():
             if line.startswith("inherit "):
                 names.update(line.split()[1:])
+            elif line.startswith("BBCLASSEXTEND"):
+                names.update(line.partition("=")[2].strip().strip('"').split())
     return names - own
 
 

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.layer
 PROJECT = tomllib.loads((LAYER_ROOT / "pyproject.toml").read_text())["project"]
 # Distributions an extra carries that no console script needs to start (lint finds its schema
 # elsewhere too and says so when none is found).
-OPTIONAL_IN_EXTRA = {"apps": {"check-jsonschema"}}
+OPTIONAL_IN_EXTRA = {"apps": {"check-jsonschema", "arduino-router-bridge"}}
 SKETCH = LAYER_ROOT / "tests" / "fixtures" / "elf" / "sketch-ok-2.elf"
 
 

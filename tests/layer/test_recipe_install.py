@@ -20,6 +20,7 @@ from pathlib import Path
 import bb.data_smart
 import pytest
 
+from x8manager.apps.scaffold import ROUTER_GROUP_GID
 from x8manager.apps.schema import SYSTEM_SCHEMA
 from x8manager.flasher.lock import DEFAULT_LOCK_PATH
 
@@ -297,3 +298,19 @@ def test_compose_spec_schema_lands_where_x8_apps_looks(tmp_path: Path, oe_core_s
 
     x8 = parse_recipe(new_datastore(oe_core_standin_dir), RECIPE)
     assert "compose-spec-schema" in x8.getVar("RRECOMMENDS:x8-manager-apps").split()
+
+
+def test_proxy_brings_the_router_socket_group(installed: Installed) -> None:
+    """m4-proxy's router socket is root:arduino-router 0660; the group comes from sysusers.d at a
+    fixed GID, the one Bridge apps scaffolded by x8-apps join."""
+    _, image, packages = installed
+    sysusers = "/usr/lib/sysusers.d/x8-manager-proxy.conf"
+    assert sysusers in packages["x8-manager-proxy"]
+    lines = [line for line in (image / sysusers.lstrip("/")).read_text().splitlines()
+             if line and not line.startswith("#")]
+    assert lines == [f"g arduino-router {ROUTER_GROUP_GID}"]
+
+
+def test_the_library_recommends_arduinos_bridge(installed: Installed) -> None:
+    d, _, _ = installed
+    assert "python3-arduino-router-bridge" in d.getVar("RRECOMMENDS:x8-manager").split()

@@ -5,12 +5,16 @@ containers reach the host's ``m4-proxy`` as ``m4-proxy`` through ``extra_hosts:
 "m4-proxy:host-gateway"``; the proxy forwards M4 calls to ``127.0.0.1:<registered port>`` on the
 host, so a procedure port must be published there (TCP, same number); the proxy owns
 ``/dev/x8h7_ui`` and ports 5000/5001; FoundriesFactory publishes and aktualizr-lite pulls apps by
-``image:``.
+``image:``; apps that use Arduino's arduino-router-bridge reach m4-proxy's router front through the
+host's socket ``/var/run/arduino-router.sock``, mounted at the same path (the Bridge's default
+address).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import itertools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,7 +25,7 @@ from .findings import Finding, Severity
 from .ports import PortMapping, PortSyntaxError, is_interpolated, parse_port_entry
 from .yamlsource import ComposeSource, Path
 
-__all__ = ["PROXY_HOSTNAME", "RPC_PORT_VARIABLES", "RULES", "Rule", "check_x8_rules"]
+__all__ = ["PROXY_HOSTNAME", "ROUTER_SOCKET", "RPC_PORT_VARIABLES", "RULES", "Rule", "check_x8_rules"]
 
 PROXY_HOSTNAME = "m4-proxy"
 PROXY_DEVICE = "/dev/x8h7_ui"
@@ -33,6 +37,13 @@ RPC_PORT_VARIABLES = ("RPC_SERVICE_PORT", "RPC_SERVICE_PORTS")
 MAX_PORT_MAPPINGS = 65_536  # per file
 MAX_PROCEDURE_PORTS = 256  # per service
 LEGACY_GATEWAY = "172.17.0.1"
+# m4-proxy's router front, where arduino-router-bridge's Bridge() connects by default (/var/run is
+# /run on the host and in usual base images).
+ROUTER_SOCKET = "/var/run/arduino-router.sock"
+_ROUTER_SOCKET_PATHS = (ROUTER_SOCKET, "/run/arduino-router.sock")
+# An app folder's code or build files that name the Bridge (import path or distribution name).
+_BRIDGE_USE = re.compile(r"\barduino\.router_bridge\b|\barduino[-_]router[-_]bridge\b")
+_BRIDGE_SCAN_LIMIT = (200, 1024 * 1024)  # files, bytes per file
 FACTORY_IMAGE = re.compile(r"^hub\.foundries\.io/\$\{FACTORY\}/(?P<repository>[a-z0-9._-]+)(?::[\w.-]+)?$")
 
 
@@ -75,6 +86,10 @@ RULES: dict[str, Rule] = {
         Rule("X8111", "root-writable", Severity.NOTE, "the container's root file system is writable"),
         Rule("X8112", "factory-image-not-built", Severity.WARNING,
              "in containers.git, a Factory image that no app folder builds"),
+        Rule("X8113", "router-socket-missing", Severity.ERROR,
+             "the app's code uses arduino-router-bridge but the service does not mount the router socket"),
+        Rule("X8114", "router-socket-elsewhere", Severity.ERROR,
+             "the router socket is mounted where the Bridge does not look for it, or from another host path"),
     )
 }
 
@@ -386,6 +401,64 @@ def _check_devices(check: _Checker, name: str, service: dict[str, Any], base: Pa
             check.report("X8105", where, f"mounts {PROXY_DEVICE}, which m4-proxy holds on the host", name)
 
 
+def _bind_mounts(service: dict[str, Any], base: Path) -> Iterator[tuple[str, str, Path]]:
+    """(host source, container target, where) of the service's bind mounts with absolute paths."""
+    for index, entry in enumerate(service.get("volumes") or []):
+        if isinstance(entry, dict):
+            if entry.get("type", "bind") != "bind":
+                continue
+            source, target = entry.get("source"), entry.get("target")
+        else:
+            source, _, rest = str(entry).partition(":")
+            target = rest.partition(":")[0]
+        if isinstance(source, str) and isinstance(target, str) and source.startswith("/"):
+            yield source.rstrip("/"), target.rstrip("/"), (*base, "volumes", index)
+
+
+def _check_router_socket(check: _Checker, name: str, service: dict[str, Any], base: Path, *,
+                         uses_bridge: bool) -> None:
+    mounted = False
+    for source, target, where in _bind_mounts(service, base):
+        if source in _ROUTER_SOCKET_PATHS:
+            mounted = True
+            if target not in _ROUTER_SOCKET_PATHS:
+                check.report("X8114", where, f"the router socket is mounted at {target}; the Bridge connects "
+                             f"to unix://{ROUTER_SOCKET} by default: mount it at {ROUTER_SOCKET}", name)
+        elif target in _ROUTER_SOCKET_PATHS:
+            check.report("X8114", where, f"{target} gets {source}; m4-proxy's router socket on the host is "
+                         f"{ROUTER_SOCKET}: mount \"{ROUTER_SOCKET}:{ROUTER_SOCKET}\"", name)
+    if uses_bridge and not mounted:
+        check.report("X8113", base, "the app's code uses arduino-router-bridge; add volumes: "
+                     f"- \"{ROUTER_SOCKET}:{ROUTER_SOCKET}\" (m4-proxy's router front)", name, key=True)
+
+
+def _folder_uses_bridge(app_folder: FilePath) -> bool:
+    """Whether the app folder's own code or build files name arduino-router-bridge (a vendored copy
+    of the library itself under vendor/ does not count)."""
+    max_files, max_bytes = _BRIDGE_SCAN_LIMIT
+    candidates = [app_folder / "Dockerfile", app_folder / "pyproject.toml",
+                  *sorted(app_folder.glob("requirements*.txt"))]
+    with contextlib.suppress(OSError):  # an unreadable subfolder: what was found so far counts
+        own_code = (path for path in app_folder.rglob("*.py")
+                    if "vendor" not in path.relative_to(app_folder).parts[:1])
+        candidates += itertools.islice(own_code, max_files)
+    for path in candidates[:max_files]:
+        try:
+            with path.open("rb") as f:
+                text = f.read(max_bytes).decode("utf-8", errors="replace")
+        except OSError:
+            continue
+        if _BRIDGE_USE.search(text):
+            return True
+    return False
+
+
+def _built_here(service: dict[str, Any], app_folder: FilePath) -> bool:
+    image = service.get("image")
+    match = FACTORY_IMAGE.match(image) if isinstance(image, str) else None
+    return "build" in service or (match is not None and match.group("repository") == app_folder.name)
+
+
 def _check_privileges(check: _Checker, name: str, service: dict[str, Any], base: Path) -> None:
     if service.get("privileged") is True:
         check.report("X8109", (*base, "privileged"),
@@ -439,9 +512,16 @@ def check_x8_rules(source: ComposeSource, path: str) -> list[Finding]:
     in_containers_git = (app_folder / "Dockerfile").is_file()
     if isinstance(services, dict):
         try:
+            uses_bridge = in_containers_git and _folder_uses_bridge(app_folder)
+            built_here = [name for name, service in services.items()
+                          if isinstance(service, dict) and _built_here(service, app_folder)]
+            # The folder's code runs in the services it builds (or in the one service there is).
+            bridge_services = set(built_here or (list(services) if len(services) == 1 else []))
             for name, service in services.items():
                 if isinstance(service, dict):
                     _service_checks(check, str(name), service)
+                    _check_router_socket(check, str(name), service, ("services", str(name)),
+                                         uses_bridge=uses_bridge and name in bridge_services)
                     if in_containers_git:
                         _check_factory_image(check, str(name), service, ("services", str(name)), app_folder)
         except _LimitExceeded as limit:

@@ -177,6 +177,7 @@ class VirtualX8:
                   "print(json.dumps(M4Client().call(sys.argv[1], *json.loads(sys.argv[2]))))")
         command = (f"python3 -c {shlex.quote(script)} {shlex.quote(name)} "
                    f"{shlex.quote(json.dumps(list(args)))}")
-        output = self.machine.require_console().check(command, timeout)
+        # As the login user: on LmP an app or a developer's script calls the M4, not root.
+        output = self.machine.require_console().check(self.as_user(command), timeout)
         return json.loads(output.strip().splitlines()[-1])
 

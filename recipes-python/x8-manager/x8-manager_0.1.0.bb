@@ -51,6 +51,8 @@ do_install:append() {
     # A drop-in for Arduino's unit (inert where that unit is absent): see the file.
     install -D -m 0644 ${S}/units/stm32h7-program-swd-lock.conf \
         ${D}${systemd_system_unitdir}/stm32h7-program.service.d/x8-manager-swd-lock.conf
+    # The laptop's x8 CLI (x8manager.host, pip extra "host") runs on the developer's machine, not here.
+    rm -rf ${D}${PYTHON_SITEPACKAGES_DIR}/x8manager/host ${D}${bindir}/x8 ${D}${bindir}/x8-monitor
 }
 
 # One package per service; ${PN} itself is the shared library (x8manager.rpc, x8manager.common)

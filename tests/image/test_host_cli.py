@@ -151,24 +151,52 @@ def test_monitor_pumps_both_ways_through_the_tunnel(x8: X8, device_echo: int) ->
     assert result.stdout == "typed on the laptop\n"
 
 
-def test_monitor_shows_what_the_m4_prints(x8: X8, guest_ssh: GuestSsh, virtual_x8: VirtualX8) -> None:
+def test_monitor_shows_what_the_m4_prints_and_delivers_typed_input(
+        guest_ssh: GuestSsh, virtual_x8: VirtualX8) -> None:
     if guest_ssh.run(f"ss -ltn | grep -q 127.0.0.1:{MONITOR_PORT}").returncode != 0:
         pytest.skip(f"no monitor port {MONITOR_PORT} on the device (m4-proxy without it)")
     env = {**os.environ, "X8_DEVICE": guest_ssh.device, "X8_SSH_CONFIG": str(guest_ssh.config)}
-    monitor = subprocess.Popen([sys.executable, "-m", "x8manager.host.cli", "monitor"], env=env, text=True,
+    monitor = subprocess.Popen([sys.executable, "-m", "x8manager.host.cli", "monitor"], env=env,
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert monitor.stdin is not None and monitor.stdout is not None
+    output = bytearray()
+    reader = threading.Thread(target=lambda: output.extend(iter(lambda: monitor.stdout.read1(4096), b"")),
+                              daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    m4 = virtual_x8.require_m4()
+
+    def printed() -> bool | None:
+        # Until the tunnel is up the M4's output goes to the journal: print again until it shows.
+        m4.control.request("serial_write", "hello from the M4\n")
+        return True if b"hello from the M4\n" in output else None
+
     try:
-        m4 = virtual_x8.require_m4()
-        assert monitor.stdout is not None
-        lines: list[str] = []
-        reader = threading.Thread(target=lambda: lines.extend(iter(monitor.stdout.readline, "")), daemon=True)
-        reader.start()
-        poll("the M4's line shows in x8 monitor",
-             lambda: (m4.control.request("serial_write", "hello from the M4\n") and False)
-             or ("hello from the M4\n" in "".join(lines)) or None, timeout=120, interval=1)
+        poll("the M4's Serial output shows in x8 monitor", printed, timeout=120, interval=1)
+        monitor.stdin.write(b"typed on the laptop\n")
+        monitor.stdin.flush()
+        received = bytearray()
+
+        def delivered() -> bool | None:
+            chunk = m4.control.request("serial_read")
+            received.extend(chunk.encode() if isinstance(chunk, str) else bytes(chunk))
+            return True if b"typed on the laptop\n" in received else None
+
+        poll("what was typed reaches the M4's Serial", delivered, timeout=60, interval=0.5)
     finally:
         monitor.kill()
         monitor.wait(timeout=10)
+
+
+def test_a_lost_connection_is_an_error_not_a_hang(x8: X8, virtual_x8: VirtualX8) -> None:
+    """The guest stops answering (QMP stop: its CPUs halt, the network does not answer): x8 gives up
+    within its SSH timeouts with ssh's message, exit 1."""
+    virtual_x8.machine.pause()
+    try:
+        result = x8("status", timeout=90)
+    finally:
+        virtual_x8.machine.resume()
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stderr.startswith("x8: ssh://fio@127.0.0.1:") and "Traceback" not in result.stderr
 
 
 def test_pluggable_monitor_bridges_the_ide_socket(guest_ssh: GuestSsh, device_echo: int) -> None:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from x8manager.apps.cli import main
 from tests.support.sketches import SKETCH
+from x8manager.apps.cli import main
 from x8manager.apps.scaffold import (
     BRIDGE_DISTRIBUTION,
     ROUTER_GROUP_GID,

@@ -10,6 +10,7 @@ import yaml
 
 from tests.support.sketches import SKETCH
 from x8manager.apps.cli import main
+from x8manager.apps.device import App, sketch_status_lines
 from x8manager.apps.scaffold import ScaffoldError, create_app
 
 
@@ -54,7 +55,8 @@ def test_an_unbuilt_sketch_is_a_finding(tmp_path: Path, capsys: pytest.CaptureFi
 def test_a_sketch_the_dockerfile_does_not_copy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     app = sketch_app(tmp_path)
     dockerfile = app / "Dockerfile"
-    dockerfile.write_text(dockerfile.read_text().replace("COPY sketch/thermo.elf /app/sketch/thermo.elf\n", ""))
+    copy = "COPY sketch/thermo.elf /app/sketch/thermo.elf\n"
+    dockerfile.write_text(dockerfile.read_text().replace(copy, ""))
     assert lint(capsys, app) == (1, [("X8115", "thermo-sketch")])
 
 
@@ -83,3 +85,24 @@ def test_only_the_sketch_template_takes_a_sketch(tmp_path: Path) -> None:
     with pytest.raises(ScaffoldError, match="ships no sketch"):
         create_app("plain", "m4-service", tmp_path, sketch=SKETCH)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_status_shows_the_newest_flash_the_app_asked_for(tmp_path: Path) -> None:
+    app_folder = sketch_app(tmp_path)
+    app = App("thermo", app_folder, app_folder / "docker-compose.yml", in_apps_root=True, managed=True)
+    status = tmp_path / "status.json"
+    (never,) = sketch_status_lines(app, status)
+    assert never == f"   sketch: never flashed by this app (m4-flasher status: {status})"
+    origin = "app thermo: /app/sketch/thermo.elf (request from pid 7 uid 0)"
+    history = [
+        {"result": "upload", "origin": "/tmp/arduino/m4-user-sketch.elf", "reason": "someone else's"},
+        {"result": "unhealthy", "origin": origin, "sketch": {"sha256": "c" * 64}, "finished_at": "T3",
+         "reason": "health() did not answer; the last good sketch is back",
+         "health": {"healthy": False, "reason": "health() did not answer within 10 s"}},
+        {"result": "success", "origin": origin, "sketch": {"sha256": "b" * 64}, "finished_at": "T2"},
+    ]
+    status.write_text(json.dumps({"history": history}))
+    first, second = sketch_status_lines(app, status)
+    assert first == ("   sketch: unhealthy cccccccccccc at T3, "
+                     "health FAILED: health() did not answer within 10 s")
+    assert "last good sketch is back" in second

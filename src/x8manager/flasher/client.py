@@ -14,6 +14,7 @@ it with ``depends_on: {NAME-sketch: {condition: service_completed_successfully}}
   X8_SKETCH_HEALTH_METHOD    after the flash, this method must answer
   X8_SKETCH_HEALTH_BOUND     comma-separated methods the sketch must bind
   X8_SKETCH_HEALTH_TIMEOUT   seconds for the health check (default 10)
+  X8_SKETCH_HEALTH_PROXY     the proxy's call port as the host's flasher reaches it (127.0.0.1:5001)
   X8_SKETCH_IF_CHANGED       1 (default): no chip write when the M4 already runs this sketch
   X8_FLASHER_SOCKET          the daemon's socket (default /run/m4-flasher/request.sock)
 """
@@ -123,7 +124,11 @@ def _health_from(env: Mapping[str, str]) -> dict[str, Any] | None:
     except ValueError:
         raise RequestError(f"X8_SKETCH_HEALTH_TIMEOUT={timeout_text!r} is not a number of seconds") from None
     # The daemon runs the check on the host, where the proxy's call port is on loopback.
-    return {"method": method, "bound": bound, "timeout": timeout, "host": "127.0.0.1", "port": 5001}
+    proxy = env.get("X8_SKETCH_HEALTH_PROXY", "").strip() or "127.0.0.1:5001"
+    host, _, port_text = proxy.rpartition(":")
+    if not host or not port_text.isdigit():
+        raise RequestError(f"X8_SKETCH_HEALTH_PROXY={proxy!r}: expected HOST:PORT")
+    return {"method": method, "bound": bound, "timeout": timeout, "host": host, "port": int(port_text)}
 
 
 def _exit_code(result: str) -> int:

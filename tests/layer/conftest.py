@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 import types
 from collections.abc import Iterator
@@ -54,6 +55,7 @@ SCARTHGAP_BASE = {
     "datadir": "${prefix}/share",
     "libdir": "${exec_prefix}/lib",
     "nonarch_base_libdir": "${exec_prefix}/lib",
+    "nonarch_libdir": "${exec_prefix}/lib",
     "systemd_unitdir": "${nonarch_base_libdir}/systemd",
     "systemd_system_unitdir": "${systemd_unitdir}/system",
     "PYTHON_SITEPACKAGES_DIR": "${libdir}/python3.12/site-packages",
@@ -69,6 +71,16 @@ SCARTHGAP_BASE = {
     "FILES:${PN}": "${bindir}/* ${sysconfdir} ${PYTHON_SITEPACKAGES_DIR}",
     "FILESEXTRAPATHS": "__default:",
 }
+
+
+def copy_python_project(target: Path) -> Path:
+    """The Python project of this checkout (pyproject.toml, README.md, LICENSE, src/) copied to
+    target as a clean checkout has it: without an editable install's egg-info or bytecode."""
+    leftovers = shutil.ignore_patterns("__pycache__", "*.egg-info", "*.pyc")
+    shutil.copytree(LAYER_ROOT / "src", target / "src", ignore=leftovers)
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy2(LAYER_ROOT / name, target / name)
+    return target
 
 
 def layer_files(*patterns: str) -> list[Path]:
@@ -103,6 +115,8 @@ def oe_core_classes_inherited() -> set[str]:
         for line in path.read_text().splitlines():
             if line.startswith("inherit "):
                 names.update(line.split()[1:])
+            elif line.startswith("BBCLASSEXTEND"):
+                names.update(line.partition("=")[2].strip().strip('"').split())
     return names - own
 
 

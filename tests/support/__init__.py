@@ -1,1 +1,1 @@
-"""Test helpers shared by several test directories (imported as ``from tests.support... import``)."""
+"""Test helpers shared across test directories (imported as ``from tests.support... import``)."""

@@ -62,7 +62,7 @@ def _run_lint(args: argparse.Namespace) -> int:
         sys.stdout.write(format_json(report.findings, report.files))
     else:
         sys.stdout.write(format_human(report.findings, len(report.files)))
-    if report.unreadable:
+    if report.unreadable or report.refused:
         return EXIT_USAGE
     return EXIT_FAILED if report.has_problems else EXIT_OK
 

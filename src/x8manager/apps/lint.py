@@ -2,6 +2,10 @@
 
 The order of checks: YAML (with lines) -> duplicate keys -> Compose specification -> X8 rules.
 The X8 rules only run on a file that passed the schema, so they can trust its shape.
+
+Input beyond the limits (:data:`MAX_FILE_BYTES`, and those of :mod:`.yamlsource` and
+:mod:`.rules`) is one ``X8003 input-limit`` finding and makes ``x8-apps lint`` exit 2, like
+any input it cannot read: the file was not checked.
 """
 
 from __future__ import annotations
@@ -14,13 +18,17 @@ from typing import Any
 from .findings import Finding
 from .rules import RULES, check_x8_rules
 from .schema import schema_problems
-from .yamlsource import YamlLoadError, load_compose_text
+from .yamlsource import YamlLimitError, YamlLoadError, YamlTagError, load_compose_text
 
-__all__ = ["COMPOSE_FILE_NAMES", "LintReport", "UnreadableInput", "find_compose_files", "lint_file",
-           "lint_paths"]
+__all__ = ["COMPOSE_FILE_NAMES", "MAX_FILE_BYTES", "LintReport", "UnreadableInput", "find_compose_files",
+           "lint_file", "lint_paths"]
 
 # docker compose's own search order; FoundriesFactory apps use docker-compose.yml.
 COMPOSE_FILE_NAMES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
+
+# Compose files are a few KiB; past this one is not read at all.
+MAX_FILE_BYTES = 256 * 1024
+LIMIT_RULE = "X8003"
 
 
 class UnreadableInput(Exception):
@@ -36,6 +44,11 @@ class LintReport:
     @property
     def has_problems(self) -> bool:
         return any(finding.severity.is_problem for finding in self.findings)
+
+    @property
+    def refused(self) -> bool:
+        """A file was beyond the input limits, so it was not (fully) checked."""
+        return any(finding.rule == LIMIT_RULE for finding in self.findings)
 
 
 def compose_file_in(folder: Path) -> Path | None:
@@ -78,6 +91,10 @@ def lint_text(text: str, path: str, schema: dict[str, Any]) -> list[Finding]:
     """Every finding for one compose file's text; *path* is only used to label them."""
     try:
         source = load_compose_text(text)
+    except YamlLimitError as error:
+        return [_finding(path, LIMIT_RULE, error.line, error.message)]
+    except YamlTagError as error:
+        return [_finding(path, "X8004", error.line, error.message)]
     except YamlLoadError as error:
         return [_finding(path, "X8000", error.line, error.message)]
     findings = [
@@ -96,9 +113,14 @@ def lint_text(text: str, path: str, schema: dict[str, Any]) -> list[Finding]:
 
 def lint_file(path: Path, schema: dict[str, Any]) -> list[Finding]:
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as file:
+            raw = file.read(MAX_FILE_BYTES + 1)
     except OSError as error:
         raise UnreadableInput(f"{path}: cannot read: {error.strerror}") from error
+    if len(raw) > MAX_FILE_BYTES:
+        return [_finding(str(path), LIMIT_RULE, 0,
+                         f"larger than {MAX_FILE_BYTES // 1024} KiB; lint reads compose files up to that "
+                         "size and did not check this one")]
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:

@@ -5,12 +5,16 @@ containers reach the host's ``m4-proxy`` as ``m4-proxy`` through ``extra_hosts:
 "m4-proxy:host-gateway"``; the proxy forwards M4 calls to ``127.0.0.1:<registered port>`` on the
 host, so a procedure port must be published there (TCP, same number); the proxy owns
 ``/dev/x8h7_ui`` and ports 5000/5001; FoundriesFactory publishes and aktualizr-lite pulls apps by
-``image:``.
+``image:``; apps that use Arduino's arduino-router-bridge reach m4-proxy's router front through the
+host's socket ``/var/run/arduino-router.sock``, mounted at the same path (the Bridge's default
+address).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import itertools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,14 +25,25 @@ from .findings import Finding, Severity
 from .ports import PortMapping, PortSyntaxError, is_interpolated, parse_port_entry
 from .yamlsource import ComposeSource, Path
 
-__all__ = ["PROXY_HOSTNAME", "RPC_PORT_VARIABLES", "RULES", "Rule", "check_x8_rules"]
+__all__ = ["PROXY_HOSTNAME", "ROUTER_SOCKET", "RPC_PORT_VARIABLES", "RULES", "Rule", "check_x8_rules"]
 
 PROXY_HOSTNAME = "m4-proxy"
 PROXY_DEVICE = "/dev/x8h7_ui"
 PROXY_PORTS = (5000, 5001)
 # Our templates tell lint (and the app itself) which port the app registers with the proxy.
 RPC_PORT_VARIABLES = ("RPC_SERVICE_PORT", "RPC_SERVICE_PORTS")
+# Work limits (X8003): port ranges expand to one mapping per port, and every procedure port is
+# looked up among them, so both are counted.
+MAX_PORT_MAPPINGS = 65_536  # per file
+MAX_PROCEDURE_PORTS = 256  # per service
 LEGACY_GATEWAY = "172.17.0.1"
+# m4-proxy's router front, where arduino-router-bridge's Bridge() connects by default (/var/run is
+# /run on the host and in usual base images).
+ROUTER_SOCKET = "/var/run/arduino-router.sock"
+_ROUTER_SOCKET_PATHS = (ROUTER_SOCKET, "/run/arduino-router.sock")
+# An app folder's code or build files that name the Bridge (import path or distribution name).
+_BRIDGE_USE = re.compile(r"\barduino\.router_bridge\b|\barduino[-_]router[-_]bridge\b")
+_BRIDGE_SCAN_LIMIT = (200, 1024 * 1024)  # files, bytes per file
 FACTORY_IMAGE = re.compile(r"^hub\.foundries\.io/\$\{FACTORY\}/(?P<repository>[a-z0-9._-]+)(?::[\w.-]+)?$")
 
 
@@ -46,6 +61,10 @@ RULES: dict[str, Rule] = {
         Rule("X8000", "yaml-syntax", Severity.ERROR, "the file is not valid YAML"),
         Rule("X8001", "duplicate-key", Severity.ERROR, "a mapping repeats a key (docker compose rejects it)"),
         Rule("X8002", "compose-schema", Severity.ERROR, "the file breaks the Compose specification"),
+        Rule("X8003", "input-limit", Severity.ERROR,
+             "the file is beyond what lint reads (size, nesting, alias expansion, port counts): exit 2"),
+        Rule("X8004", "yaml-tag", Severity.ERROR,
+             "a YAML tag docker compose does not read (e.g. !!python/object)"),
         Rule("X8101", "proxy-wiring-missing", Severity.ERROR,
              "the app uses the m4-proxy hostname but does not map it with extra_hosts"),
         Rule("X8102", "proxy-legacy-ip", Severity.WARNING,
@@ -67,6 +86,10 @@ RULES: dict[str, Rule] = {
         Rule("X8111", "root-writable", Severity.NOTE, "the container's root file system is writable"),
         Rule("X8112", "factory-image-not-built", Severity.WARNING,
              "in containers.git, a Factory image that no app folder builds"),
+        Rule("X8113", "router-socket-missing", Severity.ERROR,
+             "the app's code uses arduino-router-bridge but the service does not mount the router socket"),
+        Rule("X8114", "router-socket-elsewhere", Severity.ERROR,
+             "the router socket is mounted where the Bridge does not look for it, or from another host path"),
     )
 }
 
@@ -99,11 +122,22 @@ _HOST_PATHS = {"/": "the whole host file system", "/dev": "every host device",
                "/sys": "the whole of sysfs", "/proc": "the host's /proc"}
 
 
+class _LimitExceeded(Exception):
+    """The file asks for more work than the limits allow; the X8 rules stop there."""
+
+    def __init__(self, where: Path, message: str, service: str) -> None:
+        super().__init__(message)
+        self.where = where
+        self.message = message
+        self.service = service
+
+
 class _Checker:
     def __init__(self, source: ComposeSource, path: str) -> None:
         self.source = source
         self.path = path
         self.findings: list[Finding] = []
+        self.port_mappings = 0
 
     def report(self, rule_id: str, where: Path, message: str, service: str | None, *,
                key: bool = False) -> None:
@@ -249,6 +283,10 @@ def _check_ports(check: _Checker, name: str, service: dict[str, Any], base: Path
         except PortSyntaxError as error:
             check.report("X8002", where, str(error), name)
             continue
+        check.port_mappings += len(parsed)
+        if check.port_mappings > MAX_PORT_MAPPINGS:
+            raise _LimitExceeded(where, f"the ports of this file publish more than {MAX_PORT_MAPPINGS} "
+                                        "port mappings; lint stops checking ports there", name)
         for mapping in parsed:
             mappings.append((mapping, where))
         taken = sorted({m.host_port for m in parsed if m.host_port in PROXY_PORTS and m.protocol == "tcp"})
@@ -261,15 +299,20 @@ def _check_ports(check: _Checker, name: str, service: dict[str, Any], base: Path
     return mappings
 
 
-def _procedure_ports(service: dict[str, Any], base: Path, env: dict[str, tuple[str | None, int | str]]
-                     ) -> list[tuple[int, Path]]:
+def _procedure_ports(service: dict[str, Any], base: Path, env: dict[str, tuple[str | None, int | str]],
+                     name: str) -> list[tuple[int, Path]]:
     ports: list[tuple[int, Path]] = []
     for variable in RPC_PORT_VARIABLES:
         if variable in env:
             value, key = env[variable]
             if value is None or is_interpolated(value):
                 continue
-            for part in value.split(","):
+            parts = value.split(",", MAX_PROCEDURE_PORTS)
+            if len(parts) > MAX_PROCEDURE_PORTS:
+                raise _LimitExceeded((*base, "environment", key),
+                                     f"{variable} lists more than {MAX_PROCEDURE_PORTS} ports; lint checks "
+                                     "up to that many", name)
+            for part in parts:
                 number = _port_number(part.strip())
                 if number is not None:
                     ports.append((number, (*base, "environment", key)))
@@ -277,6 +320,9 @@ def _procedure_ports(service: dict[str, Any], base: Path, env: dict[str, tuple[s
         text = str(entry).split("/")[0]
         if "-" not in text and (number := _port_number(text)) is not None:
             ports.append((number, (*base, "expose", index)))
+    if len(ports) > MAX_PROCEDURE_PORTS:
+        raise _LimitExceeded((*base, "expose"), f"more than {MAX_PROCEDURE_PORTS} procedure ports; lint "
+                                                "checks up to that many", name)
     return ports
 
 
@@ -284,13 +330,16 @@ def _check_procedure_ports(check: _Checker, name: str, service: dict[str, Any], 
                            env: dict[str, tuple[str | None, int | str]],
                            mappings: list[tuple[PortMapping, Path]], network_host: bool) -> None:
     wired = PROXY_HOSTNAME in _extra_hosts(service) or any(v in env for v in RPC_PORT_VARIABLES)
-    for port, where in _procedure_ports(service, base, env) if wired else []:
+    by_container_port: dict[int, list[tuple[PortMapping, Path]]] = {}
+    for mapping, mapping_where in mappings:
+        by_container_port.setdefault(mapping.container_port, []).append((mapping, mapping_where))
+    for port, where in _procedure_ports(service, base, env, name) if wired else []:
         if port in PROXY_PORTS:
             check.report("X8106", where, f"the app registers port {port}, which is m4-proxy's own", name)
             continue
         if network_host:
             continue
-        published = [(m, w) for m, w in mappings if m.container_port == port]
+        published = by_container_port.get(port, [])
         if not published:
             check.report("X8103", where,
                          f"the app serves procedures on port {port} but does not publish it; the proxy "
@@ -352,6 +401,64 @@ def _check_devices(check: _Checker, name: str, service: dict[str, Any], base: Pa
             check.report("X8105", where, f"mounts {PROXY_DEVICE}, which m4-proxy holds on the host", name)
 
 
+def _bind_mounts(service: dict[str, Any], base: Path) -> Iterator[tuple[str, str, Path]]:
+    """(host source, container target, where) of the service's bind mounts with absolute paths."""
+    for index, entry in enumerate(service.get("volumes") or []):
+        if isinstance(entry, dict):
+            if entry.get("type", "bind") != "bind":
+                continue
+            source, target = entry.get("source"), entry.get("target")
+        else:
+            source, _, rest = str(entry).partition(":")
+            target = rest.partition(":")[0]
+        if isinstance(source, str) and isinstance(target, str) and source.startswith("/"):
+            yield source.rstrip("/"), target.rstrip("/"), (*base, "volumes", index)
+
+
+def _check_router_socket(check: _Checker, name: str, service: dict[str, Any], base: Path, *,
+                         uses_bridge: bool) -> None:
+    mounted = False
+    for source, target, where in _bind_mounts(service, base):
+        if source in _ROUTER_SOCKET_PATHS:
+            mounted = True
+            if target not in _ROUTER_SOCKET_PATHS:
+                check.report("X8114", where, f"the router socket is mounted at {target}; the Bridge connects "
+                             f"to unix://{ROUTER_SOCKET} by default: mount it at {ROUTER_SOCKET}", name)
+        elif target in _ROUTER_SOCKET_PATHS:
+            check.report("X8114", where, f"{target} gets {source}; m4-proxy's router socket on the host is "
+                         f"{ROUTER_SOCKET}: mount \"{ROUTER_SOCKET}:{ROUTER_SOCKET}\"", name)
+    if uses_bridge and not mounted:
+        check.report("X8113", base, "the app's code uses arduino-router-bridge; add volumes: "
+                     f"- \"{ROUTER_SOCKET}:{ROUTER_SOCKET}\" (m4-proxy's router front)", name, key=True)
+
+
+def _folder_uses_bridge(app_folder: FilePath) -> bool:
+    """Whether the app folder's own code or build files name arduino-router-bridge (a vendored copy
+    of the library itself under vendor/ does not count)."""
+    max_files, max_bytes = _BRIDGE_SCAN_LIMIT
+    candidates = [app_folder / "Dockerfile", app_folder / "pyproject.toml",
+                  *sorted(app_folder.glob("requirements*.txt"))]
+    with contextlib.suppress(OSError):  # an unreadable subfolder: what was found so far counts
+        own_code = (path for path in app_folder.rglob("*.py")
+                    if "vendor" not in path.relative_to(app_folder).parts[:1])
+        candidates += itertools.islice(own_code, max_files)
+    for path in candidates[:max_files]:
+        try:
+            with path.open("rb") as f:
+                text = f.read(max_bytes).decode("utf-8", errors="replace")
+        except OSError:
+            continue
+        if _BRIDGE_USE.search(text):
+            return True
+    return False
+
+
+def _built_here(service: dict[str, Any], app_folder: FilePath) -> bool:
+    image = service.get("image")
+    match = FACTORY_IMAGE.match(image) if isinstance(image, str) else None
+    return "build" in service or (match is not None and match.group("repository") == app_folder.name)
+
+
 def _check_privileges(check: _Checker, name: str, service: dict[str, Any], base: Path) -> None:
     if service.get("privileged") is True:
         check.report("X8109", (*base, "privileged"),
@@ -404,9 +511,19 @@ def check_x8_rules(source: ComposeSource, path: str) -> list[Finding]:
     app_folder = FilePath(path).parent
     in_containers_git = (app_folder / "Dockerfile").is_file()
     if isinstance(services, dict):
-        for name, service in services.items():
-            if isinstance(service, dict):
-                _service_checks(check, str(name), service)
-                if in_containers_git:
-                    _check_factory_image(check, str(name), service, ("services", str(name)), app_folder)
+        try:
+            uses_bridge = in_containers_git and _folder_uses_bridge(app_folder)
+            built_here = [name for name, service in services.items()
+                          if isinstance(service, dict) and _built_here(service, app_folder)]
+            # The folder's code runs in the services it builds (or in the one service there is).
+            bridge_services = set(built_here or (list(services) if len(services) == 1 else []))
+            for name, service in services.items():
+                if isinstance(service, dict):
+                    _service_checks(check, str(name), service)
+                    _check_router_socket(check, str(name), service, ("services", str(name)),
+                                         uses_bridge=uses_bridge and name in bridge_services)
+                    if in_containers_git:
+                        _check_factory_image(check, str(name), service, ("services", str(name)), app_folder)
+        except _LimitExceeded as limit:
+            check.report("X8003", limit.where, limit.message, limit.service)
     return check.findings

@@ -1,14 +1,17 @@
 """``x8-apps new``: write an app folder in containers.git layout from a packaged template.
 
 The folder holds ``docker-compose.yml``, ``Dockerfile``, ``docker-build.conf``, ``main.py`` and
-``vendor/x8manager/`` - a copy of this project's client library (``x8manager.rpc``, pure Python on
-top of msgpack), so that FoundriesFactory and an offline ``docker build`` need nothing but the
-folder and a base image with python3.
+``vendor/``: a copy of the app's client library - this project's ``x8manager.rpc`` (legacy ports
+5000/5001), or for ``bridge-app`` Arduino's ``arduino-router-bridge`` (``arduino.router_bridge``,
+MPL-2.0, copied with its license from the installed distribution), both pure Python on top of
+msgpack - so that FoundriesFactory and an offline ``docker build`` need nothing but the folder and
+a base image with python3 (and msgpack, else pip installs it).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import re
 import shutil
 import sys
@@ -19,11 +22,25 @@ from pathlib import Path
 
 import x8manager
 
-__all__ = ["TEMPLATES", "ScaffoldError", "Template", "add_parser", "create_app"]
+__all__ = [
+    "BRIDGE_DISTRIBUTION",
+    "DEFAULT_TEMPLATE",
+    "ROUTER_GROUP_GID",
+    "TEMPLATES",
+    "ScaffoldError",
+    "Template",
+    "add_parser",
+    "create_app",
+]
 
 DEFAULT_IMAGE_PREFIX = "hub.foundries.io/${FACTORY}"
 # Subpackages of x8manager copied into the app: the client library and what it may import.
 VENDORED_PACKAGES = ("rpc", "common")
+# Arduino's client library for the router front; its import package is arduino.router_bridge.
+BRIDGE_DISTRIBUTION = "arduino-router-bridge"
+# The group of m4-proxy's router socket (/var/run/arduino-router.sock, mode 0660), created with this
+# GID by the recipe's x8-manager-proxy package (X8_ROUTER_GID); Bridge apps join it (group_add).
+ROUTER_GROUP_GID = 871
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _TOKEN = re.compile(r"@@[A-Z_]+@@")
 
@@ -39,6 +56,8 @@ class Template:
     summary: str
     default_port: int | None
     user: str
+    # The client library copied into vendor/: "x8manager" (x8manager.rpc) or BRIDGE_DISTRIBUTION.
+    library: str = "x8manager"
 
 
 TEMPLATES: dict[str, Template] = {
@@ -50,8 +69,15 @@ TEMPLATES: dict[str, Template] = {
                  "65534:65534"),
         Template("serial-forwarder", "serial_forwarder",
                  "the M4's Serial (tty) output to the console or a file", 5002, "65534:65534"),
+        Template("bridge-app", "bridge_app",
+                 "calls the M4 and answers it with Arduino's arduino-router-bridge (same code as on an "
+                 "UNO Q)", None, "65534:65534", library=BRIDGE_DISTRIBUTION),
     )
 }
+
+
+# `x8-apps new NAME` without --template: the common case, a service facing the M4.
+DEFAULT_TEMPLATE = "m4-service"
 
 
 def _template_dir(package: str) -> Traversable:
@@ -78,6 +104,33 @@ def _vendor_library(target: Path) -> None:
         if source.is_dir():
             shutil.copytree(source, destination / name,
                             ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.tmpl"))
+
+
+def _vendor_bridge(target: Path) -> None:
+    """Copy the installed arduino-router-bridge (package arduino.router_bridge and its license)
+    into *target*: the app then builds offline from any base with python3 and msgpack."""
+    try:
+        dist = importlib.metadata.distribution(BRIDGE_DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError as error:
+        raise ScaffoldError(
+            f"template bridge-app copies Arduino's {BRIDGE_DISTRIBUTION} into the app, and it is not "
+            "installed: pip install 'x8manager[apps]' (on a Yocto image: python3-arduino-router-bridge)"
+        ) from error
+    copied = 0
+    for file in dist.files or []:
+        parts = Path(str(file)).parts
+        source = Path(str(dist.locate_file(file)))
+        if parts[:2] == ("arduino", "router_bridge") and "__pycache__" not in parts:
+            destination = target.joinpath(*parts)
+            copied += 1
+        elif parts[0].endswith(".dist-info") and "LICENSE" in parts[-1].upper():
+            destination = target / f"LICENSE-{BRIDGE_DISTRIBUTION}-{dist.version}.txt"
+        else:
+            continue
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, destination)
+    if not copied:
+        raise ScaffoldError(f"the installed {BRIDGE_DISTRIBUTION} {dist.version} lacks arduino/router_bridge")
 
 
 def _validate(name: str, template: Template, port: int | None) -> int | None:
@@ -113,6 +166,7 @@ def create_app(name: str, template_name: str, root: Path, *, port: int | None = 
         "IMAGE_EXAMPLE": image.replace("${FACTORY}", "<factory>"),
         "PORT": str(chosen_port or ""),
         "USER": template.user,
+        "ROUTER_GID": str(ROUTER_GROUP_GID),
     }
     staging = root / f".{name}.x8-apps-new"
     try:
@@ -125,7 +179,10 @@ def create_app(name: str, template_name: str, root: Path, *, port: int | None = 
                 target = staging / entry.name.removesuffix(".tmpl")
                 target.write_text(_render(entry.read_text(encoding="utf-8"), values, entry.name),
                                   encoding="utf-8")
-        _vendor_library(staging / "vendor")
+        if template.library == BRIDGE_DISTRIBUTION:
+            _vendor_bridge(staging / "vendor")
+        else:
+            _vendor_library(staging / "vendor")
         # Rename last, so an interrupted run leaves no half-made app behind under the real name.
         staging.rename(app)
     except OSError as error:
@@ -143,7 +200,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                                  description=f"Create NAME/ with a compose file, Dockerfile and app code. "
                                  f"Templates: {listing}.")
     parser.add_argument("name", metavar="NAME")
-    parser.add_argument("--template", "-t", required=True, choices=sorted(TEMPLATES))
+    parser.add_argument("--template", "-t", default=DEFAULT_TEMPLATE, choices=sorted(TEMPLATES),
+                        help=f"what the app does (default {DEFAULT_TEMPLATE})")
     parser.add_argument("--dir", type=Path, default=Path("."),
                         help="the containers.git checkout to create the app in (default: .)")
     parser.add_argument("--port", type=int, help="the port the app serves its procedures on")

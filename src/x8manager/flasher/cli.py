@@ -1,17 +1,20 @@
 """``m4-flasher``: the daemon and the commands people run (status, flash, rollback).
 
-Coordination between a command and a running daemon needs no socket: both take the H7 lock
-around every flash and both keep their records in the same state directory. The daemon writes
-its settings to ``<state-dir>/daemon.json`` so a manual ``flash`` uses the same openocd, config
-and status file unless told otherwise.
+A command and a running daemon coordinate two ways. ``flash FILE`` flashes in this process: both
+take the H7 lock around every flash and keep their records in the same state directory; the
+daemon writes its settings to ``<state-dir>/daemon.json`` so a manual ``flash`` uses the same
+openocd, config and status file unless told otherwise. ``flash FILE --wait`` instead hands the
+file to the daemon over its request socket (health check, ``--if-changed``, JSON result).
 
-Exit codes: 0 done (flashed and verified), 1 the flash failed or the H7 stayed busy,
-2 usage or set-up error, 3 the file was rejected (the chip was not touched).
+Exit codes: 0 done (flashed and verified, or unchanged), 1 the flash or its health check failed,
+the H7 stayed busy, or the outcome is unknown, 2 usage or set-up error, 3 the file was rejected
+(the chip was not touched).
 """
 
 from __future__ import annotations
 
 import argparse
+import grp
 import json
 import logging
 import sys
@@ -19,49 +22,30 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from x8manager.common.logs import setup_logging
-from x8manager.flasher.lock import DEFAULT_LOCK_PATH, LockTimeout, lock_holder
-from x8manager.flasher.state import StateDir
-from x8manager.flasher.swdconfig import (
-    ADAPTER_CONFIG_NAME,
-    TARGET_CONFIG_NAME,
-    OpenocdCommand,
-    packaged_config_dir,
+from x8manager.flasher.lock import lock_holder
+from x8manager.flasher.records import DaemonSettings, Status
+from x8manager.flasher.settings import (
+    DEFAULT_SOCKET_PATH,
+    DEFAULT_STATE_DIR,
+    DEFAULT_WATCH,
+    FlasherSettings,
 )
+from x8manager.flasher.state import StateDir
+from x8manager.flasher.swdconfig import OpenocdCommand, packaged_config_dir
 
-# asyncio, pyelftools and the daemon are imported by the commands that use them: `m4-flasher
+# asyncio, the ELF check and the daemon are imported by the commands that use them: `m4-flasher
 # status` is polled by people and tests, and on a slow board it starts several times faster.
 if TYPE_CHECKING:
-    from x8manager.flasher.pipeline import Flasher, FlasherSettings, Outcome
+    from x8manager.flasher.health import HealthCheck
+    from x8manager.flasher.pipeline import Flasher, Outcome
 
 __all__ = ["main"]
 
 log = logging.getLogger("x8manager.flasher")
 
-DEFAULT_WATCH = Path("/tmp/arduino/m4-user-sketch.elf")
-DEFAULT_STATE_DIR = Path("/var/lib/m4-flasher")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REJECTED = 0, 1, 2, 3
-
-# Options a command takes from the daemon's recorded settings when not given explicitly.
-_INHERITED = {
-    "openocd": "openocd",
-    "openocd_config_dir": "config_dir",
-    "adapter_config": "adapter_config",
-    "target_config": "target_config",
-    "status": "status",
-    "lock": "lock",
-    "timeout": "timeout",
-    "retries": "retries",
-}
-_DEFAULTS: dict[str, Any] = {
-    "openocd": "openocd",
-    "openocd_config_dir": None,
-    "adapter_config": ADAPTER_CONFIG_NAME,
-    "target_config": TARGET_CONFIG_NAME,
-    "status": None,
-    "lock": str(DEFAULT_LOCK_PATH),
-    "timeout": 90.0,
-    "retries": 2,
-}
+DEFAULTS = FlasherSettings()
+_DEFAULT_OPENOCD = OpenocdCommand()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -69,21 +53,38 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--state-dir",
         type=Path,
-        default=DEFAULT_STATE_DIR,
+        default=DEFAULTS.state_dir,
         help=f"spool, status, last good sketch (default {DEFAULT_STATE_DIR})",
     )
     common.add_argument("--status", help="status JSON file (default <state-dir>/status.json)")
-    common.add_argument("--openocd", help="openocd program (default: the daemon's, else 'openocd')")
-    common.add_argument("--openocd-config-dir", help="where the config files are (default: shipped ones)")
-    common.add_argument("--adapter-config", help=f"adapter config file (default {ADAPTER_CONFIG_NAME})")
-    common.add_argument("--target-config", help=f"target config file (default {TARGET_CONFIG_NAME})")
-    common.add_argument("--lock", help=f"H7 programming lock file (default {DEFAULT_LOCK_PATH})")
-    common.add_argument("--timeout", type=float, help="time limit of one openocd run in seconds (default 90)")
     common.add_argument(
-        "--retries", type=int, help="extra attempts after a transient probe error (default 2)"
+        "--openocd", help=f"openocd program (default: the daemon's, else {_DEFAULT_OPENOCD.program!r})"
     )
-    common.add_argument("--retry-delay", type=float, default=1.0, help="seconds before a retry (grows)")
-    common.add_argument("--lock-timeout", type=float, default=600.0, help="how long to wait for the H7 lock")
+    common.add_argument("--openocd-config-dir", help="where the config files are (default: shipped ones)")
+    common.add_argument(
+        "--adapter-config", help=f"adapter config file (default {_DEFAULT_OPENOCD.adapter_config})"
+    )
+    common.add_argument(
+        "--target-config", help=f"target config file (default {_DEFAULT_OPENOCD.target_config})"
+    )
+    common.add_argument("--lock", help=f"H7 programming lock file (default {DEFAULTS.lock_path})")
+    common.add_argument(
+        "--timeout",
+        type=float,
+        help=f"time limit of one openocd run in seconds (default {DEFAULTS.attempt_timeout:g})",
+    )
+    common.add_argument(
+        "--retries",
+        type=int,
+        help=f"extra attempts after a transient probe error (default {DEFAULTS.retries})",
+    )
+    common.add_argument(
+        "--retry-delay", type=float, default=DEFAULTS.retry_delay, help="seconds before a retry (grows)"
+    )
+    common.add_argument(
+        "--lock-timeout", type=float, default=DEFAULTS.lock_timeout, help="how long to wait for the H7 lock"
+    )
+    common.add_argument("--socket", help=f"the daemon's request socket (default {DEFAULT_SOCKET_PATH})")
     common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
     parser = argparse.ArgumentParser(
@@ -94,27 +95,62 @@ def _parser() -> argparse.ArgumentParser:
     daemon.add_argument(
         "--watch", type=Path, default=DEFAULT_WATCH, help=f"upload path (default {DEFAULT_WATCH})"
     )
+    daemon.add_argument("--no-socket", action="store_true", help="serve no request socket")
+    daemon.add_argument(
+        "--socket-group", help="group that may use the request socket (mode 0660; default: root only, 0600)"
+    )
     status = commands.add_parser(
         "status", parents=[common], help="show the last flash and the last good sketch"
     )
     status.add_argument("--json", action="store_true", help="print the status file as JSON")
     flash = commands.add_parser("flash", parents=[common], help="validate and flash FILE now")
     flash.add_argument("file", type=Path, metavar="FILE")
+    flash.add_argument("--wait", action="store_true", help="hand FILE to the daemon and wait for its result")
+    flash.add_argument("--json", action="store_true", help="print the result as JSON (with --wait)")
+    flash.add_argument(
+        "--if-changed", action="store_true", help="no chip write if the M4 runs this verified sketch (--wait)"
+    )
+    flash.add_argument("--health-method", metavar="NAME", help="after the flash, NAME() must answer (--wait)")
+    flash.add_argument(
+        "--health-bound",
+        metavar="NAME",
+        action="append",
+        default=[],
+        help="the sketch must bind NAME (--wait)",
+    )
+    flash.add_argument(
+        "--health-timeout", type=float, metavar="S", help="seconds for the health check (default 10; --wait)"
+    )
+    flash.add_argument(
+        "--proxy",
+        default="127.0.0.1:5001",
+        metavar="HOST:PORT",
+        help="the proxy's call port for health checks",
+    )
     commands.add_parser("rollback", parents=[common], help="flash the last sketch that flashed well")
     return parser
 
 
 def _resolve(args: argparse.Namespace, inherit: bool) -> None:
     """Fill unset options from the daemon's settings (commands) or the defaults (daemon)."""
-    recorded = StateDir(args.state_dir).read_settings() if inherit else {}
-    for option, key in _INHERITED.items():
+    recorded = StateDir(args.state_dir).read_settings() if inherit else DaemonSettings()
+
+    def pick(option: str, inherited: Any, default: Any) -> None:
         if getattr(args, option) is None:
-            setattr(args, option, recorded.get(key, _DEFAULTS[option]))
+            setattr(args, option, inherited if inherited is not None else default)
+
+    pick("openocd", recorded.openocd, _DEFAULT_OPENOCD.program)
+    pick("openocd_config_dir", recorded.config_dir, None)
+    pick("adapter_config", recorded.adapter_config, _DEFAULT_OPENOCD.adapter_config)
+    pick("target_config", recorded.target_config, _DEFAULT_OPENOCD.target_config)
+    pick("status", recorded.status, None)
+    pick("lock", recorded.lock, str(DEFAULTS.lock_path))
+    pick("timeout", recorded.timeout, DEFAULTS.attempt_timeout)
+    pick("retries", recorded.retries, DEFAULTS.retries)
+    pick("socket", recorded.socket, str(DEFAULT_SOCKET_PATH))
 
 
 def _settings(args: argparse.Namespace) -> FlasherSettings:
-    from x8manager.flasher.pipeline import FlasherSettings  # noqa: PLC0415 - see the imports
-
     openocd = OpenocdCommand(
         program=args.openocd,
         config_dir=Path(args.openocd_config_dir) if args.openocd_config_dir else packaged_config_dir(),
@@ -133,24 +169,34 @@ def _settings(args: argparse.Namespace) -> FlasherSettings:
     )
 
 
-def _report(outcome: Outcome) -> int:
-    sketch = outcome.record.get("sketch") or {}
-    sha = str(sketch.get("sha256", "?"))[:12]
-    print(f"{outcome.result.value}: sketch {sha} ({sketch.get('size', '?')} bytes): {outcome.reason}")
-    if not outcome.ok and outcome.record.get("openocd_log_tail"):
-        print("openocd output (last lines):", file=sys.stderr)
-        for tail_line in outcome.record["openocd_log_tail"][-15:]:
-            print(f"  {tail_line}", file=sys.stderr)
-    if outcome.ok:
+def _exit_code(result: str) -> int:
+    if result in ("success", "unchanged"):
         return EXIT_OK
-    return EXIT_REJECTED if outcome.result.value == "rejected" else EXIT_FAILED
+    return EXIT_REJECTED if result == "rejected" else EXIT_FAILED
+
+
+def _report(outcome: Outcome) -> int:
+    record = outcome.record
+    size = "?" if record.sketch.size is None else record.sketch.size
+    print(f"{outcome.result.value}: sketch {record.sketch.short} ({size} bytes): {outcome.reason}")
+    if not outcome.ok and record.openocd_log_tail:
+        print("openocd output (last lines):", file=sys.stderr)
+        for tail_line in record.openocd_log_tail[-15:]:
+            print(f"  {tail_line}", file=sys.stderr)
+    return _exit_code(outcome.result.value)
 
 
 async def _flash_file(flasher: Flasher, path: Path, source: str) -> int:
     from x8manager.flasher.elfcheck import SketchRejected  # noqa: PLC0415 - see the imports
+    from x8manager.flasher.lock import LockTimeout  # noqa: PLC0415
+    from x8manager.flasher.safefile import UnsafeFile  # noqa: PLC0415
 
     try:
-        data = flasher.snapshot(path)
+        # The user's own path: directories may be symlinks, the file itself may not.
+        data = flasher.snapshot(path, strict=False)
+    except UnsafeFile as error:
+        print(f"m4-flasher: refused: {error.strerror}", file=sys.stderr)
+        return EXIT_REJECTED
     except OSError as error:
         print(f"m4-flasher: cannot read {path}: {error.strerror or error}", file=sys.stderr)
         return EXIT_USAGE
@@ -167,11 +213,86 @@ async def _flash_file(flasher: Flasher, path: Path, source: str) -> int:
     return _report(outcome)
 
 
+def _health(args: argparse.Namespace) -> HealthCheck | None:
+    from x8manager.flasher.health import HealthCheck  # noqa: PLC0415 - see the imports
+
+    if not (args.health_method or args.health_bound or args.health_timeout is not None):
+        return None
+    host, _, port = args.proxy.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--proxy {args.proxy!r}: expected HOST:PORT")
+    return HealthCheck(
+        method=args.health_method,
+        bound=tuple(args.health_bound),
+        timeout=args.health_timeout if args.health_timeout is not None else 10.0,
+        host=host,
+        port=int(port),
+    )
+
+
+def _flash_through_daemon(args: argparse.Namespace) -> int:
+    from x8manager.flasher.request import RequestError, send_request  # noqa: PLC0415
+    from x8manager.flasher.safefile import UnsafeFile, read_regular_file  # noqa: PLC0415
+
+    try:
+        health = _health(args)
+    except ValueError as error:
+        print(f"m4-flasher: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        # Read with this user's rights: the daemon (root) never opens a path a client names.
+        data = read_regular_file(args.file, DEFAULTS.max_file_bytes, strict=False)
+    except UnsafeFile as error:
+        return _print_result(
+            args, {"ok": False, "result": "rejected", "reason": f"refused: {error.strerror}"}
+        )
+    except OSError as error:
+        print(f"m4-flasher: cannot read {args.file}: {error.strerror or error}", file=sys.stderr)
+        return EXIT_USAGE
+
+    def progress(event: dict[str, Any]) -> None:
+        if args.json:
+            return
+        kind = event.get("event")
+        if kind == "waiting":
+            print(f"m4-flasher: {event.get('reason')}", file=sys.stderr, flush=True)
+        elif kind in ("flashing", "health", "rollback"):
+            detail = event.get("check") or str(event.get("sha256", ""))[:12]
+            print(f"m4-flasher: {kind} {detail}", file=sys.stderr, flush=True)
+
+    try:
+        result = send_request(
+            Path(args.socket),
+            data,
+            origin=str(Path(args.file).absolute()),
+            if_changed=args.if_changed,
+            health=health,
+            progress=progress,
+        )
+    except RequestError as error:
+        return _print_result(args, {"ok": False, "result": "unknown", "reason": str(error)})
+    return _print_result(args, result)
+
+
+def _print_result(args: argparse.Namespace, result: dict[str, Any]) -> int:
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        sha = str(result.get("sha256") or "?")[:12]
+        print(f"{result.get('result')}: sketch {sha}: {result.get('reason')}")
+    return _exit_code(str(result.get("result")))
+
+
 def _cmd_flash(args: argparse.Namespace) -> int:
     import asyncio  # noqa: PLC0415 - see the imports
 
     from x8manager.flasher.pipeline import Flasher  # noqa: PLC0415
 
+    if args.wait:
+        return _flash_through_daemon(args)
+    if args.json or args.if_changed or args.health_method or args.health_bound or args.health_timeout:
+        print("m4-flasher flash: --json, --if-changed and --health-* need --wait", file=sys.stderr)
+        return EXIT_USAGE
     return asyncio.run(_flash_file(Flasher(_settings(args)), args.file, "manual"))
 
 
@@ -181,57 +302,47 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
     from x8manager.flasher.pipeline import Flasher  # noqa: PLC0415
 
     flasher = Flasher(_settings(args))
-    record = flasher.state.last_good()
-    if record is None:
+    good = flasher.state.last_good()
+    if good is None:
         print("m4-flasher: there is no last good sketch to roll back to", file=sys.stderr)
         return EXIT_USAGE
-    print(f"rolling back to sketch {str(record.get('sha256'))[:12]} (flashed {record.get('flashed_at')})")
+    print(f"rolling back to sketch {good.sha256[:12]} (flashed {good.flashed_at})")
     return asyncio.run(_flash_file(flasher, flasher.state.last_good_elf, "rollback"))
 
 
-def _describe_status(status: dict[str, Any], state: StateDir, lock: Path) -> list[str]:
+def _describe_status(status: Status, state: StateDir, lock: Path) -> list[str]:
     lines = []
     holder = lock_holder(lock)
     marker = state.read_marker()
     if holder:
         lines.append(f"H7 programming lock: held by {holder}")
     if marker is not None and not holder:
-        sha = str((marker.get("sketch") or {}).get("sha256", "?"))[:12]
         lines.append(
-            f"INTERRUPTED: the flash of sketch {sha} did not finish; the daemon (or the next "
-            "flash/rollback) will restore a consistent state"
+            f"INTERRUPTED: the flash of sketch {marker.record.sketch.short} did not finish; the daemon "
+            "(or the next flash/rollback) will restore a consistent state"
         )
-    in_progress = status.get("in_progress")
-    if status.get("state") == "flashing" and in_progress and holder:
-        sha = str((in_progress.get("sketch") or {}).get("sha256", "?"))[:12]
-        lines.append(
-            f"flashing sketch {sha} ({in_progress.get('source')}) since {in_progress.get('started_at')}"
-        )
-    if "result" in status:
-        sketch = status.get("sketch") or {}
-        lines.append(
-            f"last result: {status['result']} ({status.get('source')}, finished {status.get('finished_at')})"
-        )
-        lines.append(f"  reason: {status.get('reason')}")
-        lines.append(f"  sketch: sha256 {sketch.get('sha256')} ({sketch.get('size')} bytes)")
-        if status["result"] != "success" and status.get("openocd_log_tail"):
+    running = status.in_progress
+    if status.state == "flashing" and running is not None and holder:
+        lines.append(f"flashing sketch {running.sketch.short} ({running.source}) since {running.started_at}")
+    latest = status.latest
+    if latest is not None:
+        lines.append(f"last result: {latest.result} ({latest.source}, finished {latest.finished_at})")
+        lines.append(f"  reason: {latest.reason}")
+        lines.append(f"  sketch: sha256 {latest.sketch.sha256 or '?'} ({latest.sketch.size} bytes)")
+        if latest.health is not None:
+            lines.append(f"  health: {'healthy' if latest.health.get('healthy') else 'FAILED'}")
+        if latest.result != "success" and latest.openocd_log_tail:
             lines.append("  openocd output (last lines):")
-            lines.extend(f"    {line}" for line in status["openocd_log_tail"][-10:])
+            lines.extend(f"    {line}" for line in latest.openocd_log_tail[-10:])
     else:
         lines.append("no flash recorded yet")
-    history = status.get("history") or []
-    if len(history) > 1:
+    if len(status.history) > 1:
         lines.append("recent:")
-        for entry in history[:5]:
-            sha = str((entry.get("sketch") or {}).get("sha256", "?"))[:12]
-            result, source = entry.get("result"), entry.get("source")
-            lines.append(f"  {entry.get('finished_at')}  {result:<11} {sha}  {source}")
-    good = status.get("last_good") or state.last_good()
+        for entry in status.history[:5]:
+            lines.append(f"  {entry.finished_at}  {entry.result:<11} {entry.sketch.short}  {entry.source}")
+    good = status.last_good or state.last_good()
     if good:
-        lines.append(
-            f"last good sketch: sha256 {good.get('sha256')} ({good.get('size')} bytes), "
-            f"flashed {good.get('flashed_at')}"
-        )
+        lines.append(f"last good sketch: sha256 {good.sha256} ({good.size} bytes), flashed {good.flashed_at}")
     else:
         lines.append("last good sketch: none")
     return lines
@@ -240,14 +351,14 @@ def _describe_status(status: dict[str, Any], state: StateDir, lock: Path) -> lis
 def _cmd_status(args: argparse.Namespace) -> int:
     state = StateDir(args.state_dir, Path(args.status) if args.status else None)
     try:
-        status = state.read_status() or {}
+        raw = state.read_status() or {}
     except (OSError, ValueError) as error:
         print(f"m4-flasher: cannot read the status: {error}", file=sys.stderr)
         return EXIT_FAILED
     if args.json:
-        print(json.dumps(status, indent=2, sort_keys=True))
+        print(json.dumps(raw, indent=2, sort_keys=True))
     else:
-        print("\n".join(_describe_status(status, state, Path(args.lock))))
+        print("\n".join(_describe_status(Status.from_json(raw), state, Path(args.lock))))
     return EXIT_OK
 
 
@@ -257,7 +368,15 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
     from x8manager.flasher.daemon import FlasherDaemon, StartupError  # noqa: PLC0415
     from x8manager.flasher.pipeline import Flasher  # noqa: PLC0415
 
-    daemon = FlasherDaemon(Flasher(_settings(args)), args.watch)
+    group = None
+    if args.socket_group:
+        try:
+            group = grp.getgrnam(args.socket_group).gr_gid
+        except KeyError:
+            log.critical("cannot start: --socket-group %s: no such group", args.socket_group)
+            return EXIT_USAGE
+    socket_path = None if args.no_socket else Path(args.socket)
+    daemon = FlasherDaemon(Flasher(_settings(args)), args.watch, socket_path, group)
     try:
         asyncio.run(daemon.run())
     except StartupError as error:

@@ -21,8 +21,11 @@ from pathlib import Path
 from x8manager.common.systemd import notify_ready, notify_status, notify_stopping
 from x8manager.flasher.elfcheck import SketchRejected
 from x8manager.flasher.inotify import FileWatcher, InotifyError
-from x8manager.flasher.lock import LockTimeout
+from x8manager.flasher.lock import LockTimeout, open_private_lock
 from x8manager.flasher.pipeline import Flasher, FlashResult, Job, Outcome
+from x8manager.flasher.records import DaemonSettings
+from x8manager.flasher.request import RequestServer
+from x8manager.flasher.safefile import UnsafeFile
 
 __all__ = ["FlasherDaemon", "StartupError"]
 
@@ -34,9 +37,17 @@ class StartupError(RuntimeError):
 
 
 class FlasherDaemon:
-    def __init__(self, flasher: Flasher, watch_path: Path) -> None:
+    def __init__(
+        self,
+        flasher: Flasher,
+        watch_path: Path,
+        socket_path: Path | None = None,
+        socket_group: int | None = None,
+    ) -> None:
         self.flasher = flasher
         self.watch_path = Path(os.path.abspath(watch_path))
+        self.socket_path = socket_path
+        self.socket_group = socket_group
         self._pending: Job | None = None
         self._wakeup = asyncio.Event()
         self._supersede: asyncio.Event | None = None  # belongs to the job being flashed
@@ -49,12 +60,6 @@ class FlasherDaemon:
     def check_configuration(self) -> None:
         """Everything that would make every flash fail is a start-up error."""
         settings = self.flasher.settings
-        try:
-            # Loaded now rather than at the first upload: a missing pyelftools is a start-up error,
-            # and the first upload does not pay for the import.
-            import elftools.elf.elffile  # noqa: F401, PLC0415
-        except ImportError as error:
-            raise StartupError(f"pyelftools is needed to validate sketches: {error}") from error
         try:
             self.flasher.state.prepare()
         except OSError as error:
@@ -71,25 +76,26 @@ class FlasherDaemon:
             raise StartupError(f"state directory {settings.state_dir} is not usable: {error}") from error
         try:
             settings.lock_path.parent.mkdir(parents=True, exist_ok=True)
-            os.close(os.open(settings.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644))
+            os.close(open_private_lock(settings.lock_path))
         except OSError as error:
             raise StartupError(f"H7 lock {settings.lock_path} cannot be opened: {error}") from error
 
     def _record_settings(self) -> None:
         settings = self.flasher.settings
         self.flasher.state.write_settings(
-            {
-                "pid": os.getpid(),
-                "watch": str(self.watch_path),
-                "openocd": settings.openocd.program,
-                "config_dir": str(settings.openocd.config_dir),
-                "adapter_config": settings.openocd.adapter_config,
-                "target_config": settings.openocd.target_config,
-                "status": str(self.flasher.state.status_path),
-                "lock": str(settings.lock_path),
-                "timeout": settings.attempt_timeout,
-                "retries": settings.retries,
-            }
+            DaemonSettings(
+                pid=os.getpid(),
+                watch=str(self.watch_path),
+                openocd=settings.openocd.program,
+                config_dir=str(settings.openocd.config_dir),
+                adapter_config=settings.openocd.adapter_config,
+                target_config=settings.openocd.target_config,
+                status=str(self.flasher.state.status_path),
+                lock=str(settings.lock_path),
+                timeout=settings.attempt_timeout,
+                retries=settings.retries,
+                socket=str(self.socket_path) if self.socket_path else None,
+            )
         )
 
     async def run(self) -> None:
@@ -101,6 +107,15 @@ class FlasherDaemon:
             self._watcher.start()
         except InotifyError as error:
             raise StartupError(f"cannot watch {self.watch_path}: {error}") from error
+        requests = None
+        if self.socket_path is not None:
+            requests = RequestServer(self.flasher, self.socket_path, group=self.socket_group)
+            requests.on_outcome = self._request_done
+            try:
+                await requests.start()
+            except OSError as error:
+                self._watcher.close()
+                raise StartupError(f"cannot serve requests on {self.socket_path}: {error}") from error
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
@@ -125,6 +140,8 @@ class FlasherDaemon:
             if self._supersede is not None:
                 self._supersede.set()  # a run still connecting is stopped; one that writes finishes
             self._wakeup.set()
+            if requests is not None:
+                await requests.close()
             await worker
         finally:
             self._watcher.close()
@@ -135,6 +152,12 @@ class FlasherDaemon:
     def _on_change(self, reason: str) -> None:
         try:
             data = self.flasher.snapshot(self.watch_path)
+        except UnsafeFile as error:
+            # A symlink, FIFO, terminal, hard link...: never opened for reading, said in the status.
+            log.warning("upload path %s refused (%s): %s", self.watch_path, reason, error.strerror)
+            self._replace_pending(None)
+            self._record_refusal(error)
+            return
         except OSError as error:
             # Gone again (or unreadable) before we looked: a later event will bring the next version.
             log.warning("upload at %s could not be read (%s): %s", self.watch_path, reason, error)
@@ -152,6 +175,9 @@ class FlasherDaemon:
             return
         except OSError as error:
             log.error("could not spool the upload from %s: %s", self.watch_path, error)
+            self._replace_pending(None)
+            outcome = self.flasher.spool_failed(data, error, source="upload", origin=str(self.watch_path))
+            self._handled(outcome, hashlib.sha256(data).hexdigest())
             return
         log.info(
             "upload %s accepted (%s): %s",
@@ -165,6 +191,21 @@ class FlasherDaemon:
             self._supersede.set()
         self._wakeup.set()
 
+    def _request_done(self, outcome: Outcome) -> None:
+        self.outcomes.append(outcome)
+        del self.outcomes[:-100]
+        notify_status(f"request {outcome.record.sketch.short}: {outcome.result.value}")
+
+    def _record_refusal(self, error: UnsafeFile) -> None:
+        try:
+            outcome = self.flasher.refuse_path(error, source="upload", origin=str(self.watch_path))
+        except OSError as failure:
+            log.error("could not record the refusal of %s: %s", self.watch_path, failure)
+            return
+        self.outcomes.append(outcome)
+        del self.outcomes[:-100]
+        notify_status(f"upload path refused: {outcome.reason}")
+
     def _replace_pending(self, job: Job | None) -> None:
         old, self._pending = self._pending, job
         if old is not None:
@@ -175,27 +216,37 @@ class FlasherDaemon:
         self.outcomes.append(outcome)
         del self.outcomes[:-100]
         if outcome.result is not FlashResult.SUPERSEDED:
-            self.flasher.state.update_status(lambda status: status.__setitem__("last_upload_sha256", sha256))
+            try:
+                self.flasher.state.update_status(
+                    lambda status: status.__setitem__("last_upload_sha256", sha256)
+                )
+            except OSError as error:
+                # Only costs a second flash of the same upload after a restart.
+                log.error("could not note upload %s as handled: %s", sha256[:12], error)
         notify_status(f"last sketch {sha256[:12]}: {outcome.result.value}")
 
     def _rescan_at_start(self) -> None:
         """An upload that arrived while the daemon was down is flashed now, not forgotten."""
-        if not self.watch_path.is_file():
+        if not os.path.lexists(self.watch_path):
             return
         try:
             data = self.flasher.snapshot(self.watch_path)
-            status = self.flasher.state.read_status() or {}
+            status = self.flasher.state.status()
+        except UnsafeFile as error:
+            log.warning("upload path %s refused at start-up: %s", self.watch_path, error.strerror)
+            self._record_refusal(error)
+            return
         except (OSError, ValueError) as error:
             log.warning("cannot look at %s at start-up: %s", self.watch_path, error)
             return
-        if status.get("last_upload_sha256") == hashlib.sha256(data).hexdigest():
+        if status.last_upload_sha256 == hashlib.sha256(data).hexdigest():
             return
         log.info("%s changed while the flasher was not running", self.watch_path)
         self._admit(data, "present-at-start")
 
     # --- the one flashing worker ----------------------------------------------------------------
     async def _worker(self) -> None:
-        marker = self.flasher.state.read_marker() or {}
+        marker = self.flasher.state.read_marker()
         try:
             outcome = await self.flasher.recover()
         except LockTimeout as error:
@@ -204,8 +255,8 @@ class FlasherDaemon:
             outcome = None
         if outcome is not None:
             notify_status(f"recovered interrupted flash: {outcome.result.value}")
-            interrupted_sha = (marker.get("sketch") or {}).get("sha256")
-            if marker.get("source") == "upload" and interrupted_sha:
+            interrupted_sha = marker.record.sketch.sha256 if marker is not None else ""
+            if marker is not None and marker.record.source == "upload" and interrupted_sha:
                 # Recovery dealt with that upload; the rescan below must not flash it a second time.
                 self.flasher.state.update_status(
                     lambda status: status.__setitem__("last_upload_sha256", interrupted_sha)

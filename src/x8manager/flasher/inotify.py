@@ -5,6 +5,10 @@ A finished upload shows up as ``IN_CLOSE_WRITE`` (written in place) or ``IN_MOVE
 on the file's directory. That directory may not exist yet (``/tmp`` is empty after boot) or may be
 removed and recreated, so the watcher watches the nearest existing ancestor until the directory
 appears, and re-arms whenever the watched directory goes away.
+
+Anyone who can write ``/tmp`` can also replace the folder with a symlink (to another directory,
+or a loop). Watches never follow a symlink (``IN_DONT_FOLLOW``): a folder that is a symlink counts
+as "not there yet", so the watch stays on its parent until a real directory takes its place.
 """
 
 from __future__ import annotations
@@ -34,11 +38,13 @@ IN_UNMOUNT = 0x00002000
 IN_Q_OVERFLOW = 0x00004000
 IN_IGNORED = 0x00008000
 IN_ONLYDIR = 0x01000000
+IN_DONT_FOLLOW = 0x02000000
 IN_ISDIR = 0x40000000
 IN_NONBLOCK = os.O_NONBLOCK
 IN_CLOEXEC = os.O_CLOEXEC
 
 _EVENT_HEADER = struct.Struct("iIII")  # wd, mask, cookie, len
+_REARM_RETRY = 1.0  # seconds before another try when re-arming failed unexpectedly
 _GONE = IN_DELETE_SELF | IN_MOVE_SELF | IN_UNMOUNT | IN_IGNORED
 
 
@@ -110,25 +116,39 @@ class FileWatcher:
         candidate = parent
         while True:
             if candidate == parent:
-                mask = IN_CLOSE_WRITE | IN_MOVED_TO | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR
+                mask = IN_CLOSE_WRITE | IN_MOVED_TO | IN_DELETE_SELF | IN_MOVE_SELF
             else:
-                mask = IN_CREATE | IN_MOVED_TO | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR
+                mask = IN_CREATE | IN_MOVED_TO | IN_DELETE_SELF | IN_MOVE_SELF
+            mask |= IN_ONLYDIR | IN_DONT_FOLLOW
             wd = self._libc.inotify_add_watch(self._fd, os.fsencode(candidate), mask)
             if wd >= 0:
                 break
             err = ctypes.get_errno()
-            if err not in (errno.ENOENT, errno.ENOTDIR) or candidate == candidate.parent:
+            # ENOTDIR also when the folder is a symlink (IN_DONT_FOLLOW); ELOOP when a folder
+            # above it is a symlink loop: either way, wait on the parent for a real directory.
+            if err not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP) or candidate == candidate.parent:
                 raise InotifyError(err, f"cannot watch {candidate}: {os.strerror(err)}")
             candidate = candidate.parent
         self._wd = wd
         if candidate != self._watched:
             log.info("watching %s for %s", candidate, self.path)
         self._watched = candidate
-        if candidate == parent and self._armed_once and self.path.is_file():
+        if candidate == parent and self._armed_once and os.path.lexists(self.path):
             # The directory appeared (or was recreated) with the upload already inside: that file
             # was written before our watch existed, so report it now instead of losing it.
             self._on_change("appeared")
         self._armed_once = True
+
+    def _rearm(self) -> None:
+        try:
+            self._arm()
+        except InotifyError as error:
+            # Never deaf for good: try again shortly (the folder's parent may come back).
+            log.error(
+                "re-arming the watch on %s failed, retrying in %.0f s: %s", self.path, _REARM_RETRY, error
+            )
+            if self._loop is not None and self._fd >= 0:
+                self._loop.call_later(_REARM_RETRY, self._rearm)
 
     def _next_component(self) -> str | None:
         """The name inside the watched ancestor that leads toward the file's directory."""
@@ -167,11 +187,8 @@ class FileWatcher:
             elif name == self._next_component() and mask & IN_ISDIR:
                 rearm = True
         if rearm:
-            try:
-                self._arm()
-            except InotifyError as error:
-                log.error("re-arming the watch on %s failed: %s", self.path, error)
+            self._rearm()
         for reason in changed:
-            if reason == "overflow" and not self.path.is_file():
+            if reason == "overflow" and not os.path.lexists(self.path):
                 continue
             self._on_change(reason)

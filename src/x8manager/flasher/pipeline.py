@@ -11,18 +11,24 @@ last good sketch. Each outcome goes to the status file and the journal.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
+import errno
 import hashlib
 import itertools
 import logging
 import os
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from x8manager.flasher.elfcheck import MAX_SKETCH_FILE_BYTES, SketchInfo, SketchRejected, validate_sketch
+from x8manager.flasher.elfcheck import SketchInfo, SketchRejected, validate_sketch
 from x8manager.flasher.lock import LockCancelled, LockTimeout, h7_lock
-from x8manager.flasher.openocd import OpenocdCommand, Verdict, classify, kill_orphaned_run, run_openocd
+from x8manager.flasher.openocd import Verdict, classify, kill_orphaned_run, run_openocd
+from x8manager.flasher.records import FlashRecord, InProgress, LastGood, SketchRef
+from x8manager.flasher.safefile import UnsafeFile, read_regular_file
+from x8manager.flasher.settings import FlasherSettings
 from x8manager.flasher.state import StateDir, utc_now
 
 __all__ = ["FlashResult", "Flasher", "FlasherSettings", "Job", "Outcome"]
@@ -41,19 +47,8 @@ class FlashResult(enum.Enum):
     SUPERSEDED = "superseded"  # a newer upload replaced it before programming began
     BUSY = "busy"  # the H7 lock stayed taken; the chip was not touched
     INTERRUPTED = "interrupted"  # found afterwards: a flash was killed while it ran
-
-
-@dataclass(frozen=True)
-class FlasherSettings:
-    state_dir: Path
-    status_path: Path | None = None
-    openocd: OpenocdCommand = field(default_factory=OpenocdCommand)
-    lock_path: Path = Path("/run/lock/x8-h7-swd.lock")
-    attempt_timeout: float = 90.0
-    retries: int = 2  # extra attempts after a transient probe error
-    retry_delay: float = 1.0
-    lock_timeout: float = 600.0
-    max_file_bytes: int = MAX_SKETCH_FILE_BYTES
+    UNCHANGED = "unchanged"  # --if-changed: the running, verified sketch is this one; no chip write
+    UNHEALTHY = "unhealthy"  # flashed, but failed its health check (the last good one is put back)
 
 
 @dataclass(frozen=True)
@@ -62,16 +57,25 @@ class Job:
 
     spool_path: Path
     info: SketchInfo
-    source: str  # "upload", "manual", "rollback", "recovery"
+    source: str  # "upload", "manual", "rollback", "recovery", "request"
     origin: str  # where it came from (upload path, file given on the command line, ...)
     received_at: str
+
+    @property
+    def sketch(self) -> SketchRef:
+        return SketchRef(
+            sha256=self.info.sha256,
+            size=self.info.size,
+            flash_bytes=self.info.flash_bytes,
+            entry=f"0x{self.info.entry:08x}",
+        )
 
 
 @dataclass(frozen=True)
 class Outcome:
     result: FlashResult
     reason: str
-    record: dict[str, Any]
+    record: FlashRecord
 
     @property
     def ok(self) -> bool:
@@ -79,6 +83,7 @@ class Outcome:
 
 
 _sequence = itertools.count()
+_T = TypeVar("_T")
 
 
 class Flasher:
@@ -88,10 +93,13 @@ class Flasher:
         self.stopping = False  # set on shutdown: no new retries
 
     # --- intake ----------------------------------------------------------------------------
-    def snapshot(self, path: Path) -> bytes:
-        """Read the file once (bounded); everything later looks only at this copy."""
-        with open(path, "rb") as handle:
-            return handle.read(self.settings.max_file_bytes + 1)
+    def snapshot(self, path: Path, *, strict: bool = True) -> bytes:
+        """Read the file once (bounded); everything later looks only at this copy.
+
+        Raises :class:`UnsafeFile` for a symlink (anywhere in the path when *strict*), a FIFO, a
+        device, a hard-linked file: see :mod:`x8manager.flasher.safefile`.
+        """
+        return read_regular_file(path, self.settings.max_file_bytes, strict=strict)
 
     def admit(self, data: bytes, *, source: str, origin: str) -> Job:
         """Validate *data* and put it in the spool; raises SketchRejected (recorded by the caller)."""
@@ -100,21 +108,48 @@ class Flasher:
         spool_path = self.state.store_in_spool(data, name)
         return Job(spool_path, info, source, origin, utc_now())
 
+    def _untouched(
+        self, result: FlashResult, reason: str, *, source: str, origin: str, sketch: SketchRef
+    ) -> Outcome:
+        """Record an outcome that never reached openocd."""
+        now = utc_now()
+        record = FlashRecord(
+            result=result.value,
+            reason=reason,
+            source=source,
+            origin=origin,
+            sketch=sketch,
+            started_at=now,
+            finished_at=now,
+        )
+        return self._finish(result, reason, record)
+
     def reject(self, data: bytes, error: SketchRejected, *, source: str, origin: str) -> Outcome:
-        sha = hashlib.sha256(data).hexdigest()
-        record = {
-            "result": FlashResult.REJECTED.value,
-            "reason": error.reason,
-            "source": source,
-            "origin": origin,
-            "sketch": {"sha256": sha, "size": len(data)},
-            "started_at": utc_now(),
-            "finished_at": utc_now(),
-            "attempts": 0,
-            "openocd_exit": None,
-            "openocd_log_tail": [],
-        }
-        return self._finish(FlashResult.REJECTED, error.reason, record)
+        sketch = SketchRef(sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+        return self._untouched(
+            FlashResult.REJECTED, error.reason, source=source, origin=origin, sketch=sketch
+        )
+
+    def refuse_path(self, error: UnsafeFile, *, source: str, origin: str) -> Outcome:
+        """Record that the file at *origin* was not read at all (nothing of it is in the record)."""
+        reason = f"not read: {error.strerror}"
+        return self._untouched(FlashResult.REJECTED, reason, source=source, origin=origin, sketch=SketchRef())
+
+    def spool_failed(self, data: bytes, error: OSError, *, source: str, origin: str) -> Outcome:
+        """The upload was valid but could not be put in the spool (disk full): not flashed."""
+        reason = f"could not be spooled ({error.strerror or error}): not flashed, the chip was not touched"
+        sketch = SketchRef(sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+        return self._untouched(FlashResult.FAILED, reason, source=source, origin=origin, sketch=sketch)
+
+    def _with_room(self, what: str, action: Callable[[], _T]) -> _T:
+        """Run *action*; if the state directory is full, free the reserve and try once more."""
+        try:
+            return action()
+        except OSError as error:
+            if error.errno != errno.ENOSPC or not self.state.release_reserve():
+                raise
+            log.error("state directory %s is full: released its reserve to %s", self.state.root, what)
+            return action()
 
     # --- flashing ----------------------------------------------------------------------------
     async def flash(self, job: Job, *, supersede: asyncio.Event | None = None) -> Outcome:
@@ -124,17 +159,55 @@ class Flasher:
             async with h7_lock(
                 self.settings.lock_path, purpose, wait_limit=self.settings.lock_timeout, cancel=supersede
             ):
-                await self._recover_locked()
-                if supersede is not None and supersede.is_set():
-                    return self._superseded(job, "a newer upload arrived while this one waited")
-                return await self._flash_locked(job, supersede)
+                return await self.flash_locked(job, supersede)
         except LockCancelled:
             return self._superseded(job, "a newer upload arrived while this one waited for the H7 lock")
         except LockTimeout as error:
             record = self._base_record(job)
-            record.update(result=FlashResult.BUSY.value, reason=str(error), finished_at=utc_now())
+            record.result, record.reason, record.finished_at = FlashResult.BUSY.value, str(error), utc_now()
             self._drop_spool(job)
             return self._finish(FlashResult.BUSY, f"the H7 is busy: {error}", record)
+
+    async def flash_locked(
+        self, job: Job, supersede: asyncio.Event | None = None, *, promote: bool = True
+    ) -> Outcome:
+        """Flash *job*; the caller holds the H7 lock. An interrupted flash is recovered first.
+
+        ``promote=False`` (a health check follows): a verified sketch does not become the last
+        good one yet and its spool file stays for :meth:`promote`; the caller drops it.
+        """
+        await self._recover_locked()
+        if supersede is not None and supersede.is_set():
+            return self._superseded(job, "a newer upload arrived while this one waited")
+        return await self._flash_locked(job, supersede, promote=promote)
+
+    def promote(self, job: Job, record: FlashRecord) -> None:
+        """Make *job* (flashed with ``promote=False``, now healthy) the last good sketch."""
+        good = LastGood(
+            sha256=job.info.sha256, size=job.info.size, flashed_at=record.finished_at, origin=job.origin
+        )
+        self._with_room("keep the last good sketch", lambda: self.state.save_last_good(job.spool_path, good))
+
+    def record_summary(self, result: FlashResult, reason: str, job: Job, **extra: Any) -> Outcome:
+        """Record a result that needs no openocd run of its own (unchanged, health verdicts)."""
+        record = self._base_record(job)
+        record.finished_at = utc_now()
+        for key, value in extra.items():
+            setattr(record, key, value)
+        return self._finish(result, reason, record)
+
+    def last_good_job(self, source: str, origin: str) -> Job | None:
+        """A spool copy of the last good sketch, ready to flash (None if there is none usable)."""
+        if self.state.last_good() is None:
+            return None
+        try:
+            data = self.state.last_good_elf.read_bytes()
+            info = validate_sketch(data, max_file_bytes=self.settings.max_file_bytes)
+            path = self.state.store_in_spool(data, f"recovery-{info.sha256[:16]}.elf")
+        except (OSError, SketchRejected) as error:
+            log.error("the last good sketch cannot be used: %s", error)
+            return None
+        return Job(path, info, source, origin, utc_now())
 
     async def recover(self) -> Outcome | None:
         """Take the lock and finish an interrupted flash, if one was left behind."""
@@ -143,26 +216,18 @@ class Flasher:
         ):
             return await self._recover_locked()
 
-    def _base_record(self, job: Job) -> dict[str, Any]:
-        return {
-            "source": job.source,
-            "origin": job.origin,
-            "sketch": {
-                "sha256": job.info.sha256,
-                "size": job.info.size,
-                "flash_bytes": job.info.flash_bytes,
-                "entry": f"0x{job.info.entry:08x}",
-            },
-            "received_at": job.received_at,
-            "started_at": utc_now(),
-            "attempts": 0,
-            "openocd_exit": None,
-            "openocd_log_tail": [],
-        }
+    def _base_record(self, job: Job) -> FlashRecord:
+        return FlashRecord(
+            source=job.source,
+            origin=job.origin,
+            sketch=job.sketch,
+            received_at=job.received_at,
+            started_at=utc_now(),
+        )
 
     def _superseded(self, job: Job, reason: str) -> Outcome:
         record = self._base_record(job)
-        record.update(result=FlashResult.SUPERSEDED.value, reason=reason, finished_at=utc_now())
+        record.result, record.reason, record.finished_at = FlashResult.SUPERSEDED.value, reason, utc_now()
         self._drop_spool(job)
         return self._finish(FlashResult.SUPERSEDED, reason, record)
 
@@ -170,28 +235,62 @@ class Flasher:
         job.spool_path.unlink(missing_ok=True)
 
     async def _flash_locked(
-        self, job: Job, supersede: asyncio.Event | None, recovery_attempts: int = 0
+        self,
+        job: Job,
+        supersede: asyncio.Event | None,
+        recovery_attempts: int = 0,
+        *,
+        promote: bool = True,
     ) -> Outcome:
-        settings = self.settings
         record = self._base_record(job)
-        argv = settings.openocd.argv(job.spool_path)
-        marker = {
-            **record,
-            "spool_path": str(job.spool_path),
-            "pid": os.getpid(),
-            "recovery_attempts": recovery_attempts,
-        }
+        marker = InProgress(
+            record=record,
+            spool_path=str(job.spool_path),
+            pid=os.getpid(),
+            recovery_attempts=recovery_attempts,
+        )
         # The marker is in place (renamed in) before openocd starts, so a crash of this process
         # always finds it; it is made durable (fsync) right after the spawn, in the time openocd
         # spends on init and reset before it can write any flash (hundreds of ms over bit-banged
         # SWD, against a few ms here). That keeps the fsync off the upload-to-openocd path.
-        self.state.write_marker(marker, durable=False)
-        in_progress = {k: marker[k] for k in ("source", "origin", "sketch", "started_at")}
+        try:
+            self.state.write_marker(marker, durable=False)
+        except OSError as error:
+            # Without the marker a crash mid-write would go unnoticed: do not start openocd.
+            self._drop_spool(job)
+            reason = (
+                f"the state directory cannot record the flash ({error.strerror or error}): "
+                "not flashed, the chip was not touched"
+            )
+            record.result, record.reason, record.finished_at = FlashResult.FAILED.value, reason, utc_now()
+            return self._finish(FlashResult.FAILED, reason, record)
+        try:
+            return await self._run_and_record(job, supersede, record, marker, promote=promote)
+        finally:
+            if promote:
+                self._drop_spool(job)
+            self.state.ensure_reserve()
+
+    async def _run_and_record(
+        self,
+        job: Job,
+        supersede: asyncio.Event | None,
+        record: FlashRecord,
+        marker: InProgress,
+        *,
+        promote: bool,
+    ) -> Outcome:
+        settings = self.settings
+        argv = settings.openocd.argv(job.spool_path)
 
         def started(pid: int) -> None:
-            self.state.make_durable(job.spool_path)  # recovery after a power cut needs the sketch
-            self.state.write_marker({**marker, "openocd_pid": pid})
-            self.state.record_in_progress({**in_progress, "openocd_pid": pid})
+            try:
+                self.state.make_durable(job.spool_path)  # recovery after a power cut needs the sketch
+                self.state.write_marker(dataclasses.replace(marker, openocd_pid=pid))
+                self.state.record_in_progress(dataclasses.replace(record), openocd_pid=pid)
+            except OSError as error:
+                # The marker from before the spawn stays: a crash is still found afterwards.
+                log.warning("could not record the running flash: %s", error)
 
         log.info(
             "flashing %s sketch %s (%s)",
@@ -209,12 +308,13 @@ class Flasher:
                 cancel=supersede,
                 on_start=started,
             )
-            record.setdefault("openocd_spawned_at", run.spawned_at or None)
+            if record.openocd_spawned_at is None:
+                record.openocd_spawned_at = run.spawned_at or None
             verdict = classify(run)
-            record["attempts"] = attempts
-            record["openocd_exit"] = run.exit_code
-            record["openocd_log_tail"] = list(run.tail)
-            record["openocd_seconds"] = round(run.duration, 3)
+            record.attempts = attempts
+            record.openocd_exit = run.exit_code
+            record.openocd_log_tail = list(run.tail)
+            record.openocd_seconds = round(run.duration, 3)
             if verdict.verdict is Verdict.TRANSIENT and attempts <= settings.retries and not self.stopping:
                 log.warning(
                     "attempt %d of %d failed, retrying: %s", attempts, settings.retries + 1, verdict.reason
@@ -227,71 +327,94 @@ class Flasher:
             Verdict.TIMEOUT: FlashResult.TIMEOUT,
             Verdict.CANCELLED: FlashResult.SUPERSEDED,
         }.get(verdict.verdict, FlashResult.FAILED)
-        record.update(result=result.value, reason=verdict.reason, finished_at=utc_now())
-        if result is FlashResult.SUCCESS:
-            self.state.save_last_good(
-                job.spool_path,
-                {
-                    "sha256": job.info.sha256,
-                    "size": job.info.size,
-                    "flashed_at": record["finished_at"],
-                    "origin": job.origin,
-                },
+        record.result, record.reason, record.finished_at = result.value, verdict.reason, utc_now()
+        if result is FlashResult.SUCCESS and promote:
+            good = LastGood(
+                sha256=job.info.sha256, size=job.info.size, flashed_at=record.finished_at, origin=job.origin
             )
+            try:
+                self._with_room(
+                    "keep the last good sketch", lambda: self.state.save_last_good(job.spool_path, good)
+                )
+            except OSError as error:
+                # The chip runs the new sketch whatever the disk says: report that, keep the old one.
+                record.reason += (
+                    f"; but it could not be kept as the last good sketch ({error.strerror or error}): "
+                    "the previous last good sketch stays"
+                )
+                record.last_good_saved = False
         # Order matters for crash safety: the outcome is on disk before the marker goes away.
-        outcome = self._finish(result, verdict.reason, record)
-        self.state.clear_marker()
-        self._drop_spool(job)
+        outcome = self._finish(result, record.reason, record)
+        try:
+            self.state.clear_marker()
+        except OSError as error:
+            log.error("could not remove the in-progress marker: %s", error)
         return outcome
 
-    def _finish(self, result: FlashResult, reason: str, record: dict[str, Any]) -> Outcome:
-        self.state.record_outcome(record)
-        sketch = record.get("sketch", {})
+    def _finish(self, result: FlashResult, reason: str, record: FlashRecord) -> Outcome:
+        """Log the outcome to the journal, then record it in the status (freeing the reserve if full).
+
+        Never raises: what happened to the chip must reach the caller even when the disk is full.
+        """
+        record.result, record.reason = result.value, reason
+        self._journal(result, record)
+        try:
+            self._with_room("record the outcome", lambda: self.state.record_outcome(record))
+        except (OSError, ValueError) as error:
+            log.error(
+                "could not record the outcome in %s: %s (the journal line above is the record)",
+                self.state.status_path,
+                error,
+            )
+        return Outcome(result, reason, record)
+
+    def _journal(self, result: FlashResult, record: FlashRecord) -> None:
         fields = {
-            "SKETCH_SHA256": sketch.get("sha256", ""),
-            "SKETCH_SIZE": sketch.get("size", ""),
+            "SKETCH_SHA256": record.sketch.sha256,
+            "SKETCH_SIZE": "" if record.sketch.size is None else record.sketch.size,
             "FLASH_RESULT": result.value,
-            "FLASH_REASON": reason,
-            "FLASH_SOURCE": record.get("source", ""),
-            "FLASH_ATTEMPTS": record.get("attempts", 0),
-            "OPENOCD_EXIT": "" if record.get("openocd_exit") is None else record["openocd_exit"],
+            "FLASH_REASON": record.reason,
+            "FLASH_SOURCE": record.source,
+            "FLASH_ATTEMPTS": record.attempts,
+            "OPENOCD_EXIT": "" if record.openocd_exit is None else record.openocd_exit,
         }
         level = logging.INFO if result in (FlashResult.SUCCESS, FlashResult.SUPERSEDED) else logging.ERROR
-        sha = str(sketch.get("sha256", ""))[:12]
-        log.log(level, "sketch %s: %s: %s", sha, result.value, reason, extra={"journal": fields})
-        return Outcome(result, reason, record)
+        log.log(
+            level,
+            "sketch %s: %s: %s",
+            record.sketch.sha256[:12],
+            result.value,
+            record.reason,
+            extra={"journal": fields},
+        )
 
     # --- recovery ----------------------------------------------------------------------------
     async def _recover_locked(self) -> Outcome | None:
         marker = self.state.read_marker()
         if marker is None:
             return None
-        orphan, spooled = marker.get("openocd_pid"), marker.get("spool_path")
-        if isinstance(orphan, int) and spooled and kill_orphaned_run(orphan, str(spooled)):
+        orphan, spool_path = marker.openocd_pid, marker.spool_path
+        if orphan is not None and spool_path and kill_orphaned_run(orphan, spool_path):
             # Without systemd's cgroup clean-up the dead flasher's openocd may still drive the pins.
             log.warning("killed openocd (pid %d) left running by the interrupted flash", orphan)
-        sketch = marker.get("sketch") or {}
-        sha = str(sketch.get("sha256", "unknown"))
-        attempts = int(marker.get("recovery_attempts", 0)) + 1
+        interrupted = marker.record
+        sha = interrupted.sketch.sha256 or "unknown"
+        attempts = marker.recovery_attempts + 1
         reason = (
-            f"the flash of sketch {sha[:12]} ({marker.get('source', '?')}, started "
-            f"{marker.get('started_at', '?')}) was interrupted; the M4 flash content was unknown"
+            f"the flash of sketch {sha[:12]} ({interrupted.source or '?'}, started "
+            f"{interrupted.started_at or '?'}) was interrupted; the M4 flash content was unknown"
         )
-        record: dict[str, Any] = {
-            "result": FlashResult.INTERRUPTED.value,
-            "reason": reason,
-            "source": marker.get("source"),
-            "origin": marker.get("origin"),
-            "sketch": sketch,
-            "started_at": marker.get("started_at"),
-            "finished_at": utc_now(),
-            "attempts": 0,
-            "openocd_exit": None,
-            "openocd_log_tail": [],
-        }
+        record = FlashRecord(
+            result=FlashResult.INTERRUPTED.value,
+            reason=reason,
+            source=interrupted.source,
+            origin=interrupted.origin,
+            sketch=interrupted.sketch,
+            started_at=interrupted.started_at,
+            finished_at=utc_now(),
+        )
         self._finish(FlashResult.INTERRUPTED, reason, record)
         candidates: list[tuple[Path, str]] = []
-        spool_path = marker.get("spool_path")
         if spool_path and attempts <= MAX_RECOVERY_ATTEMPTS:
             candidates.append((Path(spool_path), "the interrupted sketch"))
         if self.state.last_good() is not None and attempts <= MAX_RECOVERY_ATTEMPTS + 1:
@@ -310,7 +433,7 @@ class Flasher:
             if path == self.state.last_good_elf:
                 # Flash from a spool copy: the last-good file is replaced when the flash succeeds.
                 flash_from = self.state.store_in_spool(data, f"recovery-{info.sha256[:16]}.elf")
-            job = Job(flash_from, info, "recovery", f"{what} ({marker.get('origin', '?')})", utc_now())
+            job = Job(flash_from, info, "recovery", f"{what} ({interrupted.origin or '?'})", utc_now())
             log.warning("recovering from an interrupted flash: flashing %s %s", what, info.sha256[:12])
             outcome = await self._flash_locked(job, None, recovery_attempts=attempts)
             if outcome.ok:
@@ -319,19 +442,16 @@ class Flasher:
         self.state.clear_marker()
         self._clean_spool()
         reason = "recovery failed: no sketch could be restored; the M4 flash content is unknown"
-        return self._finish(
-            FlashResult.FAILED,
-            reason,
-            {**record, "result": "failed", "reason": reason, "source": "recovery", "finished_at": utc_now()},
-        )
+        failed = dataclasses.replace(record, source="recovery", finished_at=utc_now())
+        return self._finish(FlashResult.FAILED, reason, failed)
 
     def _clean_spool(self) -> None:
         """Remove spool files nobody will flash: recovery copies, and uploads of dead processes.
 
         The sketch named by an in-progress marker stays: recovery needs it.
         """
-        marker = self.state.read_marker() or {}
-        keep = str(marker.get("spool_path") or "")
+        marker = self.state.read_marker()
+        keep = marker.spool_path if marker is not None else ""
         for entry in self.state.spool.glob("*.elf"):
             if str(entry) == keep:
                 continue

@@ -10,24 +10,37 @@ interrupted flash can be finished after a power cut):
 - ``status.json``       what ``m4-flasher status`` shows (``--status`` may put it elsewhere)
 - ``daemon.json``       the daemon's settings, so a manual ``m4-flasher flash`` uses the same openocd
 - ``status.lock``       serialises read-modify-write of the status file between processes
+- ``.reserve``          a few KiB kept free: released when the disk fills, so the outcome of a flash
+                        that already wrote the chip can still be recorded
+
+Only ``status.json``, ``last-good.json`` and ``daemon.json`` are readable by other users (what
+``m4-flasher status`` shows); the lock, the marker, the sketches and the spool are root's alone,
+so no other user can hold a lock the daemon needs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import fcntl
 import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from x8manager.flasher.records import DaemonSettings, FlashRecord, InProgress, LastGood, Status
+
 __all__ = ["HISTORY_LENGTH", "StateDir", "atomic_write", "utc_now"]
 
 HISTORY_LENGTH = 10
+STATUS_LOCK_WAIT = 0.5  # seconds: the longest the event loop may wait for the status lock
+# Room for a status file, a last-good record and the marker when the filesystem is otherwise full.
+RESERVE_BYTES = 64 * 1024
 JsonObject = dict[str, Any]
 
 
@@ -96,6 +109,7 @@ class StateDir:
         self.settings_path = self.root / "daemon.json"
         self.status_path = Path(status_path) if status_path else self.root / "status.json"
         self._status_lock_path = self.root / "status.lock"
+        self.reserve_path = self.root / ".reserve"
 
     def prepare(self) -> None:
         """Create the directories and prove they are writable (start-up check)."""
@@ -104,6 +118,26 @@ class StateDir:
         probe = self.root / ".write-probe"
         probe.write_bytes(b"")
         probe.unlink()
+        self.ensure_reserve()
+
+    # --- room to record outcomes on a full disk --------------------------------------------------
+    def ensure_reserve(self) -> bool:
+        """Keep RESERVE_BYTES allocated in the state directory; False if there is no room for it."""
+        if self.reserve_path.exists():
+            return True
+        try:
+            atomic_write(self.reserve_path, b"\0" * RESERVE_BYTES, mode=0o600, durable=False)
+        except OSError:
+            return False
+        return True
+
+    def release_reserve(self) -> bool:
+        """Free the reserve (the disk is full); True if there was one to free."""
+        try:
+            self.reserve_path.unlink()
+        except FileNotFoundError:
+            return False
+        return True
 
     # --- spool -----------------------------------------------------------------------------
     def spool_file(self, name: str) -> Path:
@@ -130,15 +164,16 @@ class StateDir:
             _fsync_directory(path.parent)
 
     # --- in-progress marker ----------------------------------------------------------------
-    def write_marker(self, marker: JsonObject, *, durable: bool = True) -> None:
-        atomic_write(self.marker_path, _dump(marker), durable=durable)
+    def write_marker(self, marker: InProgress, *, durable: bool = True) -> None:
+        atomic_write(self.marker_path, _dump(marker.to_json()), mode=0o600, durable=durable)
 
-    def read_marker(self) -> JsonObject | None:
+    def read_marker(self) -> InProgress | None:
         try:
-            return _load(self.marker_path)
+            raw = _load(self.marker_path)
         except ValueError:
             # Written atomically, so damage means the disk, not us; treat as "interrupted, unknown".
-            return {"damaged": True}
+            return InProgress(record=FlashRecord(), damaged=True)
+        return None if raw is None else InProgress.from_json(raw)
 
     def clear_marker(self) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -146,45 +181,85 @@ class StateDir:
         _fsync_directory(self.root)
 
     # --- last good sketch -------------------------------------------------------------------
-    def save_last_good(self, elf: Path, record: JsonObject) -> None:
-        """Keep a copy of the sketch that just verified; the .elf first, then its record."""
-        temp = self.root / ".last-good.elf.tmp"
-        shutil.copyfile(elf, temp)
-        with open(temp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temp, self.last_good_elf)
-        atomic_write(self.last_good_json, _dump(record))
+    def save_last_good(self, elf: Path, record: LastGood) -> None:
+        """Make the sketch that just verified the last good one, or leave the old one whole.
 
-    def last_good(self) -> JsonObject | None:
+        The spool file is hard-linked (no data blocks needed on a full disk; a copy only where
+        links are impossible), and both new files exist before either old one is replaced: a
+        failure (ENOSPC) up to then leaves the previous last good sketch and its record as they were.
+        """
+        temp_elf = self.root / ".last-good.elf.tmp"
+        temp_json = self.root / ".last-good.json.tmp"
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                temp_elf.unlink()
+            try:
+                os.link(elf, temp_elf)
+            except OSError as error:
+                if error.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+                    raise
+                shutil.copyfile(elf, temp_elf)
+                os.chmod(temp_elf, 0o600)
+            self.make_durable(temp_elf)
+            atomic_write(temp_json, _dump(record.to_json()))
+            os.replace(temp_elf, self.last_good_elf)
+            os.replace(temp_json, self.last_good_json)
+            _fsync_directory(self.root)
+        finally:
+            for temp in (temp_elf, temp_json):
+                with contextlib.suppress(FileNotFoundError):
+                    temp.unlink()
+
+    def last_good(self) -> LastGood | None:
         """The last good sketch's record, or None when there is none (or its .elf is gone)."""
         try:
             record = _load(self.last_good_json)
-        except ValueError:
+        except (ValueError, OSError):
             return None
         if record is None or not self.last_good_elf.is_file():
             return None
-        return record
+        return LastGood.from_json(record)
 
     # --- settings ----------------------------------------------------------------------------
-    def write_settings(self, settings: JsonObject) -> None:
-        atomic_write(self.settings_path, _dump(settings))
+    def write_settings(self, settings: DaemonSettings) -> None:
+        atomic_write(self.settings_path, _dump(settings.to_json()))
 
-    def read_settings(self) -> JsonObject:
+    def read_settings(self) -> DaemonSettings:
         try:
-            return _load(self.settings_path) or {}
+            return DaemonSettings.from_json(_load(self.settings_path))
         except (ValueError, OSError):
-            return {}
+            return DaemonSettings()
 
     # --- status ------------------------------------------------------------------------------
     def read_status(self) -> JsonObject | None:
+        """The status file as it is (``m4-flasher status --json``)."""
         return _load(self.status_path)
+
+    def status(self) -> Status:
+        """The status file, typed; an empty status when there is none yet."""
+        return Status.from_json(self.read_status())
 
     @contextlib.contextmanager
     def _status_locked(self) -> Iterator[None]:
-        fd = os.open(self._status_lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        from x8manager.flasher.lock import open_private_lock  # noqa: PLC0415 - status stays light
+
+        fd = open_private_lock(self._status_lock_path)
         try:
-            # Held for microseconds (read, modify, write); a blocking lock is right here.
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            # Holders keep it for microseconds (read, modify, write), and only root can open it;
+            # still never a blocking flock: this runs on the daemon's event loop.
+            deadline = time.monotonic() + STATUS_LOCK_WAIT
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise OSError(
+                            errno.EAGAIN,
+                            f"{self._status_lock_path} stayed locked for {STATUS_LOCK_WAIT} s",
+                            str(self._status_lock_path),
+                        ) from None
+                    time.sleep(0.002)
             yield
         finally:
             os.close(fd)
@@ -202,23 +277,37 @@ class StateDir:
             atomic_write(self.status_path, _dump(status))
             return status
 
-    def record_outcome(self, outcome: JsonObject) -> JsonObject:
-        """Make *outcome* the latest result and add it to the short history."""
+    def _last_good_json(self) -> JsonObject | None:
+        good = self.last_good()
+        return None if good is None else good.to_json()
+
+    def record_outcome(self, record: FlashRecord) -> JsonObject:
+        """Make *record* the latest result and add it to the short history."""
+        outcome = record.to_json()
 
         def change(status: JsonObject) -> None:
-            history = [outcome, *status.get("history", [])][:HISTORY_LENGTH]
+            earlier = status.get("history")
+            history = [outcome, *(earlier if isinstance(earlier, list) else [])][:HISTORY_LENGTH]
             status.update(outcome)
             status["state"] = "idle"
             status.pop("in_progress", None)
             status["history"] = history
-            status["last_good"] = self.last_good()
+            status["last_good"] = self._last_good_json()
 
         return self.update_status(change)
 
-    def record_in_progress(self, in_progress: JsonObject) -> JsonObject:
+    def record_in_progress(self, record: FlashRecord, *, openocd_pid: int) -> JsonObject:
+        in_progress = {
+            "source": record.source,
+            "origin": record.origin,
+            "sketch": record.sketch.to_json(),
+            "started_at": record.started_at,
+            "openocd_pid": openocd_pid,
+        }
+
         def change(status: JsonObject) -> None:
             status["state"] = "flashing"
             status["in_progress"] = in_progress
-            status["last_good"] = self.last_good()
+            status["last_good"] = self._last_good_json()
 
         return self.update_status(change)

@@ -14,7 +14,7 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 from x8manager.common.logs import setup_logging
@@ -22,6 +22,7 @@ from x8manager.common.systemd import notify_ready, notify_stopping
 from x8manager.m4sim import links
 from x8manager.m4sim.control import ControlClient, ControlError, serve_control
 from x8manager.m4sim.m4 import LINUX_TO_M4_MAX, M4_TO_LINUX_CHUNK, LinkOpener, VirtualM4
+from x8manager.m4sim.swdwire import serve_swd_wire
 
 __all__ = ["main"]
 
@@ -39,6 +40,7 @@ CLIENT_COMMANDS = {
     "serial-read": "print what Linux wrote to the M4's Serial",
     "calls-received": "print the calls and notifications Linux sent to the M4 (JSON lines)",
     "stats": "print the virtual M4's counters (JSON)",
+    "sketch": "print the sketch the virtual M4 runs (JSON; null before the first flash)",
 }
 
 
@@ -56,6 +58,11 @@ def _run_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reconnect", action="store_true", help="reopen the link after end of stream")
     parser.add_argument(
         "--control", metavar="ENDPOINT", help="serve the control surface (msgpack-RPC) on tcp:HOST:PORT"
+    )
+    parser.add_argument(
+        "--swd",
+        metavar="ENDPOINT",
+        help="connect the stand-in SWD wire (tcp:HOST:PORT or unix:PATH): a flash boots the sketch",
     )
     parser.add_argument("--no-demo", action="store_true", help="do not bind the demo procedures")
     parser.add_argument(
@@ -124,6 +131,8 @@ def _client_main(command: str, argv: Sequence[str]) -> int:
                 client.request("serial_write", args.text)
             elif command == "serial-read":
                 sys.stdout.write(_printable(client.request("serial_read")))
+            elif command == "sketch":
+                print(json.dumps(client.request("sketch"), indent=2))
             elif command == "calls-received":
                 for call in client.request("calls_received"):
                     print(json.dumps(_printable(call)))
@@ -175,6 +184,19 @@ async def _opener(args: argparse.Namespace) -> AsyncIterator[LinkOpener]:
             yield next_connection
 
 
+@contextlib.contextmanager
+def _swd_wire(m4: VirtualM4, endpoint: links.Endpoint) -> Iterator[None]:
+    async def connection() -> links.Link:
+        return await links.connect(endpoint)
+
+    # Always reconnecting: the wire's other end is a VM that boots, reboots and powers off.
+    task = asyncio.create_task(serve_swd_wire(m4, connection, reconnect=True), name="m4sim-swd")
+    try:
+        yield
+    finally:
+        task.cancel()
+
+
 async def _run(args: argparse.Namespace) -> int:
     m4 = VirtualM4(
         demo=not args.no_demo,
@@ -201,6 +223,8 @@ async def _run(args: argparse.Namespace) -> int:
         retrying = args.reconnect or listening
         await m4.start(opener, reconnect=retrying, open_now=not retrying)
         stack.push_async_callback(m4.stop)
+        if args.swd:
+            stack.enter_context(_swd_wire(m4, links.parse_endpoint(args.swd)))
         log.info("virtual M4 (stand-in for the M4 sketch) ready; procedures: %s", ", ".join(m4.bound_names))
         print("ready", flush=True)
         notify_ready("virtual M4 running")

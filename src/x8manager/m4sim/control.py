@@ -68,6 +68,9 @@ def _methods(m4: VirtualM4) -> dict[str, Callable[..., Awaitable[Any]]]:
     async def bound() -> list[str]:
         return m4.bound_names
 
+    async def sketch() -> dict[str, Any] | None:
+        return None if m4.sketch is None else m4.sketch.as_dict()
+
     return {
         "call": call,
         "notify": notify,
@@ -79,6 +82,7 @@ def _methods(m4: VirtualM4) -> dict[str, Callable[..., Awaitable[Any]]]:
         "calls_received": calls_received,
         "stats": stats,
         "bound": bound,
+        "sketch": sketch,
     }
 
 

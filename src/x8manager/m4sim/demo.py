@@ -8,18 +8,25 @@ calling it shows rpclib's "could not find function" error.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from x8manager.m4sim.m4 import VirtualM4
 
-__all__ = ["bind_demo_procedures"]
+__all__ = ["bind_demo_procedures", "demo_procedures"]
 
 WHOAMI = "virtual M4 (m4-sim stand-in for the Portenta X8 M4 sketch)"
 
 
 def bind_demo_procedures(m4: VirtualM4) -> None:
     """Bind the demo procedures on *m4*."""
+    for name, fn in demo_procedures().items():
+        m4.bind(name, fn)
+
+
+def demo_procedures() -> dict[str, Callable[..., Any]]:
+    """The demo procedures by name (fresh state for each call: one sketch's LED is its own)."""
     led = {"on": False}
 
     def add(a: int, b: int) -> int:
@@ -59,17 +66,16 @@ def bind_demo_procedures(m4: VirtualM4) -> None:
         # A std::vector<uint8_t> result of *size* bytes (bin): for chunking and size-limit tests.
         return bytes(i % 256 for i in range(max(0, min(int(size), 4096))))
 
-    for name, fn in (
-        ("add", add),
-        ("subtract", subtract),
-        ("echo", echo),
-        ("whoami", whoami),
-        ("temperature", temperature),
-        ("humidity", humidity),
-        ("pressure", pressure),
-        ("status", status),
-        ("led", set_led),
-        ("delay", delay),
-        ("blob", blob),
-    ):
-        m4.bind(name, fn)
+    return {
+        "add": add,
+        "subtract": subtract,
+        "echo": echo,
+        "whoami": whoami,
+        "temperature": temperature,
+        "humidity": humidity,
+        "pressure": pressure,
+        "status": status,
+        "led": set_led,
+        "delay": delay,
+        "blob": blob,
+    }

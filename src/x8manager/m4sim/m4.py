@@ -30,8 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from x8manager.m4sim import wire
-from x8manager.m4sim.demo import bind_demo_procedures
+from x8manager.m4sim.demo import bind_demo_procedures, demo_procedures
 from x8manager.m4sim.links import Link, open_pty
+from x8manager.m4sim.sketch import SketchProfile, read_profile
 from x8manager.rpc.framing import (
     M4_MAX_MESSAGE,
     Frame,
@@ -109,6 +110,8 @@ class SimStats:
     stream_resyncs: int = 0
     connections: int = 0
     connected: bool = False
+    boots: int = 0  # sketches booted over the stand-in SWD wire (m4sim.sketch)
+    dropped_not_running: int = 0  # messages a silent or crashed sketch never read
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -146,6 +149,15 @@ class _Outbox:
     data: bytearray = field(default_factory=bytearray)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     empty: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def _named_answer(sketch: str, method: str) -> Procedure:
+    """A procedure of a test sketch that has no demo meaning: it answers who answered."""
+
+    def answer(*args: Any) -> list[Any]:
+        return [sketch, method, *args]
+
+    return answer
 
 
 class VirtualM4:
@@ -201,6 +213,10 @@ class VirtualM4:
         self._dispatch_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._runner: asyncio.Task[None] | None = None
+        self._serial = serial
+        # What the M4 runs: until a sketch is booted, the demo sketch (or none, without demo).
+        self.sketch: SketchProfile | None = None
+        self.rpc_running = True  # False: a sketch without RPC.begin(), or one that crashed
         if serial:
             self.bind("tty", self._on_tty)
         if demo:
@@ -225,6 +241,27 @@ class VirtualM4:
     @property
     def bound_names(self) -> list[str]:
         return sorted(self._bindings)
+
+    def boot(self, elf: bytes) -> SketchProfile:
+        """Reset the M4 into the sketch *elf*, as a flash over SWD does: the procedures it binds
+        and whether it answers at all come from its x8sim note (see :mod:`x8manager.m4sim.sketch`)."""
+        profile = read_profile(elf)
+        self.sketch = profile
+        self.stats.boots += 1
+        self._bindings.clear()
+        self.rpc_running = profile.behaviour == "runs"
+        if self._serial:
+            self.bind("tty", self._on_tty)
+        if self.rpc_running:
+            demo = demo_procedures()
+            for name in demo if profile.binds is None else profile.binds:
+                self.bind(name, demo.get(name) or _named_answer(profile.name, name), replace=True)
+        log.info(
+            "virtual M4: booted sketch %r (%s, sha256 %s...)%s; procedures: %s",
+            profile.name, profile.behaviour, profile.sha256[:12],
+            f" [{profile.problem}]" if profile.problem else "", ", ".join(self.bound_names) or "none",
+        )
+        return profile
 
     # -- running --------------------------------------------------------------------------------
     async def start(self, opener: LinkOpener, *, reconnect: bool = False, open_now: bool = True) -> None:
@@ -388,6 +425,10 @@ class VirtualM4:
             await self._handle(item.value)
 
     async def _handle(self, message: Any) -> None:
+        if not self.rpc_running:
+            # No RPC.begin() (or a hard fault): the M7 still delivers, nothing on the M4 reads.
+            self.stats.dropped_not_running += 1
+            return
         if not isinstance(message, list) or len(message) < 3:
             self.stats.dropped_invalid_in += 1
             log.warning("virtual M4: ignored a message that is not an RPC array: %r", message)

@@ -47,6 +47,7 @@ class Rig:
         self.state_dir = root / "state"
         self.probe = root / "probe"
         self.lock = root / "lock" / "x8-h7-swd.lock"
+        self.socket = root / "request.sock"  # the daemon's request API (never the system's /run path)
         self.daemon: subprocess.Popen[str] | None = None
         self.env = dict(os.environ)
         self.env.update(
@@ -62,7 +63,7 @@ class Rig:
         self._notify: socket.socket | None = None
 
     def common_args(self) -> list[str]:
-        return ["--state-dir", str(self.state_dir), "--lock", str(self.lock)]
+        return ["--state-dir", str(self.state_dir), "--lock", str(self.lock), "--socket", str(self.socket)]
 
     def set_mode(self, mode: str) -> None:
         (self.probe / "mode").write_text(mode + "\n")

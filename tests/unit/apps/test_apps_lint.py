@@ -171,7 +171,7 @@ def test_missing_schema_file_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFix
         ("", "X8002", 1),
         ("services:\n  a: [1\n", "X8000", 3),
         ("a: b\n---\nc: d\n", "X8000", 3),
-        ("services:\n  app: !!python/object:os.system x\n", "X8000", 2),
+        ("services:\n  app: !!python/object:os.system x\n", "X8004", 2),
         ("services:\n\tapp: {}\n", "X8000", 2),
         ("- just\n- a list\n", "X8002", 1),
     ],

@@ -12,7 +12,13 @@ import pytest
 import yaml
 
 from x8manager.apps.cli import main
-from x8manager.apps.scaffold import TEMPLATES, ScaffoldError, create_app
+from x8manager.apps.scaffold import (
+    BRIDGE_DISTRIBUTION,
+    ROUTER_GROUP_GID,
+    TEMPLATES,
+    ScaffoldError,
+    create_app,
+)
 
 
 @pytest.mark.parametrize("template", sorted(TEMPLATES))
@@ -29,9 +35,20 @@ def test_every_template_scaffolds_a_lint_clean_factory_app(
     assert service["restart"] == "unless-stopped"
     assert service["read_only"] is True
     assert "/tmp:/tmp" in service["volumes"]
+    port = TEMPLATES[template].default_port
+    if TEMPLATES[template].library == BRIDGE_DISTRIBUTION:
+        # The router socket at the Bridge's default address, and its group.
+        assert "/var/run/arduino-router.sock:/var/run/arduino-router.sock" in service["volumes"]
+        assert service["group_add"] == [str(ROUTER_GROUP_GID)]
+        assert (app / "vendor" / "arduino" / "router_bridge" / "__init__.py").is_file()
+        assert list((app / "vendor").glob("LICENSE-arduino-router-bridge-*.txt"))
+        assert "from arduino.router_bridge import" in (app / "main.py").read_text()
+        assert not (app / "vendor" / "x8manager").exists()
+        capsys.readouterr()
+        assert main(["lint", str(app)]) == 0, capsys.readouterr().out
+        return
     assert service["extra_hosts"] == ["m4-proxy:host-gateway"]
     assert service["environment"]["M4_PROXY_HOST"] == "m4-proxy"
-    port = TEMPLATES[template].default_port
     if port is None:
         assert "ports" not in service
     else:
@@ -79,10 +96,20 @@ def test_existing_app_is_never_overwritten(tmp_path: Path, capsys: pytest.Captur
     assert (tmp_path / "mine" / "main.py").read_text() == "precious"
 
 
-def test_template_is_required(tmp_path: Path) -> None:
+def test_without_template_an_m4_facing_service(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["new", "x", "--dir", str(tmp_path)]) == 0
+    assert "from template m4-service" in capsys.readouterr().out
+    service = yaml.safe_load((tmp_path / "x" / "docker-compose.yml").read_text())["services"]["x"]
+    port = TEMPLATES["m4-service"].default_port
+    assert service["ports"] == [f"{port}:{port}"]
+    assert "RpcService" in (tmp_path / "x" / "main.py").read_text()
+
+
+def test_unknown_template_is_a_usage_error(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        main(["new", "x", "--dir", str(tmp_path)])
+        main(["new", "x", "--template", "nope", "--dir", str(tmp_path)])
     assert exit_info.value.code == 2
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_scaffolded_code_passes_the_projects_ruff_and_mypy_strict(tmp_path: Path) -> None:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 from flasher_unit_support import ELF_DIR
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.support.elfcraft import hostile_elfs
+from x8manager.flasher import elfcheck
 from x8manager.flasher.elfcheck import M4_FLASH_START, SketchRejected, validate_sketch
 
 GOOD = (ELF_DIR / "sketch-ok.elf").read_bytes()
@@ -71,3 +75,62 @@ def test_damaged_files_never_escape_as_anything_but_a_rejection(
         assert rejected.reason
     else:
         assert all(s.address >= 0x08100000 and s.end <= 0x08200000 for s in info.segments)
+
+
+# --- the program headers as openocd reads them (stride 32, p_paddr) ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("phentsize-64-hides-m7-load", "declared 64 bytes long (e_phentsize), but openocd reads them 32"),
+        ("paddr-0-single-load", "has no load address (p_paddr 0)"),
+        ("paddr-0-loads-note-paddr-set", "has no load address (p_paddr 0)"),
+        ("vaddr-in-m7-flash", "runs from flash at p_vaddr but is stored elsewhere"),
+    ],
+)
+def test_hostile_program_headers_are_refused(name: str, reason: str) -> None:
+    with pytest.raises(SketchRejected) as caught:
+        validate_sketch(hostile_elfs()[name])
+    assert reason in caught.value.reason
+
+
+def _patched(offset: int, fmt: str, value: int) -> bytes:
+    data = bytearray(GOOD)
+    struct.pack_into(fmt, data, offset, value)
+    return bytes(data)
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (_patched(42, "<H", 40), "declared 40 bytes long (e_phentsize)"),
+        (_patched(42, "<H", 0), "declared 0 bytes long"),
+        (_patched(44, "<H", 0), "no program headers"),
+        (_patched(44, "<H", 0xFFFF), "declares 65535 program headers"),
+        (_patched(44, "<H", 65), "declares 65 program headers"),
+        (_patched(28, "<I", 20), "inside the ELF header"),
+        (_patched(28, "<I", len(GOOD) - 40), "program headers end at offset"),
+        (_patched(40, "<H", 64), "the ELF header claims to be 64 bytes"),
+        # text PT_LOAD: p_filesz (offset 52 + 16) bigger than p_memsz
+        (_patched(52 + 16, "<I", 0x200), "more file bytes (512) than memory bytes (144)"),
+    ],
+)
+def test_ambiguous_or_malformed_header_tables_are_refused(data: bytes, reason: str) -> None:
+    with pytest.raises(SketchRejected) as caught:
+        validate_sketch(data)
+    assert reason in caught.value.reason
+
+
+@settings(max_examples=300, deadline=None)
+@given(edits=st.lists(st.tuples(st.integers(16, 52 + 3 * 32), st.integers(0, 255)), min_size=1, max_size=6))
+def test_whatever_passes_openocd_writes_only_into_the_window(edits: list[tuple[int, int]]) -> None:
+    data = bytearray(GOOD)
+    for position, value in edits:
+        data[position] = value
+    try:
+        validate_sketch(bytes(data))
+    except SketchRejected:
+        return
+    written = elfcheck.openocd_sections(bytes(data))
+    assert written and all(s.address >= M4_FLASH_START and s.end <= 0x08200000 for s in written)

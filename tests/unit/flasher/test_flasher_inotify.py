@@ -19,6 +19,13 @@ Scenario = Callable[[Path, list[str], Callable[[int], Awaitable[None]]], Awaitab
 
 
 def _watch(path: Path, scenario: Scenario) -> list[str]:
+    return _watch_with(path, lambda _watcher, events, until: scenario(path, events, until))
+
+
+def _watch_with(
+    path: Path,
+    scenario: Callable[[FileWatcher, list[str], Callable[[int], Awaitable[None]]], Awaitable[None]],
+) -> list[str]:
     events: list[str] = []
 
     async def main() -> None:
@@ -38,7 +45,7 @@ def _watch(path: Path, scenario: Scenario) -> list[str]:
                     await changed.wait()
 
         try:
-            await scenario(path, events, until)
+            await scenario(watcher, events, until)
         finally:
             watcher.close()
 
@@ -91,3 +98,49 @@ def test_folder_moved_away_and_back(tmp_path: Path) -> None:
 
     events = _watch(target, scenario)
     assert events[-1] in ("close-write", "appeared")
+
+
+
+async def _until_watching(watcher: FileWatcher, directory: Path) -> None:
+    """Poll (the watcher has no event for it) until the watch sits on *directory*; 10 s at most."""
+    for _ in range(1000):
+        if watcher.watched_directory == directory:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"still watching {watcher.watched_directory}, not {directory}")
+
+
+def _watch_replaced_folder(target: Path, replace: Callable[[Path], None]) -> list[str]:
+    """The folder goes, *replace* puts something else there, a real folder comes back with an upload."""
+
+    async def scenario(
+        watcher: FileWatcher, events: list[str], until: Callable[[int], Awaitable[None]]
+    ) -> None:
+        target.parent.rmdir()
+        replace(target.parent)
+        # The watch moves up to the folder's parent: it never follows the symlink.
+        await _until_watching(watcher, target.parent.parent)
+        target.parent.unlink()
+        target.parent.mkdir()
+        await _until_watching(watcher, target.parent)
+        _put(target, b"real folder again")
+        await until(1)
+
+    return _watch_with(target, scenario)
+
+
+def test_folder_replaced_by_a_symlink_loop_then_restored_keeps_watching(tmp_path: Path) -> None:
+    target = tmp_path / "tmp" / "arduino" / "m4-user-sketch.elf"
+    target.parent.mkdir(parents=True)
+    # arduino -> arduino: ELOOP for anything that follows it (the old watcher went deaf here).
+    events = _watch_replaced_folder(target, lambda folder: folder.symlink_to(folder))
+    assert events == ["close-write"]
+
+
+def test_folder_replaced_by_a_symlink_is_not_watched_through(tmp_path: Path) -> None:
+    target = tmp_path / "tmp" / "arduino" / "m4-user-sketch.elf"
+    target.parent.mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    events = _watch_replaced_folder(target, lambda folder: folder.symlink_to(elsewhere))
+    assert events == ["close-write"]

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from x8manager.flasher.lock import LockCancelled, LockTimeout, h7_lock, lock_holder
+from x8manager.flasher.records import FlashRecord, InProgress, LastGood, SketchRef
 from x8manager.flasher.state import HISTORY_LENGTH, StateDir, atomic_write
 
 HOLD_LOCK = """
@@ -114,7 +115,7 @@ def test_status_keeps_latest_outcome_and_a_bounded_history(tmp_path: Path) -> No
     state = StateDir(tmp_path / "state")
     state.prepare()
     for number in range(HISTORY_LENGTH + 3):
-        state.record_outcome({"result": "success", "reason": str(number)})
+        state.record_outcome(FlashRecord(result="success", reason=str(number)))
     status = json.loads(state.status_path.read_text())
     assert status["reason"] == str(HISTORY_LENGTH + 2)
     assert len(status["history"]) == HISTORY_LENGTH
@@ -125,7 +126,7 @@ def test_damaged_status_file_is_rebuilt(tmp_path: Path) -> None:
     state = StateDir(tmp_path / "state", tmp_path / "elsewhere" / "status.json")
     state.prepare()
     state.status_path.write_text("{not json")
-    state.record_outcome({"result": "rejected", "reason": "x"})
+    state.record_outcome(FlashRecord(result="rejected", reason="x"))
     assert json.loads(state.status_path.read_text())["result"] == "rejected"
 
 
@@ -133,10 +134,12 @@ def test_marker_round_trip_and_damaged_marker_still_counts(tmp_path: Path) -> No
     state = StateDir(tmp_path)
     state.prepare()
     assert state.read_marker() is None
-    state.write_marker({"sketch": {"sha256": "ab"}})
-    assert state.read_marker() == {"sketch": {"sha256": "ab"}}
+    marker = InProgress(record=FlashRecord(sketch=SketchRef(sha256="ab")), spool_path="/spool/x.elf", pid=1)
+    state.write_marker(marker)
+    assert state.read_marker() == marker
     state.marker_path.write_text("garbage")
-    assert state.read_marker() == {"damaged": True}
+    damaged = state.read_marker()
+    assert damaged is not None and damaged.damaged
     state.clear_marker()
     assert state.read_marker() is None
 
@@ -146,7 +149,7 @@ def test_last_good_needs_both_files(tmp_path: Path) -> None:
     state.prepare()
     elf = tmp_path / "a.elf"
     elf.write_bytes(b"\x7fELF")
-    state.save_last_good(elf, {"sha256": "x"})
-    assert state.last_good() == {"sha256": "x"}
+    state.save_last_good(elf, LastGood(sha256="x"))
+    assert state.last_good() == LastGood(sha256="x")
     state.last_good_elf.unlink()
     assert state.last_good() is None

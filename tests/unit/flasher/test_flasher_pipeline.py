@@ -11,6 +11,7 @@ from flasher_unit_support import ELF_DIR
 
 from x8manager.flasher.elfcheck import SketchRejected
 from x8manager.flasher.pipeline import Flasher, FlashResult, Outcome
+from x8manager.flasher.records import FlashRecord, InProgress, SketchRef
 
 GOOD = (ELF_DIR / "sketch-ok.elf").read_bytes()
 GOOD_2 = (ELF_DIR / "sketch-ok-2.elf").read_bytes()
@@ -35,7 +36,7 @@ def test_success_records_status_last_good_and_cleans_up(flasher: Flasher, standi
     assert outcome.ok, outcome.reason
     status = json.loads(flasher.state.status_path.read_text())
     assert status["result"] == "success" and status["state"] == "idle"
-    assert status["sketch"]["sha256"] == outcome.record["sketch"]["sha256"] == _chip(standin_env)["sha256"]
+    assert status["sketch"]["sha256"] == outcome.record.sketch.sha256 == _chip(standin_env)["sha256"]
     assert status["last_good"]["sha256"] == status["sketch"]["sha256"]
     assert any("Verified OK" in line for line in status["openocd_log_tail"])
     assert status["started_at"] <= status["finished_at"]
@@ -60,7 +61,7 @@ def test_transient_probe_error_is_retried(flasher: Flasher, standin_env: Path) -
     (standin_env / "mode").write_text("flaky 2\n")
     outcome = _flash(flasher, GOOD)
     assert outcome.ok
-    assert outcome.record["attempts"] == 3
+    assert outcome.record.attempts == 3
     assert _runs(standin_env) == 3
 
 
@@ -83,7 +84,7 @@ def test_permanent_failure_is_not_retried(flasher: Flasher, standin_env: Path, m
     outcome = _flash(flasher, GOOD)
     assert outcome.result is FlashResult.FAILED
     assert _runs(standin_env) == 1
-    assert any(words in line for line in outcome.record["openocd_log_tail"])
+    assert any(words in line for line in outcome.record.openocd_log_tail)
 
 
 def test_hung_programming_times_out(flasher: Flasher, standin_env: Path) -> None:
@@ -103,14 +104,16 @@ def _leave_interrupted_flash(flasher: Flasher, data: bytes) -> None:
     spool = job.spool_path.with_name(job.spool_path.name.replace(job.spool_path.name.split("-")[1], "999999"))
     job.spool_path.rename(spool)  # owned by a process that no longer exists
     flasher.state.write_marker(
-        {
-            "sketch": {"sha256": job.info.sha256, "size": job.info.size},
-            "source": "upload",
-            "origin": "test",
-            "started_at": "2026-01-01T00:00:00Z",
-            "spool_path": str(spool),
-            "pid": 999999,
-        }
+        InProgress(
+            record=FlashRecord(
+                sketch=SketchRef(sha256=job.info.sha256, size=job.info.size),
+                source="upload",
+                origin="test",
+                started_at="2026-01-01T00:00:00Z",
+            ),
+            spool_path=str(spool),
+            pid=999999,
+        )
     )
 
 
@@ -119,7 +122,7 @@ def test_recovery_reflashes_the_interrupted_sketch(flasher: Flasher, standin_env
     _leave_interrupted_flash(flasher, GOOD_2)
     outcome = asyncio.run(flasher.recover())
     assert outcome is not None and outcome.ok
-    assert outcome.record["source"] == "recovery"
+    assert outcome.record.source == "recovery"
     assert _chip(standin_env)["state"] == "programmed"
     assert flasher.state.last_good_elf.read_bytes() == GOOD_2
     history = json.loads(flasher.state.status_path.read_text())["history"]
@@ -135,12 +138,12 @@ def test_recovery_falls_back_to_the_last_good_sketch(flasher: Flasher, standin_e
     Path(marker["spool_path"]).unlink()  # the interrupted sketch is gone
     outcome = asyncio.run(flasher.recover())
     assert outcome is not None and outcome.ok
-    assert "last good" in outcome.record["origin"]
+    assert "last good" in outcome.record.origin
     assert _chip(standin_env)["sha256"] == json.loads(flasher.state.last_good_json.read_text())["sha256"]
 
 
 def test_recovery_without_anything_to_restore_says_so(flasher: Flasher, standin_env: Path) -> None:
-    flasher.state.write_marker({"damaged": True})
+    flasher.state.write_marker(InProgress(record=FlashRecord(), damaged=True))
     outcome = asyncio.run(flasher.recover())
     assert outcome is not None and outcome.result is FlashResult.FAILED
     assert "content is unknown" in outcome.reason
@@ -160,5 +163,5 @@ def test_outcomes_carry_journal_fields(
     fields = [getattr(record, "journal", {}) for record in caplog.records]
     final = next(f for f in fields if "FLASH_RESULT" in f)
     assert final["FLASH_RESULT"] == "success"
-    assert final["SKETCH_SHA256"] == outcome.record["sketch"]["sha256"]
+    assert final["SKETCH_SHA256"] == outcome.record.sketch.sha256
     assert final["OPENOCD_EXIT"] == 0 and final["FLASH_ATTEMPTS"] == 1 and final["FLASH_SOURCE"] == "manual"

@@ -1,0 +1,1 @@
+"""Template files (package data)."""

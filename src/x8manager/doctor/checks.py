@@ -1,0 +1,353 @@
+"""The checks, one layer at a time, bottom-up; each layer stops at its first problem.
+
+Every check returns a :class:`Finding`; a layer is a list of checks run in order. The H7 layer
+follows what Arduino's image does at boot: ``stm32h7-program.service`` runs ``program-h7.sh``,
+which compares ``/sys/kernel/x8h7_firmware/version`` (the x8h7_h7 driver asks the H7 over SPI)
+with the version string at offset 0x40000 of the firmware image and reflashes on a mismatch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from x8manager.doctor import probe
+from x8manager.doctor.findings import LAYERS, Finding, Report, Status
+from x8manager.doctor.host import Host, Process
+
+__all__ = ["Options", "diagnose"]
+
+H7_UNIT = "stm32h7-program.service"
+PROXY_UNIT = "m4-proxy.service"
+DEVICE = "/dev/x8h7_ui"
+FIRMWARE_VERSION = "/sys/kernel/x8h7_firmware/version"
+FIRMWARE_IMAGE = "/usr/arduino/extra/STM32H747AII6_CM7.bin"
+FIRMWARE_VERSION_OFFSET = 0x40000
+# x8h7_drv is the SPI core, x8h7_h7 the firmware interface, x8h7_ui the RPC character device.
+MODULES = ("x8h7_drv", "x8h7_h7", "x8h7_ui")
+FLASHER_STATE = "/var/lib/m4-flasher"
+COMPOSE_APPS = "/var/sota/compose-apps"
+# Arguments no bound procedure takes: rpclib checks the count before calling, so a bound name
+# answers "invalid number of arguments" without running, an unbound one "could not find".
+ARITY_PROBE = [None] * 13
+
+
+@dataclass
+class Options:
+    host: str = "127.0.0.1"
+    register_port: int = 5000
+    call_port: int = 5001
+    timeout: float = 3.0
+    since: str = "-10min"
+    expect: list[str] = field(default_factory=list)
+    compose: list[Path] = field(default_factory=list)
+    flasher: Sequence[str] = ("m4-flasher",)
+    router_socket: str | None = None  # the router front's unix socket, when the proxy serves one
+
+
+def _ok(layer: str, check: str, message: str) -> Finding:
+    return Finding(layer, check, Status.OK, message)
+
+
+def _problem(layer: str, check: str, message: str, fix: str) -> Finding:
+    return Finding(layer, check, Status.PROBLEM, message, fix)
+
+
+# --- H7 side -------------------------------------------------------------------------------
+
+def check_h7_programmer(host: Host, options: Options) -> Finding:
+    unit = host.unit(H7_UNIT)
+    if unit is None:
+        return Finding("h7", "programmer", Status.SKIPPED, f"systemd not reachable; {H7_UNIT} not checked")
+    if unit.get("LoadState") == "not-found":
+        return Finding("h7", "programmer", Status.SKIPPED, f"{H7_UNIT} is not installed on this image")
+    result = unit.get("Result", "")
+    if result not in ("", "success"):
+        return _problem("h7", "programmer",
+                        f"{H7_UNIT} failed ({result}, exit status {unit.get('ExecMainStatus', '?')}): the H7 "
+                        "firmware may not be programmed",
+                        f"journalctl -u {H7_UNIT}; then systemctl restart {H7_UNIT}")
+    return _ok("h7", "programmer", f"{H7_UNIT}: {unit.get('ActiveState', '?')}, result {result or 'none'}")
+
+
+def check_modules(host: Host, options: Options) -> Finding:
+    loaded = host.modules()
+    if loaded is None:
+        return Finding("h7", "modules", Status.SKIPPED, "/proc/modules not readable")
+    missing = [module for module in MODULES if module not in loaded]
+    if missing:
+        return _problem("h7", "modules", f"x8h7 kernel modules not loaded: {', '.join(missing)}",
+                        "check dmesg | grep x8h7; Arduino's image loads them from "
+                        "load_modules_pre.sh/load_modules_post.sh (insmod .../extra/<module>.ko)")
+    return _ok("h7", "modules", f"loaded: {', '.join(MODULES)}")
+
+
+def _expected_firmware(host: Host) -> str | None:
+    """The version string program-h7.sh reads: the first printable run at 0x40000 of the image."""
+    try:
+        with host.path(FIRMWARE_IMAGE).open("rb") as image:
+            image.seek(FIRMWARE_VERSION_OFFSET)
+            chunk = image.read(40)
+    except OSError:
+        return None
+    text = "".join(chr(byte) if 32 <= byte < 127 else "\n" for byte in chunk)
+    return next((run for run in text.split("\n") if len(run) >= 4), None)  # like strings | head -n1
+
+
+def check_firmware(host: Host, options: Options) -> Finding:
+    try:
+        running = host.read(FIRMWARE_VERSION)
+    except OSError as error:  # the driver asks the H7 over SPI: ETIMEDOUT when it does not answer
+        return _problem("h7", "firmware", f"the H7 does not answer ({FIRMWARE_VERSION}: "
+                                          f"{error.strerror or error}): its firmware is not running",
+                        f"systemctl restart {H7_UNIT} (reprograms the H7 firmware)")
+    if running is None:
+        return _problem("h7", "firmware", f"{FIRMWARE_VERSION} is missing: the x8h7_h7 driver is not bound",
+                        "check dmesg | grep x8h7 (the device tree's portenta,x8h7 node and SPI)")
+    running = running.strip("\0\n ")
+    expected = _expected_firmware(host)
+    if expected is not None and running != expected:
+        return _problem("h7", "firmware", f"the H7 runs firmware {running!r}, this image ships {expected!r}",
+                        f"systemctl restart {H7_UNIT} (it reflashes the H7 when the versions differ)")
+    return _ok("h7", "firmware", f"H7 firmware {running!r}" + ("" if expected else " (no image to compare)"))
+
+
+def _runs(process: Process, script: str, module: str) -> bool:
+    """Whether *process* is the console script *script* or ``python -m module``."""
+    if process.comm == script:
+        return True
+    args = process.cmdline
+    interpreted = len(args) > 1 and os.path.basename(args[0]).startswith("python")
+    return interpreted and (os.path.basename(args[1]) == script or args[1:3] == ("-m", module))
+
+
+def _is_ours(process: Process) -> bool:
+    return _runs(process, "m4-proxy", "x8manager.proxy.cli")
+
+
+def _is_virtual_m4(process: Process) -> bool:
+    # m4-sim, the stand-in M4 of tests and the virtual X8, keeps its pty's slave open: it is the
+    # device's far end, not a second reader on the Linux side.
+    return _runs(process, "m4-sim", "x8manager.m4sim.cli")
+
+
+def _is_arduino_proxy(process: Process) -> bool:
+    return process.comm == "m4_proxy" or os.path.basename(process.exe) == "m4_proxy"
+
+
+def check_device(host: Host, options: Options) -> Finding:
+    path = host.path(DEVICE)
+    if not path.exists():
+        return _problem("h7", "device", f"{DEVICE} does not exist: x8h7_ui is not bound",
+                        "check dmesg | grep x8h7_ui (modprobe x8h7_ui; DT compatible portenta,x8h7_ui)")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError as error:
+        return _problem("h7", "device", f"{DEVICE} cannot be opened: {error.strerror}",
+                        "run x8 doctor as root (the device is root-only)")
+    os.close(fd)
+    strangers = [process for process in host.holders(DEVICE)
+                 if not _is_ours(process) and not _is_virtual_m4(process)]
+    if strangers:
+        names = "; ".join(process.description for process in strangers)
+        return _problem("h7", "device", f"{DEVICE} is held by another process: {names}; two readers split "
+                                        "the M4's messages between them",
+                        "stop it (Arduino's m4_proxy: systemctl disable --now its unit; a container: "
+                        "remove the device from its compose file)")
+    return _ok("h7", "device", f"{DEVICE} present and openable")
+
+
+# --- proxy ---------------------------------------------------------------------------------
+
+def check_proxy_running(host: Host, options: Options) -> Finding:
+    processes = list(host.processes())
+    arduino = [process for process in processes if _is_arduino_proxy(process)]
+    if arduino:
+        return _problem("proxy", "running", f"Arduino's Go m4_proxy is running ({arduino[0].description}) "
+                                            "instead of, or beside, x8-manager's",
+                        "systemctl disable --now the unit that starts /usr/bin/m4_proxy; "
+                        f"systemctl enable --now {PROXY_UNIT}")
+    unit = host.unit(PROXY_UNIT)
+    ours = [process for process in processes if _is_ours(process)]
+    if unit is not None and unit.get("ActiveState") not in ("active", "reloading"):
+        return _problem("proxy", "running", f"{PROXY_UNIT} is {unit.get('ActiveState')} "
+                                            f"(result {unit.get('Result', '?')})",
+                        f"systemctl start {PROXY_UNIT}; journalctl -u {PROXY_UNIT} says why it stopped")
+    if not ours and host.path("/proc").exists():
+        return _problem("proxy", "running", "no m4-proxy process is running",
+                        f"systemctl start {PROXY_UNIT}")
+    return _ok("proxy", "running", f"x8-manager's m4-proxy: {ours[0].description if ours else 'active'}")
+
+
+def check_proxy_ports(host: Host, options: Options) -> Finding:
+    listening = host.listening_tcp_ports()
+    if listening is None:
+        return Finding("proxy", "ports", Status.SKIPPED, "/proc/net/tcp not readable")
+    missing = [port for port in (options.register_port, options.call_port) if port not in listening]
+    if missing:
+        return _problem("proxy", "ports", f"nothing listens on port {', '.join(map(str, missing))}",
+                        f"journalctl -u {PROXY_UNIT} (a port in use? --bind on an address the board lacks?)")
+    return _ok("proxy", "ports", f"listening on {options.register_port} and {options.call_port}")
+
+
+def check_router_socket(host: Host, options: Options) -> Finding:
+    if options.router_socket is None:
+        return Finding("proxy", "router", Status.SKIPPED, "no --router-socket given")
+    path = host.path(options.router_socket)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(options.timeout)
+        try:
+            sock.connect(str(path))
+        except OSError as error:
+            return _problem("proxy", "router", f"the router socket {options.router_socket} does not accept "
+                                               f"connections: {error.strerror or error}",
+                            f"journalctl -u {PROXY_UNIT} (is the router front enabled?)")
+    return _ok("proxy", "router", f"the router socket {options.router_socket} accepts connections")
+
+
+def check_proxy_journal(host: Host, options: Options) -> Finding:
+    lines = host.journal_errors(PROXY_UNIT, options.since)
+    if lines is None:
+        return Finding("proxy", "journal", Status.SKIPPED, "the journal cannot be read here")
+    if lines:
+        return Finding("proxy", "journal", Status.WARNING,
+                       f"{len(lines)} error(s) in its journal since {options.since}, last: {lines[-1]}",
+                       f"journalctl -u {PROXY_UNIT} -p err --since {options.since}")
+    return _ok("proxy", "journal", f"no errors in its journal since {options.since}")
+
+
+def check_registry(host: Host, options: Options) -> Finding:
+    table = probe.registry(options.host, options.register_port, options.timeout)
+    if isinstance(table, str):
+        return _problem("proxy", "registry", f"the registry cannot be read: {table}",
+                        f"journalctl -u {PROXY_UNIT}")
+    by_port: dict[int, list[str]] = {}
+    for name, port in table.items():
+        by_port.setdefault(port, []).append(name)
+    for port, names in sorted(by_port.items()):
+        if not probe.dial(options.host, port, options.timeout):
+            return _problem("proxy", "registry",
+                            f"port {port} is registered (by the app serving {', '.join(sorted(names))}) but "
+                            "nobody listens on it: the M4's calls to these names fail",
+                            f"is that app running and publishing {port}? x8-apps status; its compose file "
+                            f"needs ports: [\"{port}:{port}\"]")
+    return _ok("proxy", "registry", f"{len(table)} name(s) on {len(by_port)} port(s), every port answers")
+
+
+# --- sketch --------------------------------------------------------------------------------
+
+def check_last_flash(host: Host, options: Options) -> Finding:
+    done = host.run([*options.flasher, "status", "--json", "--state-dir", str(host.path(FLASHER_STATE))])
+    if done.returncode is None:
+        return Finding("sketch", "flash", Status.SKIPPED, f"m4-flasher not available ({done.stderr.strip()})")
+    try:
+        status = json.loads(done.stdout or "{}")
+    except ValueError:
+        return Finding("sketch", "flash", Status.SKIPPED, "m4-flasher status --json printed no JSON")
+    result = status.get("result") if isinstance(status, dict) else None
+    if result is None:
+        return Finding("sketch", "flash", Status.WARNING, "no flash recorded by m4-flasher",
+                       "adb push the sketch to /tmp/arduino/m4-user-sketch.elf (or m4-flasher flash FILE)")
+    sha = str((status.get("sketch") or {}).get("sha256", "?"))[:12]
+    if result != "success":
+        return _problem("sketch", "flash", f"the last flash ({sha}) {result}: {status.get('reason')}",
+                        "m4-flasher status shows openocd's output; fix the sketch and upload it again, "
+                        "or m4-flasher rollback")
+    return _ok("sketch", "flash", f"last flash of sketch {sha} succeeded ({status.get('finished_at')})")
+
+
+def check_sketch_answers(host: Host, options: Options) -> Finding:
+    outcome = probe.call(options.host, options.call_port, probe.PROBE_METHOD, [], options.timeout)
+    if not outcome.answered or probe.NOT_FOUND not in str(outcome.error):
+        why = outcome.reason or f"the answer was {outcome.error!r}"
+        return _problem("sketch", "rpc", f"the M4 does not answer RPC ({why}): no sketch is running, or it "
+                                         "never calls RPC.begin()",
+                        "flash a sketch that calls RPC.begin() in setup(); m4-flasher status")
+    return _ok("sketch", "rpc", "a sketch answers RPC (rpclib's \"could not find function\" to a probe)")
+
+
+def check_expected_methods(host: Host, options: Options) -> Finding:
+    missing = []
+    for method in options.expect:
+        outcome = probe.call(options.host, options.call_port, method, ARITY_PROBE, options.timeout)
+        if not outcome.answered:
+            return _problem("sketch", "methods", f"no answer when probing {method!r}: {outcome.reason}",
+                            "the sketch stopped answering; m4-flasher status")
+        if probe.NOT_FOUND in str(outcome.error):
+            missing.append(method)
+    if missing:
+        return _problem("sketch", "methods", f"the sketch does not bind {', '.join(map(repr, missing))}",
+                        "add RPC.bind(\"name\", function) before RPC.begin() in the sketch, and flash it")
+    if not options.expect:
+        return Finding("sketch", "methods", Status.SKIPPED, "no --expect methods given")
+    return _ok("sketch", "methods", f"bound: {', '.join(options.expect)}")
+
+
+# --- apps ----------------------------------------------------------------------------------
+
+# The x8-apps lint rules about reaching the proxy and being reached by it.
+APP_RULES = ("X8101", "X8102", "X8103", "X8104", "X8105", "X8106")
+
+
+def _compose_files(host: Host, options: Options) -> list[Path]:
+    if options.compose:
+        return list(options.compose)
+    from x8manager.apps.lint import compose_file_in  # noqa: PLC0415 - apps is optional here
+
+    apps = host.path(COMPOSE_APPS)
+    try:
+        folders = sorted(child for child in apps.iterdir() if child.is_dir())
+    except OSError:
+        return []
+    return [file for folder in folders if (file := compose_file_in(folder)) is not None]
+
+
+def check_apps(host: Host, options: Options) -> Finding:
+    try:
+        from x8manager.apps.rules import check_x8_rules  # noqa: PLC0415 - needs PyYAML
+        from x8manager.apps.yamlsource import YamlLoadError, load_compose_text  # noqa: PLC0415
+    except ImportError:
+        return Finding("apps", "wiring", Status.SKIPPED, "x8-apps (PyYAML) is not installed")
+    files = _compose_files(host, options)
+    for file in files:
+        try:
+            source = load_compose_text(file.read_text())
+        except (OSError, UnicodeDecodeError, YamlLoadError) as error:
+            return Finding("apps", "wiring", Status.WARNING, f"{file}: cannot read: {error}",
+                           f"x8-apps lint {file}")
+        for finding in check_x8_rules(source, str(file)):
+            if finding.rule in APP_RULES and finding.severity.is_problem:
+                app = finding.service or file.parent.name
+                status = Status.PROBLEM if finding.severity.value == "error" else Status.WARNING
+                return Finding("apps", "wiring", status,
+                               f"app {app} ({file}:{finding.line}): {finding.message}",
+                               f"x8-apps lint {file}")
+    return _ok("apps", "wiring", f"{len(files)} compose app(s): proxy host mapping and ports can work")
+
+
+Check = Callable[[Host, Options], Finding]
+CHECKS: dict[str, tuple[Check, ...]] = {
+    "h7": (check_h7_programmer, check_modules, check_firmware, check_device),
+    "proxy": (check_proxy_running, check_proxy_ports, check_router_socket, check_proxy_journal,
+              check_registry),
+    "sketch": (check_last_flash, check_sketch_answers, check_expected_methods),
+    "apps": (check_apps,),
+}
+assert tuple(CHECKS) == LAYERS
+
+
+def diagnose(host: Host, options: Options) -> Report:
+    """Run the layers bottom-up; stop at the first problem."""
+    report = Report()
+    for index, layer in enumerate(LAYERS):
+        for check in CHECKS[layer]:
+            finding = check(host, options)
+            report.findings.append(finding)
+            if finding.status is Status.PROBLEM:
+                report.not_checked = list(LAYERS[index + 1:])
+                return report
+    return report

@@ -1,0 +1,176 @@
+"""``m4-flasher flash FILE --wait``: the daemon's request socket, with health checks through the real
+proxy in front of the virtual M4 (m4-sim), and the SWD-probe stand-in in place of openocd."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flasher_daemon_rig import GOOD, Rig, variant, wait_for
+
+from tests.support.m4stack import M4Stack
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def m4() -> Iterator[M4Stack]:
+    stack = M4Stack(bind=("healthy",))
+    yield stack
+    stack.stop()
+
+
+def _sketch(rig: Rig, data: bytes, name: str = "sketch.elf") -> Path:
+    path = rig.root / "build" / name
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def _request(rig: Rig, path: Path, *extra: str) -> tuple[int, dict[str, Any], str]:
+    done = rig.cli("flash", str(path), "--wait", "--json", *extra)
+    return done.returncode, json.loads(done.stdout), done.stderr
+
+
+def _health(m4: M4Stack, method: str, seconds: str = "5") -> list[str]:
+    return ["--health-method", method, "--health-timeout", seconds, "--proxy", f"127.0.0.1:{m4.call_port}"]
+
+
+def test_health_check_passes_and_the_sketch_becomes_last_good(rig: Rig, m4: M4Stack) -> None:
+    rig.start()
+    code, result, err = _request(rig, _sketch(rig, GOOD), *_health(m4, "healthy"))
+    assert code == 0, (result, err)
+    assert result["result"] == "success" and result["ok"] and result["sha256"] == sha(GOOD)
+    assert result["record"]["health"]["healthy"] and "healthy() answered" in result["reason"]
+    assert rig.chip()["sha256"] == sha(GOOD)
+    assert rig.status()["last_good"]["sha256"] == sha(GOOD)
+    rig.stop()
+
+
+def test_health_check_failure_restores_the_last_good_sketch(rig: Rig, m4: M4Stack) -> None:
+    rig.start()
+    assert _request(rig, _sketch(rig, GOOD), *_health(m4, "healthy"))[0] == 0
+    broken = variant(1)  # flashes and verifies, but does not answer its health procedure
+    code, result, _ = _request(rig, _sketch(rig, broken, "v1.elf"), *_health(m4, "selftest", "1"))
+    assert code == 1 and not result["ok"] and result["result"] == "unhealthy"
+    assert "could not find function 'selftest'" in result["reason"]
+    assert f"last good sketch {sha(GOOD)[:12]} restored" in result["reason"]
+    chip = rig.chip()
+    assert chip["sha256"] == sha(GOOD) and chip["writes"] == 3, chip  # good, broken, good again
+    assert rig.status()["last_good"]["sha256"] == sha(GOOD)
+    assert rig.status()["result"] == "unhealthy"
+    human = rig.cli("status")
+    assert "last result: unhealthy" in human.stdout and "health: FAILED" in human.stdout
+    rig.stop()
+
+
+def test_if_changed_skips_the_chip_write_for_the_running_sketch(rig: Rig, m4: M4Stack) -> None:
+    rig.start()
+    sketch = _sketch(rig, GOOD)
+    assert _request(rig, sketch)[0] == 0
+    code, result, _ = _request(rig, sketch, "--if-changed", *_health(m4, "healthy"))
+    assert code == 0 and result["result"] == "unchanged", result
+    assert rig.chip()["writes"] == 1
+    other = variant(2)
+    code, result, _ = _request(rig, _sketch(rig, other, "v2.elf"), "--if-changed")
+    assert code == 0 and result["result"] == "success"
+    assert rig.chip()["writes"] == 2 and rig.chip()["sha256"] == sha(other)
+    rig.stop()
+
+
+def _client(rig: Rig, path: Path) -> subprocess.Popen[str]:
+    argv = [sys.executable, "-m", "x8manager.flasher.cli", "flash", *rig.common_args(), str(path), "--wait"]
+    return subprocess.Popen(argv, env=rig.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_two_clients_racing_flash_one_after_the_other(rig: Rig) -> None:
+    rig.set_mode("hold-programming")
+    rig.start()
+    first, second = variant(3), variant(4)
+    a = _client(rig, _sketch(rig, first, "a.elf"))
+    wait_for(lambda: rig.chip().get("sha256") == sha(first), "the first request to be programming")
+    b = _client(rig, _sketch(rig, second, "b.elf"))
+    assert b.stderr is not None
+    while "waiting for the H7 lock" not in (line := b.stderr.readline()):
+        assert line, "the second client ended without saying it waits"
+    assert "m4-flasher request" in line  # it names the holder
+    (rig.probe / "release").touch()
+    out_a, _ = a.communicate(timeout=60)
+    out_b, _ = b.communicate(timeout=60)
+    assert (a.returncode, b.returncode) == (0, 0), (out_a, out_b)
+    assert out_a.startswith("success") and out_b.startswith("success")
+    chip = rig.chip()
+    assert chip["writes"] == 2 and chip["sha256"] == sha(second)
+    rig.stop()
+
+
+def test_daemon_killed_mid_request_is_an_error_never_a_success(rig: Rig) -> None:
+    rig.set_mode("hold-programming")
+    daemon = rig.start()
+    sketch = variant(5)
+    client = _client(rig, _sketch(rig, sketch))
+    wait_for(lambda: rig.chip().get("state") == "programming", "programming to begin")
+    daemon.send_signal(signal.SIGKILL)
+    out, err = client.communicate(timeout=60)
+    assert client.returncode == 1, (out, err)
+    assert "success" not in out and "outcome is unknown" in out
+    rig.stop()
+
+
+def test_sketch_path_that_is_a_symlink_or_a_fifo_is_refused(rig: Rig) -> None:
+    rig.start()
+    real = _sketch(rig, GOOD)
+    link = real.with_name("link.elf")
+    link.symlink_to(real)
+    fifo = real.with_name("fifo.elf")
+    os.mkfifo(fifo)
+    for path, words in ((link, "is a symlink"), (fifo, "a FIFO")):
+        code, result, _ = _request(rig, path)
+        assert code == 3 and result["result"] == "rejected" and words in result["reason"], result
+    assert rig.chip() == {}
+    rig.stop()
+
+
+def test_no_daemon_is_a_clear_failure(rig: Rig) -> None:
+    code, result, _ = _request(rig, _sketch(rig, GOOD))
+    assert (
+        code == 1 and result["result"] == "unknown" and "cannot reach the flasher daemon" in result["reason"]
+    )
+
+
+def _raw(rig: Rig, payload: bytes) -> list[dict[str, Any]]:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(30)
+        sock.connect(str(rig.socket))
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        return [json.loads(line) for line in sock.makefile("rb")]
+
+
+def test_bad_requests_get_an_error_and_the_daemon_keeps_serving(rig: Rig) -> None:
+    rig.start()
+    for payload in (
+        b"not json\n",
+        b'{"op": "erase"}\n',
+        b'{"op": "flash", "size": 99999999999}\n',
+        b'{"op": "flash", "size": 100}\n' + b"short",
+        b'{"op": "flash", "size": 4, "health": {"timeout": -1}}\nabcd',
+    ):
+        (reply,) = _raw(rig, payload)
+        assert reply["event"] == "result" and reply["result"] == "error" and not reply["ok"], reply
+    assert oct(rig.socket.stat().st_mode & 0o777) == "0o600"
+    code, result, _ = _request(rig, _sketch(rig, GOOD))
+    assert code == 0 and result["result"] == "success"
+    assert rig.daemon is not None and rig.daemon.poll() is None
+    rig.stop()

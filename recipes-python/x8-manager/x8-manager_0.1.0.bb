@@ -82,6 +82,8 @@ do_install:append() {
     install -D -m 0644 ${S}/units/x8-manager-proxy.sysusers.conf ${D}${nonarch_libdir}/sysusers.d/x8-manager-proxy.conf
     # x8manager.qemu drives a virtual X8 from a host (pip extra "qemu"): no device payload.
     rm -rf ${D}${X8_SITE}/qemu
+    # The laptop's x8 CLI (x8manager.host, pip extra "host") runs on the developer's machine, not here.
+    rm -rf ${D}${X8_SITE}/host ${D}${bindir}/x8 ${D}${bindir}/x8-monitor
 }
 
 # One package per service; ${PN} itself is the shared library (x8manager.rpc, x8manager.common)

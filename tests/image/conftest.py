@@ -15,8 +15,9 @@ from typing import TextIO
 
 import pytest
 
-from x8manager.qemu import Machine, Profile
+from x8manager.qemu import Machine, Profile, free_local_port
 from x8manager.qemu.pytest_plugin import profile_from_options
+from x8manager.qemu.ssh import GuestSsh
 from x8manager.qemu.virtual_x8 import GUEST_HELPER_DIR, WRITABLE_HELPER_DIR, VirtualX8
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,7 +41,9 @@ def x8_profile(request: pytest.FixtureRequest) -> Profile:
 
 @pytest.fixture(scope="session")
 def virtual_x8(x8_profile: Profile, x8_console_log: TextIO) -> Iterator[VirtualX8]:
-    machine = Machine(x8_profile, console_log=x8_console_log)
+    # The guest's SSH port on a free port of 127.0.0.1 (the x8 host CLI's way in).
+    forwards = {free_local_port(): x8_profile.ssh.port} if x8_profile.ssh is not None else {}
+    machine = Machine(x8_profile, console_log=x8_console_log, host_forwards=forwards)
     x8 = VirtualX8(machine, m4_log=x8_console_log)
     try:
         x8.start()
@@ -75,6 +78,18 @@ def prepare_guest(x8: VirtualX8) -> None:
                        f"M4_FLASHER_ARGS=--openocd {WRITABLE_HELPER_DIR}/openocd-standin\n".encode())
     console.write_file("/etc/default/m4-proxy", b"M4_PROXY_ARGS=--device /dev/virtio-ports/m4\n")
     console.check("systemctl restart m4-proxy m4-flasher")
+
+
+@pytest.fixture(scope="session")
+def guest_ssh(virtual_x8: VirtualX8, tmp_path_factory: pytest.TempPathFactory) -> GuestSsh:
+    """SSH into the guest as its login user (fio), ready to take commands."""
+    access = virtual_x8.machine.profile.ssh
+    if access is None:
+        pytest.skip(f"the {virtual_x8.machine.profile.name} profile has no SSH access")
+    ssh = GuestSsh(virtual_x8.machine, access, tmp_path_factory.mktemp("ssh"))
+    ssh.authorize(virtual_x8.machine.require_console())
+    ssh.wait_ready()
+    return ssh
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from x8manager.qemu import Console
-from x8manager.qemu.virtual_x8 import poll
+from x8manager.qemu.virtual_x8 import VirtualX8, poll
 
 ELF_FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "elf"
 UPLOAD_PATH = "/tmp/arduino/m4-user-sketch.elf"
@@ -21,11 +21,13 @@ def sha256_of(name: str) -> str:
     return hashlib.sha256((ELF_FIXTURES / name).read_bytes()).hexdigest()
 
 
-def upload(console: Console, name: str) -> str:
-    """Stage the fixture in the guest, then copy it to the upload path in one write (like ``adb push``)."""
+def upload(x8: VirtualX8, name: str) -> str:
+    """Stage the fixture in the guest, then copy it to the upload path in one write as the login user
+    (fio: the X8's adbd runs as fio, so ``adb push`` writes as fio)."""
+    console = x8.machine.require_console()
     staged = f"/tmp/{name}"
     console.write_file(staged, (ELF_FIXTURES / name).read_bytes())
-    console.check(f"mkdir -p /tmp/arduino && cp {shlex.quote(staged)} {UPLOAD_PATH}")
+    console.check(x8.as_user(f"mkdir -p /tmp/arduino && cp {shlex.quote(staged)} {UPLOAD_PATH}"))
     return sha256_of(name)
 
 

@@ -36,6 +36,7 @@ def test_compose_app_answers_a_call_from_the_m4(virtual_x8: VirtualX8, compose: 
     assert found == 0, f"the Debian test image lacks {compose} compose: {version.strip()}"
     print(f"compose: {version.strip()}")
     x8_apps = f"X8_APPS_COMPOSE={compose} x8-apps"
+    as_fio = virtual_x8.as_user  # fio is in group docker, as on LmP: no sudo for docker or x8-apps
     console.check(f"docker image inspect {BASE_IMAGE} >/dev/null 2>&1 || "
                   f"docker import {BASE_TARBALL} {BASE_IMAGE}", timeout=600)
     # The app lives where aktualizr-lite puts compose apps; with no /var/sota/sota.toml nothing
@@ -47,27 +48,28 @@ def test_compose_app_answers_a_call_from_the_m4(virtual_x8: VirtualX8, compose: 
     image = console.check(f"sed -n 's/^ *image: *//p' {app_dir}/docker-compose.yml | head -n1")
     image = image.strip().strip('"')
     assert image, "the scaffolded compose file names no image"
-    console.check(f"docker build -q --build-arg BASE_IMAGE={BASE_IMAGE} -t {image} {app_dir}", timeout=600)
+    console.check(as_fio(f"docker build -q --build-arg BASE_IMAGE={BASE_IMAGE} -t {image} {app_dir}"),
+                  timeout=600)
     # The other compose's containers of this project, from the previous parameter, go first:
     # v1 and v2 name containers differently but find each other's by label.
     console.check(f"docker ps -aq --filter label=com.docker.compose.project={APP} | xargs -r docker rm -f",
                   timeout=300)
-    console.check(f"{x8_apps} start {APP}", timeout=600)
+    console.check(as_fio(f"{x8_apps} start {APP}"), timeout=600)
     try:
         whoami = poll(f"{APP} registered with m4-proxy (the M4 calls whoami)",
                       lambda: virtual_x8.m4_call("whoami"), timeout=240, interval=2)
         assert whoami == APP
         assert virtual_x8.m4_call("divide", 7, 2) == 3.5
-        listing = console.check(f"{x8_apps} list", timeout=120)
+        listing = console.check(as_fio(f"{x8_apps} list"), timeout=120)
         assert APP in listing and "running" in listing, listing
-        procedures = console.check("x8-apps rpc", timeout=120)
+        procedures = console.check(as_fio("x8-apps rpc"), timeout=120)
         assert "divide" in procedures and APP in procedures, procedures
-        console.check(f"{x8_apps} logs {APP}", timeout=120)
+        console.check(as_fio(f"{x8_apps} logs {APP}"), timeout=120)
     finally:
-        logs, _ = console.run(f"{x8_apps} logs {APP} 2>&1 | tail -n 50", timeout=120)
+        logs, _ = console.run(as_fio(f"{x8_apps} logs {APP} 2>&1 | tail -n 50"), timeout=120)
         print(logs)
-        console.run(f"{x8_apps} stop {APP}", timeout=300)
-    stopped = console.check(f"{x8_apps} list", timeout=120)
+        console.run(as_fio(f"{x8_apps} stop {APP}"), timeout=300)
+    stopped = console.check(as_fio(f"{x8_apps} list"), timeout=120)
     assert "stopped" in stopped, stopped
 
 

@@ -14,7 +14,7 @@ pytestmark = [pytest.mark.image, pytest.mark.timeout(1500)]
 
 def test_uploaded_sketch_is_flashed_and_reported(virtual_x8: VirtualX8) -> None:
     console = virtual_x8.machine.require_console()
-    sha256 = upload(console, "sketch-ok.elf")
+    sha256 = upload(virtual_x8, "sketch-ok.elf")
     result = wait_for_result(console, sha256)
     assert result["result"] == "success", result
     assert chip(console).get("sha256") == sha256
@@ -26,7 +26,7 @@ def test_uploaded_sketch_is_flashed_and_reported(virtual_x8: VirtualX8) -> None:
 def test_corrupt_sketch_is_refused_and_reported(virtual_x8: VirtualX8) -> None:
     console = virtual_x8.machine.require_console()
     before = chip(console)
-    sha256 = upload(console, "truncated.elf")
+    sha256 = upload(virtual_x8, "truncated.elf")
     result = wait_for_result(console, sha256)
     assert result["result"] == "rejected", result
     assert result.get("reason"), "a rejection must say why"

@@ -52,9 +52,15 @@ def unit_state(console: Console) -> dict[str, str]:
 @pytest.fixture
 def standin_programmer(virtual_x8: VirtualX8) -> Iterator[Console]:
     console = virtual_x8.machine.require_console()
-    _, code = console.run("mkdir -p /usr/arduino/extra")
-    if code != 0:
-        pytest.skip("/usr is read-only in this image (OSTree): no room for the program-h7.sh stand-in")
+    # /usr is read-only at run time (OSTree on LmP, usr.mount on the twin). The stand-in goes where
+    # Arduino's script lives, so /usr is made writable for this test, as a developer would with
+    # 'ostree admin unlock' on LmP, and read-only again afterwards.
+    unlocked = console.run("mkdir -p /usr/arduino/extra")[1] != 0
+    if unlocked:
+        _, code = console.run("ostree admin unlock --transient 2>/dev/null || mount -o remount,bind,rw /usr")
+        if code != 0:
+            pytest.skip("/usr is read-only and cannot be unlocked: no room for the program-h7.sh stand-in")
+        console.check("mkdir -p /usr/arduino/extra")
     console.check("mkdir -p /run/x8-test && rm -f /run/x8-test/*")
     console.write_file(PROGRAM_H7, STANDIN_PROGRAM_H7.encode(), 0o744)
     console.write_file("/run/systemd/system/stm32h7-program.service", STANDIN_UNIT.encode())
@@ -65,6 +71,8 @@ def standin_programmer(virtual_x8: VirtualX8) -> Iterator[Console]:
         console.run(f"touch {RELEASE}; systemctl stop stm32h7-program.service x8-test-lock-holder.service")
         console.run(f"rm -f /run/systemd/system/stm32h7-program.service {PROGRAM_H7}")
         console.run("systemctl daemon-reload")
+        if unlocked and console.run("command -v ostree")[1] != 0:
+            console.run("rmdir -p /usr/arduino/extra 2>/dev/null; mount -o remount,bind,ro /usr")
 
 
 def test_programmer_runs_under_the_lock_and_waits_for_its_holder(standin_programmer: Console) -> None:

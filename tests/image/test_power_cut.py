@@ -18,7 +18,7 @@ def test_power_cut_during_flash_is_reported_and_recovered(virtual_x8: VirtualX8)
     machine = virtual_x8.machine
     console = machine.require_console()
     console.check(f"mkdir -p /etc/x8-test && echo hang-programming > {STANDIN_MODE_FILE}")
-    sha256 = upload(console, "sketch-ok-2.elf")
+    sha256 = upload(virtual_x8, "sketch-ok-2.elf")
     poll("the flash is under way (stand-in programming)",
          lambda: True if status(console).get("state") == "flashing"
          and chip(console).get("state") == "programming" else None, timeout=120)

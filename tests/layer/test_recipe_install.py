@@ -160,7 +160,9 @@ def test_the_qemu_harness_is_no_device_payload(installed: Installed) -> None:
 
 def test_console_scripts_go_to_their_service_package(installed: Installed) -> None:
     d, _, packages = installed
-    scripts = set(tomllib.loads((LAYER_ROOT / "pyproject.toml").read_text())["project"]["scripts"])
+    # x8 and x8-monitor are the laptop's (x8manager.host): the recipe leaves them out.
+    scripts = set(tomllib.loads((LAYER_ROOT / "pyproject.toml").read_text())["project"]["scripts"]) - {
+        "x8", "x8-monitor"}
     bindir = d.getVar("bindir")
     installed_scripts = {
         Path(path).name for files in packages.values() for path in files if path.startswith(bindir)

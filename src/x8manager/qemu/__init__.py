@@ -5,7 +5,7 @@ or load the pytest plugin (``-p x8manager.qemu.pytest_plugin``) for the ``x8_mac
 """
 
 from .console import CommandFailed, Console, ConsoleError, ConsoleTimeout, Login
-from .machine import Machine, MachineError, Profile, debian_profile, lmp_profile
+from .machine import Machine, MachineError, Profile, SshAccess, debian_profile, free_local_port, lmp_profile
 from .qmp import QmpClient, QmpError
 
 __all__ = [
@@ -19,6 +19,8 @@ __all__ = [
     "Profile",
     "QmpClient",
     "QmpError",
+    "SshAccess",
     "debian_profile",
+    "free_local_port",
     "lmp_profile",
 ]

@@ -23,14 +23,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from x8manager.common.net import free_local_port
+
 from .console import Console, ConsoleError, Login
 from .qmp import QmpClient, QmpError
 
-__all__ = ["Machine", "MachineError", "Profile", "debian_profile", "lmp_profile"]
+__all__ = ["Machine", "MachineError", "Profile", "SshAccess", "debian_profile", "free_local_port",
+           "lmp_profile"]
 
 
 class MachineError(RuntimeError):
     """QEMU failed to start, or exited; the message carries QEMU's stderr."""
+
+
+@dataclass(frozen=True)
+class SshAccess:
+    """How to log in over SSH: *user*, the guest's *port*; the client key and the known host key when
+    the image was built with them (else the tests authorize a key of their own through the console)."""
+
+    user: str
+    port: int = 22
+    identity: Path | None = None
+    known_hosts: Path | None = None
+    host_key_alias: str | None = None
 
 
 @dataclass(frozen=True)
@@ -47,6 +62,7 @@ class Profile:
     nic_model: str = "virtio-net-pci"
     description: str = ""
     extra: dict[str, str] = field(default_factory=dict)
+    ssh: SshAccess | None = None
 
 
 def debian_profile(image_dir: Path, *, memory_mib: int = 1536, cpus: int = 2) -> Profile:
@@ -67,11 +83,18 @@ def debian_profile(image_dir: Path, *, memory_mib: int = 1536, cpus: int = 2) ->
         "-drive", f"file={disk},format=raw,if=virtio,snapshot=on,cache=unsafe",
         "-device", "virtio-rng-pci",
     )
+    ssh = manifest.get("ssh")
     return Profile(
         name="debian", qemu="qemu-system-x86_64", args=args,
-        login=Login(user=login.get("user", "root"), password=login.get("password", "x8")),
+        login=Login(user=login.get("user", "root"), password=login.get("password", "x8"),
+                    become_root=bool(login.get("become_root", False))),
         boot_timeout=300.0, command_timeout=60.0,
         description=f"Debian test image {disk} (wheel {manifest.get('wheel')})",
+        ssh=None if ssh is None else SshAccess(
+            user=ssh["user"], port=int(ssh.get("port", 22)),
+            identity=image_dir / ssh["identity"] if ssh.get("identity") else None,
+            known_hosts=image_dir / ssh["known_hosts"] if ssh.get("known_hosts") else None,
+            host_key_alias=ssh.get("host_key_alias")),
     )
 
 
@@ -97,7 +120,9 @@ def lmp_profile(wic: Path, bios: Path, *, memory_mib: int = 2048) -> Profile:
         boot_timeout=900.0, command_timeout=180.0,
         virtio_serial="virtio-serial-device", nic_model="virtio-net-device",
         description=f"LmP qemuarm64-secureboot {wic} + {bios}",
+        ssh=SshAccess(user="fio"),
     )
+
 
 
 def _wait_for(condition: str, check: object, timeout: float, process: subprocess.Popen[bytes],
@@ -193,6 +218,10 @@ class Machine:
             raise ConsoleError(f"systemd did not finish booting: is-system-running says {state!r}")
         self.boots += 1
         return time.monotonic() - started
+
+    def host_port(self, guest_port: int) -> int | None:
+        """The port on 127.0.0.1 forwarded to *guest_port*, if any."""
+        return next((host for host, guest in self.host_forwards.items() if guest == guest_port), None)
 
     def console_socket_fd(self) -> int:
         """The serial console's socket, for bridging it to a terminal (bypassing the driver)."""

@@ -141,6 +141,16 @@ class VirtualX8:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
+    @property
+    def login_user(self) -> str:
+        """The user a developer logs in as (fio on LmP); the console itself is root, via sudo."""
+        profile = self.machine.profile
+        return profile.ssh.user if profile.ssh is not None else profile.login.user
+
+    def as_user(self, command: str) -> str:
+        """*command* for the root console, run as :attr:`login_user` (what the user would run on LmP)."""
+        return f"sudo -u {shlex.quote(self.login_user)} -H -- sh -c {shlex.quote(command)}"
+
     def require_m4(self) -> VirtualM4Process:
         if self.m4 is None:
             raise MachineError("virtual M4 not started")
@@ -167,6 +177,7 @@ class VirtualX8:
                   "print(json.dumps(M4Client().call(sys.argv[1], *json.loads(sys.argv[2]))))")
         command = (f"python3 -c {shlex.quote(script)} {shlex.quote(name)} "
                    f"{shlex.quote(json.dumps(list(args)))}")
-        output = self.machine.require_console().check(command, timeout)
+        # As the login user: on LmP an app or a developer's script calls the M4, not root.
+        output = self.machine.require_console().check(self.as_user(command), timeout)
         return json.loads(output.strip().splitlines()[-1])
 

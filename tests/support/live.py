@@ -111,7 +111,9 @@ def m4proxy(device: str, tmp: Path, *args: str) -> Iterator[LiveProxy]:
     with open(log, "w") as stderr:
         process = subprocess.Popen(
             [sys.executable, "-m", "x8manager.proxy.cli", "--device", device, "--bind", "127.0.0.1",
-             "--register-port", str(register_port), "--call-port", str(call_port), *args],
+             "--register-port", str(register_port), "--call-port", str(call_port),
+             # Fixed default socket path and port: off, so test runs side by side do not collide.
+             "--router-socket", "", "--monitor-listen", "", *args],
             stdout=stderr, stderr=stderr, text=True)
     try:
         for port in (register_port, call_port):

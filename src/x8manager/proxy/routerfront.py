@@ -285,15 +285,32 @@ class RouterConnection(asyncio.Protocol):
         if not 0 <= msgid <= MAX_MSGID:
             self._reply(msgid, [ERR_INVALID_PARAMS, f"invalid msgid {msgid}"], None)
             return
+        self._forward(request, frame)
+
+    def _start_call(self, request: Request, frame: Frame) -> None:
+        method, msgid = request.method, request.msgid
         provider = self._context.table.provider_of(method)
-        if provider is not None:
-            self._calls[msgid] = provider.call(frame, lambda result: self._provider_done(msgid, result),
-                                               wait=self._context.call_timeout)
-            return
+        # In flight before the call starts: a provider may answer (or fail) at once.
+        self._calls[msgid] = _not_started
         try:
-            self._calls[msgid] = self._context.m4.call(
-                frame.raw, lambda result: self._m4_done(method, msgid, result),
-                timeout=self._context.call_timeout)
+            if provider is not None:
+                withdraw = provider.call(frame, lambda result: self._provider_done(msgid, result),
+                                         wait=self._context.call_timeout)
+            else:
+                withdraw = self._context.m4.call(
+                    frame.raw, lambda result: self._m4_done(method, msgid, result),
+                    timeout=self._context.call_timeout)
+        except M4CallFailed:
+            self._calls.pop(msgid, None)
+            raise
+        if msgid in self._calls:
+            self._calls[msgid] = withdraw
+
+    def _forward(self, request: Request, frame: Frame) -> None:
+        """Forward a request; the M4 link's refusals are answered at once."""
+        msgid = request.msgid
+        try:
+            self._start_call(request, frame)
         except TooLarge as exc:
             self._reply(msgid, [ERR_OVER_SIZE_LIMIT, f"message size exceeds the limit of {exc.limit} bytes"],
                         None)
@@ -451,6 +468,10 @@ class RouterConnection(asyncio.Protocol):
         msgid = self._next_id
         self._next_id = (self._next_id + 1) & MAX_MSGID
         return msgid
+
+
+def _not_started() -> None:
+    """Withdrawing a call that is still being started: nothing to undo yet."""
 
 
 def _packb(value: int) -> bytes:

@@ -81,7 +81,8 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
     try:
         pty, control = start_virtual_m4(processes)
         proxy = Process.start("m4-proxy", [str(BIN / "m4-proxy"), "--device", pty, "--bind", "127.0.0.1",
-                                           "--register-port", "0", "--call-port", "0"])
+                                           "--register-port", "0", "--call-port", "0",
+                                           "--router-socket", "", "--monitor-listen", ""])
         processes.append(proxy)
         ready = proxy.wait_for_line(r"ready: register port (\d+), call port (\d+)")
         yield Rig(control, int(ready.group(1)), int(ready.group(2)), tmp_path, processes)

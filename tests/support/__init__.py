@@ -15,8 +15,9 @@ from typing import TypeVar
 
 __all__ = ["WAIT", "free_port", "wait_for", "wait_until"]
 
-# The default deadline of a wait; generous for a loaded 2-core CI machine.
-WAIT = 10.0
+# The default deadline of a wait: only a failing test waits that long, so generous for a loaded
+# 2-core CI machine.
+WAIT = 30.0
 T = TypeVar("T")
 
 

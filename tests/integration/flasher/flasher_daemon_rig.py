@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,18 +20,6 @@ ROOT = Path(__file__).resolve().parents[3]
 ELF_DIR = ROOT / "tests" / "fixtures" / "elf"
 STANDIN = ROOT / "tests" / "standins" / "openocd-standin"
 GOOD = (ELF_DIR / "sketch-ok.elf").read_bytes()
-
-
-def wait_for(condition: Callable[[], Any], what: str, limit: float = 30.0) -> Any:
-    """Poll *condition* until it returns something truthy; fail with *what* after *limit* seconds."""
-    deadline = time.monotonic() + limit
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {limit} s waiting for {what}")
-        time.sleep(0.02)
 
 
 def variant(number: int) -> bytes:

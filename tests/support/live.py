@@ -17,15 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from tests.support import free_port
+
 START_TIMEOUT = 30.0
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def eventually(check: Callable[[], T | None], what: str, within: float = 10.0) -> T:

@@ -67,6 +67,7 @@ from x8manager.rpc.framing import (
     ObjectCutter,
     Request,
     Response,
+    msgid_span,
     pack_notification,
     pack_response,
     parse_message,
@@ -339,15 +340,19 @@ class RouterConnection(asyncio.Protocol):
             self._reply(msgid, [code, text], None)
             return
         try:
+            _, error_at = msgid_span(result)
+        except InvalidMessage:  # pragma: no cover - the M4 port passes responses only
+            error_at = -1
+        if 0 <= error_at < len(result) and result[error_at] == 0xC0:
+            self._send(result)  # no error: the M4's bytes as they came, with the caller's msgid
+            return
+        try:
             reply = parse_message(_unpack(result))
         except (InvalidMessage, ValueError):  # pragma: no cover - the M4 port passes responses only
             self._reply(msgid, [ERR_GENERIC, "unusable reply from the M4"], None)
             return
         assert isinstance(reply, Response)
-        if reply.error is None:
-            self._send(result)  # the M4's bytes, with the caller's msgid
-        else:
-            self._reply(msgid, m4_error_for_bridge(method, reply.error), None)
+        self._reply(msgid, m4_error_for_bridge(method, reply.error), None)
 
     # -- router methods -----------------------------------------------------------------------
 

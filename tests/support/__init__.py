@@ -8,10 +8,11 @@ TCP port on 127.0.0.1 that nothing listens on (load and tests stay on 127.0.0.1)
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import Callable
 from typing import TypeVar
+
+from x8manager.common.net import free_local_port as free_port
 
 __all__ = ["WAIT", "free_port", "wait_for", "wait_until"]
 
@@ -19,13 +20,6 @@ __all__ = ["WAIT", "free_port", "wait_for", "wait_until"]
 # 2-core CI machine.
 WAIT = 30.0
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_for(condition: Callable[[], T], what: str, within: float = WAIT) -> T:

@@ -103,27 +103,35 @@ def _waits_for(service: dict[str, Any], sidecar: str) -> bool:
     return isinstance(condition, dict) and condition.get("condition") == "service_completed_successfully"
 
 
-def _dockerfile_copies(app_folder: Path) -> Iterator[tuple[str, str]]:
-    """(source in the folder, target in the image) of each plain COPY/ADD of the Dockerfile."""
+def _dockerfile_copies(app_folder: Path) -> Iterator[tuple[str | None, str]]:
+    """(source in the folder, target in the image) of each COPY/ADD of the Dockerfile; the source
+    is None for ``COPY --from=STAGE`` (made by a build stage, e.g. the Factory compiling the sketch)."""
     try:
         text = (app_folder / "Dockerfile").read_text(encoding="utf-8", errors="replace")[:256 * 1024]
     except OSError:
         return
     for line in text.splitlines():
         words = line.split()
-        if len(words) >= 3 and words[0].upper() in ("COPY", "ADD") and not words[1].startswith("--"):
-            *sources, target = words[1:]
-            for source in sources:
-                yield source, target
+        if len(words) < 3 or words[0].upper() not in ("COPY", "ADD"):
+            continue
+        flags = [w for w in words[1:] if w.startswith("--")]
+        *sources, target = [w for w in words[1:] if not w.startswith("--")]
+        from_stage = any(flag.startswith("--from=") for flag in flags)
+        for source in sources:
+            yield (None if from_stage else source), target
+
+
+_FROM_STAGE = ""  # the sketch is made by a build stage of the Dockerfile, not taken from the folder
 
 
 def _sketch_source_in_folder(app_folder: Path, image_path: str) -> str | None:
-    """The folder's file that the Dockerfile copies to *image_path*, or None if none does."""
+    """The folder's file that the Dockerfile copies to *image_path* (:data:`_FROM_STAGE` when a
+    build stage makes it), or None if nothing does."""
     for source, target in _dockerfile_copies(app_folder):
         if target == image_path:
-            return source
+            return _FROM_STAGE if source is None else source
         if target.endswith("/") and image_path.startswith(target):
-            return source.rstrip("/") + "/" + image_path[len(target):]
+            return _FROM_STAGE if source is None else source.rstrip("/") + "/" + image_path[len(target):]
     return None
 
 
@@ -173,6 +181,8 @@ def check_sketch_services(services: dict[str, Any], app_folder: Path, *,
                 "X8115", env_where, f"the Dockerfile copies nothing to {sidecar.sketch}: the image has "
                 "no sketch to flash", sidecar.name))
             continue
+        if source == _FROM_STAGE:
+            continue  # compiled while the image is built: nothing in the folder to check
         elf = app_folder / source
         if not elf.is_file():
             problems.append(SketchProblem(

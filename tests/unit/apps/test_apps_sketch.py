@@ -60,6 +60,16 @@ def test_a_sketch_the_dockerfile_does_not_copy(tmp_path: Path, capsys: pytest.Ca
     assert lint(capsys, app) == (1, [("X8115", "thermo-sketch")])
 
 
+def test_a_sketch_compiled_by_a_build_stage_is_in_the_image(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    app = sketch_app(tmp_path, built=False)
+    dockerfile = app / "Dockerfile"
+    staged = "COPY --from=sketch /out/thermo.elf /app/sketch/thermo.elf\n"
+    text = dockerfile.read_text().replace("COPY sketch/thermo.elf /app/sketch/thermo.elf\n", staged)
+    dockerfile.write_text("FROM debian:bookworm-slim AS sketch\n" + text)
+    assert lint(capsys, app) == (0, [])
+
+
 def test_a_health_method_the_sketch_never_binds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     app = sketch_app(tmp_path)
     edit_compose(app, lambda s: s["thermo-sketch"]["environment"].update(X8_SKETCH_HEALTH_BOUND="health,gas"))

@@ -160,9 +160,13 @@ def test_monitor_shows_what_the_m4_prints_and_delivers_typed_input(
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert monitor.stdin is not None and monitor.stdout is not None
     output = bytearray()
-    reader = threading.Thread(target=lambda: output.extend(iter(lambda: monitor.stdout.read1(4096), b"")),
-                              daemon=True)  # type: ignore[union-attr]
-    reader.start()
+    stdout = monitor.stdout
+
+    def read_output() -> None:
+        while chunk := stdout.read1(4096):
+            output.extend(chunk)
+
+    threading.Thread(target=read_output, name="x8-monitor-output", daemon=True).start()
     m4 = virtual_x8.require_m4()
 
     def printed() -> bool | None:

@@ -293,7 +293,7 @@ class RouterConnection(asyncio.Protocol):
         try:
             self._calls[msgid] = self._context.m4.call(
                 frame.raw, lambda result: self._m4_done(method, msgid, result),
-                timeout=self._context.call_timeout)
+                timeout=self._context.call_timeout, front="router front", app=self.label)
         except TooLarge as exc:
             self._reply(msgid, [ERR_OVER_SIZE_LIMIT, f"message size exceeds the limit of {exc.limit} bytes"],
                         None)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -260,6 +261,15 @@ class Attachable(Protocol):
     tap: Tap | None
 
 
+def _someone_listens(path: str) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(path)
+        except OSError:
+            return False
+    return True
+
+
 class TapServer:
     """The tap socket (root only, mode 0600): attaches a :class:`Tap` while clients listen."""
 
@@ -273,9 +283,16 @@ class TapServer:
 
     async def listen(self, path: str) -> None:
         """Listen on *path*; raises OSError (the caller decides how bad that is)."""
-        with contextlib.suppress(FileNotFoundError):
-            if stat.S_ISSOCK(os.lstat(path).st_mode):
-                os.unlink(path)  # a previous proxy's; two proxies cannot share the M4 anyway
+        try:
+            existing = os.lstat(path)
+        except FileNotFoundError:
+            pass
+        else:
+            if not stat.S_ISSOCK(existing.st_mode):
+                raise FileExistsError(errno.EEXIST, "exists and is not a socket", path)
+            if _someone_listens(path):
+                raise FileExistsError(errno.EADDRINUSE, "another m4-proxy serves a trace there", path)
+            os.unlink(path)  # left behind by a proxy that is gone
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             old_umask = os.umask(0o177)  # never reachable by others, not even for an instant

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+import pytest
 
 from tests.support.proxy import M4_THREAD_ID, WAIT, exchange, running_proxy, serving, wait_for
 from x8manager.m4sim.m4 import H7_RING_BYTES
@@ -196,4 +197,18 @@ def test_a_reader_that_never_reads_costs_dropped_events_not_proxy_memory_or_spee
                 assert dropped["count"] > 0
             finally:
                 stuck.close()
+    asyncio.run(scenario())
+
+
+def test_a_second_proxy_does_not_take_a_live_trace_socket(tmp_path: Path,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario() -> None:
+        async with traced_proxy(tmp_path) as (first, _m4, sock):
+            second_dir = tmp_path / "second"
+            second_dir.mkdir()
+            async with running_proxy(second_dir, trace_socket=sock) as (second, _):
+                assert second.trace is None and first.trace is not None
+                assert "another m4-proxy serves a trace there" in caplog.text
+            async with x8_trace(first, sock, "--json"):  # still the first proxy's
+                pass
     asyncio.run(scenario())

@@ -8,6 +8,7 @@ with the version string at offset 0x40000 of the firmware image and reflashes on
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -147,12 +148,18 @@ def check_device(host: Host, options: Options) -> Finding:
     if not path.exists():
         return _problem("h7", "device", f"{DEVICE} does not exist: x8h7_ui is not bound",
                         "check dmesg | grep x8h7_ui (modprobe x8h7_ui; DT compatible portenta,x8h7_ui)")
+    busy = False
     try:
         fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_NOCTTY)
     except OSError as error:
-        return _problem("h7", "device", f"{DEVICE} cannot be opened: {error.strerror}",
-                        "run x8 doctor as root (the device is root-only)")
-    os.close(fd)
+        # A device that takes one opener at a time (the twin's virtio port) is busy while the
+        # proxy holds it: then who holds it is the finding.
+        if error.errno != errno.EBUSY:
+            return _problem("h7", "device", f"{DEVICE} cannot be opened: {error.strerror}",
+                            "run x8 doctor as root (the device is root-only)")
+        busy = True
+    else:
+        os.close(fd)
     strangers = [process for process in host.holders(DEVICE)
                  if not _is_ours(process) and not _is_virtual_m4(process)]
     if strangers:
@@ -161,7 +168,10 @@ def check_device(host: Host, options: Options) -> Finding:
                                         "the M4's messages between them",
                         "stop it (Arduino's m4_proxy: systemctl disable --now its unit; a container: "
                         "remove the device from its compose file)")
-    return _ok("h7", "device", f"{DEVICE} present and openable")
+    if busy and not host.holders(DEVICE):
+        return _problem("h7", "device", f"{DEVICE} is busy and no process shows it open",
+                        "check dmesg for x8h7_ui; a container may hold it (docker ps; lsof in it)")
+    return _ok("h7", "device", f"{DEVICE} present and " + ("held by m4-proxy" if busy else "openable"))
 
 
 # --- proxy ---------------------------------------------------------------------------------

@@ -72,8 +72,10 @@ def fresh_proxy(x8: VirtualX8) -> None:
 
 
 def doctor(console: Console, *args: str) -> tuple[int, dict[str, Any]]:
-    output, code = console.run(" ".join([RUN_DOCTOR, *map(shlex.quote, args)]), timeout=300)
-    document: dict[str, Any] = json.loads(output[output.index("{"):output.rindex("}") + 1])
+    output, code = console.run(" ".join(["sh", RUN_DOCTOR, *map(shlex.quote, args)]), timeout=300)
+    start, end = output.find("{"), output.rfind("}")
+    assert 0 <= start < end, f"x8-doctor printed no JSON (exit {code}):\n{output[-3000:]}"
+    document: dict[str, Any] = json.loads(output[start:end + 1])
     return code, document
 
 

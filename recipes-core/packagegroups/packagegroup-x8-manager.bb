@@ -10,5 +10,6 @@ SECTION = "base"
 inherit packagegroup
 
 RDEPENDS:${PN} = "x8-manager-apps \
+                  x8-manager-doctor \
                   x8-manager-flasher \
                   x8-manager-proxy"

@@ -88,8 +88,9 @@ do_install:append() {
 
 # One package per service; ${PN} itself is the shared library (x8manager.rpc, x8manager.common)
 # that apps and containers import. -sim (the virtual M4) is a development tool: packaged, but in
-# no packagegroup. With meta-arduino-nxp, dynamic-layers/ adds the H7-lock drop-in to -flasher.
-PACKAGES =+ "${PN}-proxy ${PN}-flasher ${PN}-apps ${PN}-sim"
+# no packagegroup. -doctor (x8-doctor) checks the whole M4 path. With meta-arduino-nxp,
+# dynamic-layers/ adds the H7-lock drop-in to -flasher.
+PACKAGES =+ "${PN}-proxy ${PN}-flasher ${PN}-apps ${PN}-doctor ${PN}-sim"
 
 X8_SITE = "${PYTHON_SITEPACKAGES_DIR}/x8manager"
 
@@ -108,6 +109,8 @@ FILES:${PN}-flasher += "${bindir}/m4-flasher \
                         ${sysconfdir}/default/m4-flasher"
 FILES:${PN}-apps += "${bindir}/x8-apps \
                      ${X8_SITE}/apps"
+FILES:${PN}-doctor += "${bindir}/x8-doctor \
+                       ${X8_SITE}/doctor"
 FILES:${PN}-sim += "${bindir}/m4-sim \
                     ${X8_SITE}/m4sim"
 FILES:${PN} += "${X8_SITE} \
@@ -129,6 +132,9 @@ RDEPENDS:${PN}-proxy = "${PN} python3-fcntl python3-terminal"
 RDEPENDS:${PN}-flasher = "${PN} openocd python3-crypt python3-ctypes python3-datetime python3-fcntl"
 RDEPENDS:${PN}-apps = "${PN} python3-jsonschema python3-pyyaml python3-tomllib"
 RDEPENDS:${PN}-sim = "${PN} python3-fcntl python3-terminal"
+# The doctor reads the apps' compose files with x8-apps' rules when x8-manager-apps is installed.
+RDEPENDS:${PN}-doctor = "${PN}"
+RRECOMMENDS:${PN}-doctor = "${PN}-apps"
 # Arduino's client library for the router front (/var/run/arduino-router.sock): apps written for
 # the UNO Q run unchanged on the device; x8manager.rpc stays for legacy port-5000/5001 apps.
 RRECOMMENDS:${PN} = "python3-arduino-router-bridge"

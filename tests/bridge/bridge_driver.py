@@ -4,7 +4,8 @@ Runs in the Bridge venv (tests/bridge/make_venv.py), with the library unchanged.
 ``python bridge_driver.py ADDRESS``. Each stdin line is ``{"id": N, "op": ..., ...}``; each
 answer is one stdout line ``{"id": N, "ok": value}`` or ``{"id": N, "error": {...}}``.
 Handlers the tests can provide (``"kind"``): ``echo`` (returns its arguments), ``add``,
-``fail`` (raises RuntimeError), ``hang`` (never returns; announces itself with an event line).
+``fail`` (raises RuntimeError), ``record`` (announces each call or notification with an event
+line, returns its arguments), ``hang`` (never returns; announces itself with an event line).
 """
 
 from __future__ import annotations
@@ -43,6 +44,11 @@ def handler(kind: str, name: str) -> Any:
         def fail(*args: Any) -> Any:
             raise RuntimeError(f"{name} failed on purpose")
         return fail
+    if kind == "record":
+        def record(*args: Any) -> Any:
+            emit({"event": "called", "name": name, "args": list(args)})
+            return list(args)
+        return record
     if kind == "hang":
         def hang(*args: Any) -> Any:
             emit({"event": "hanging", "name": name})

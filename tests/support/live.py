@@ -17,15 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from tests.support import free_port
+
 START_TIMEOUT = 30.0
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def eventually(check: Callable[[], T | None], what: str, within: float = 10.0) -> T:
@@ -116,7 +111,10 @@ def m4proxy(device: str, tmp: Path, *args: str) -> Iterator[LiveProxy]:
         process = subprocess.Popen(
             [sys.executable, "-m", "x8manager.proxy.cli", "--device", device, "--bind", "127.0.0.1",
              "--register-port", str(register_port), "--call-port", str(call_port),
-             "--router-socket", router_socket, "--trace-socket", trace_socket, *args],
+             # The router and trace sockets in the test's directory, the monitor port off: test
+             # runs side by side do not collide on fixed default paths and ports.
+             "--router-socket", router_socket, "--trace-socket", trace_socket, "--monitor-listen", "",
+             *args],
             stdout=stderr, stderr=stderr, text=True)
     try:
         for port in (register_port, call_port):

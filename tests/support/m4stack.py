@@ -58,10 +58,14 @@ class _Child:
 class M4Stack:
     """m4-sim + m4-proxy on 127.0.0.1; ``call_port`` is the proxy's port 5001 stand-in."""
 
-    def __init__(self, *, bind: tuple[str, ...] = ()) -> None:
+    def __init__(self, *, bind: tuple[str, ...] = (), swd: Path | None = None) -> None:
+        """*swd*: the virtual M4 also listens for the stand-in SWD wire at this UNIX socket, so a
+        flash through the SWD-probe stand-in (``OPENOCD_STANDIN_SWD=unix:PATH``) boots the sketch."""
         self.children: list[_Child] = []
         try:
             extra = [arg for name in bind for arg in ("--bind-echo", name)]
+            if swd is not None:
+                extra += ["--swd-listen", f"unix:{swd}"]
             sim = _Child("m4-sim", [str(BIN / "m4-sim"), "--pty", "--no-demo", *extra])
             self.children.append(sim)
             pty = sim.wait_for_line(r"^pty=(\S+)").group(1)

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import msgpack
 
+from tests.support import wait_until
 from x8manager.m4sim import VirtualM4
 from x8manager.m4sim.wire import THREAD_ID_BASE
 from x8manager.proxy import M4Proxy, ProxyConfig
@@ -32,11 +32,8 @@ WAIT = 10.0
 
 
 async def wait_for(predicate: Callable[[], bool], within: float = WAIT, what: str = "condition") -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.005)
+    """The proxy tests' argument order for :func:`tests.support.wait_until`."""
+    await wait_until(predicate, what, within)
 
 
 Procedure = Callable[..., Any]
@@ -51,13 +48,6 @@ async def m4_on_pty(tmp_path: Path) -> tuple[VirtualM4, str]:
     m4 = bare_m4()
     path = await m4.start_on_pty(alias=tmp_path / "x8h7_ui")
     return m4, path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @contextlib.asynccontextmanager

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .lint import compose_file_in
+from .sketch import sketch_services
 
 __all__ = [
     "App",
@@ -36,6 +37,8 @@ __all__ = [
 ]
 
 DEFAULT_APPS_ROOT = Path("/var/sota/compose-apps")
+# m4-flasher's status file (world-readable): the flashes of apps' sketch services are in its history.
+FLASHER_STATUS = Path("/var/lib/m4-flasher/status.json")
 SOTA_TOML = Path("/var/sota/sota.toml")
 # aktualizr-lite reads these in this order; later files override earlier ones.
 SOTA_CONFIG_DIRS = (Path("/usr/lib/sota/conf.d"), Path("/etc/sota/conf.d"))
@@ -277,6 +280,8 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     status = commands.add_parser("status", help="docker compose ps of one app or all")
     _add_common(status)
     status.add_argument("apps", metavar="APP", nargs="*")
+    status.add_argument("--flasher-status", type=Path, default=FLASHER_STATUS,
+                        help=f"m4-flasher's status file, for apps with a sketch (default {FLASHER_STATUS})")
     status.set_defaults(handler=_run_status)
 
     for verb, what in (("start", "start an app (docker compose up -d)"),
@@ -356,7 +361,48 @@ def _run_status(args: argparse.Namespace) -> int:
         owner = "managed by aktualizr-lite" if app.managed else "local"
         print(f"== {app.name} ({owner}, {app.folder})", flush=True)
         worst = max(worst, tool.run(app, ["ps", "--all"]).returncode)
+        for line in sketch_status_lines(app, args.flasher_status):
+            print(line, flush=True)
     return EXIT_FAILED if worst else 0
+
+
+def _flash_records(status_path: Path) -> list[dict[str, Any]]:
+    """m4-flasher's records, newest first (the latest outcome heads its history)."""
+    try:
+        status = json.loads(status_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    history = status.get("history") if isinstance(status, dict) else None
+    return [r for r in history if isinstance(r, dict)] if isinstance(history, list) else []
+
+
+def sketch_status_lines(app: App, status_path: Path) -> list[str]:
+    """What ``x8-apps status`` says of an app's sketch: the newest flash its sketch service asked for."""
+    compose = compose_file_in(app.folder)
+    if compose is None:
+        return []
+    try:
+        import yaml  # noqa: PLC0415 - the apps extra; status works without it for apps without sketch
+
+        document = yaml.safe_load(compose.read_text(encoding="utf-8")[:256 * 1024])
+    except (OSError, ImportError, ValueError):
+        return []
+    services = document.get("services") if isinstance(document, dict) else None
+    if not isinstance(services, dict) or not sketch_services(services):
+        return []
+    prefix = f"app {app.name}: "
+    records = [r for r in _flash_records(status_path) if str(r.get("origin", "")).startswith(prefix)]
+    if not records:
+        return [f"   sketch: never flashed by this app (m4-flasher status: {status_path})"]
+    latest = records[0]
+    sketch = latest.get("sketch")
+    sketch = sketch if isinstance(sketch, dict) else {}
+    health = latest.get("health")
+    verdict = "" if not isinstance(health, dict) else (
+        ", health ok" if health.get("healthy") else f", health FAILED: {health.get('reason', '')}")
+    return [f"   sketch: {latest.get('result', '?')} {str(sketch.get('sha256', ''))[:12]} "
+            f"at {latest.get('finished_at') or latest.get('started_at') or '?'}{verdict}",
+            f"           {latest.get('reason', '')}"]
 
 
 def _refuse_managed(apps: list[App], args: argparse.Namespace) -> bool:

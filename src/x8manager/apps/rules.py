@@ -23,6 +23,7 @@ from typing import Any
 
 from .findings import Finding, Severity
 from .ports import PortMapping, PortSyntaxError, is_interpolated, parse_port_entry
+from .sketch import check_sketch_services, sketch_services
 from .yamlsource import ComposeSource, Path
 
 __all__ = ["PROXY_HOSTNAME", "ROUTER_SOCKET", "RPC_PORT_VARIABLES", "RULES", "Rule", "check_x8_rules"]
@@ -90,6 +91,16 @@ RULES: dict[str, Rule] = {
              "the app's code uses arduino-router-bridge but the service does not mount the router socket"),
         Rule("X8114", "router-socket-elsewhere", Severity.ERROR,
              "the router socket is mounted where the Bridge does not look for it, or from another host path"),
+        Rule("X8115", "sketch-missing", Severity.ERROR,
+             "the sketch a sketch service flashes (X8_SKETCH) is not in the image, or not built yet"),
+        Rule("X8116", "sketch-health-unbound", Severity.ERROR,
+             "the health check names a method the sketch's source never binds"),
+        Rule("X8117", "sketch-socket-missing", Severity.ERROR,
+             "a sketch service does not mount the flasher's request socket (/run/m4-flasher)"),
+        Rule("X8118", "sketch-restarts", Severity.ERROR,
+             "a sketch service has a restart policy: it must run once (restart: \"no\")"),
+        Rule("X8119", "sketch-not-awaited", Severity.WARNING,
+             "no service waits for the sketch service (depends_on: service_completed_successfully)"),
     )
 }
 
@@ -229,6 +240,8 @@ def _check_image(check: _Checker, name: str, service: dict[str, Any], base: Path
 
 
 def _check_restart(check: _Checker, name: str, service: dict[str, Any], base: Path) -> None:
+    if sketch_services({name: service}):
+        return  # a sketch service runs once per start of the app (X8118)
     restart = service.get("restart")
     deploy = service.get("deploy")
     deploy_policy = deploy.get("restart_policy") if isinstance(deploy, dict) else None
@@ -524,6 +537,8 @@ def check_x8_rules(source: ComposeSource, path: str) -> list[Finding]:
                                          uses_bridge=uses_bridge and name in bridge_services)
                     if in_containers_git:
                         _check_factory_image(check, str(name), service, ("services", str(name)), app_folder)
+            for problem in check_sketch_services(services, app_folder, in_containers_git=in_containers_git):
+                check.report(problem.rule, problem.where, problem.message, problem.service, key=problem.key)
         except _LimitExceeded as limit:
             check.report("X8003", limit.where, limit.message, limit.service)
     return check.findings

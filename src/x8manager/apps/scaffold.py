@@ -36,6 +36,10 @@ __all__ = [
 DEFAULT_IMAGE_PREFIX = "hub.foundries.io/${FACTORY}"
 # Subpackages of x8manager copied into the app: the client library and what it may import.
 VENDORED_PACKAGES = ("rpc", "common")
+# Apps that ship a sketch also get the flasher's request client (standard library only).
+VENDORED_SKETCH_CLIENT = ("flasher", "client.py")
+# Where a template's files go when not at the app folder's top (NAME is the app's name).
+_PLACED = {"sketch.ino": "sketch/{name}.ino"}
 # Arduino's client library for the router front; its import package is arduino.router_bridge.
 BRIDGE_DISTRIBUTION = "arduino-router-bridge"
 # The group of m4-proxy's router socket (/var/run/arduino-router.sock, mode 0660), created with this
@@ -58,6 +62,10 @@ class Template:
     user: str
     # The client library copied into vendor/: "x8manager" (x8manager.rpc) or BRIDGE_DISTRIBUTION.
     library: str = "x8manager"
+    # Template packages whose files come first (this template's own files replace theirs).
+    based_on: tuple[str, ...] = ()
+    # The app ships its M4 sketch: sketch/NAME.ino, sketch/NAME.elf (--sketch) and the sidecar.
+    ships_sketch: bool = False
 
 
 TEMPLATES: dict[str, Template] = {
@@ -69,6 +77,10 @@ TEMPLATES: dict[str, Template] = {
                  "65534:65534"),
         Template("serial-forwarder", "serial_forwarder",
                  "the M4's Serial (tty) output to the console or a file", 5002, "65534:65534"),
+        Template("m4-sketch", "m4_sketch",
+                 "Linux procedures the M4 calls, and the M4 sketch itself, flashed with a health check "
+                 "whenever the app starts (the Factory updates both)", 5005, "65534:65534",
+                 based_on=("m4_service",), ships_sketch=True),
         Template("bridge-app", "bridge_app",
                  "calls the M4 and answers it with Arduino's arduino-router-bridge (same code as on an "
                  "UNO Q)", None, "65534:65534", library=BRIDGE_DISTRIBUTION),
@@ -93,8 +105,9 @@ def _render(text: str, values: dict[str, str], origin: str) -> str:
     return text
 
 
-def _vendor_library(target: Path) -> None:
-    """Copy x8manager's client library (pure Python) into *target*/x8manager."""
+def _vendor_library(target: Path, *, sketch_client: bool = False) -> None:
+    """Copy x8manager's client library (pure Python) into *target*/x8manager, and with
+    *sketch_client* the flasher's request client (x8manager.flasher.client) the sidecar runs."""
     package_root = Path(x8manager.__file__).parent
     destination = target / "x8manager"
     destination.mkdir(parents=True)
@@ -104,6 +117,12 @@ def _vendor_library(target: Path) -> None:
         if source.is_dir():
             shutil.copytree(source, destination / name,
                             ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.tmpl"))
+    if sketch_client:
+        package, module = VENDORED_SKETCH_CLIENT
+        (destination / package).mkdir()
+        (destination / package / "__init__.py").write_text(
+            '"""Only the flasher\'s request client, copied by x8-apps new."""\n', encoding="utf-8")
+        shutil.copy2(package_root / package / module, destination / package / module)
 
 
 def _vendor_bridge(target: Path) -> None:
@@ -150,12 +169,17 @@ def _validate(name: str, template: Template, port: int | None) -> int | None:
 
 
 def create_app(name: str, template_name: str, root: Path, *, port: int | None = None,
-               image_prefix: str = DEFAULT_IMAGE_PREFIX) -> Path:
-    """Create ``root/name`` from *template_name*; return the folder. Never overwrites anything."""
+               image_prefix: str = DEFAULT_IMAGE_PREFIX, sketch: Path | None = None) -> Path:
+    """Create ``root/name`` from *template_name*; return the folder. Never overwrites anything.
+
+    *sketch* (templates that ship one) is the built ELF copied to ``sketch/NAME.elf``; without it
+    the app has the sketch's source and lint says the ELF is still to be built."""
     if template_name not in TEMPLATES:
         raise ScaffoldError(f"unknown template {template_name!r}; choose from {', '.join(TEMPLATES)}")
     template = TEMPLATES[template_name]
     chosen_port = _validate(name, template, port)
+    if sketch is not None and not template.ships_sketch:
+        raise ScaffoldError(f"template {template.name} ships no sketch, so it takes no --sketch")
     app = root / name
     if app.exists():
         raise ScaffoldError(f"{app} already exists; choose another name or remove it first")
@@ -172,17 +196,22 @@ def create_app(name: str, template_name: str, root: Path, *, port: int | None = 
     try:
         root.mkdir(parents=True, exist_ok=True)
         staging.mkdir()
-        for directory in (_template_dir("common"), _template_dir(template.package)):
+        layers = ("common", *template.based_on, template.package)
+        for directory in (_template_dir(layer) for layer in layers):
             for entry in directory.iterdir():
                 if not entry.name.endswith(".tmpl"):
                     continue
-                target = staging / entry.name.removesuffix(".tmpl")
+                plain = entry.name.removesuffix(".tmpl")
+                target = staging / _PLACED.get(plain, plain).format(name=name)
+                target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_text(_render(entry.read_text(encoding="utf-8"), values, entry.name),
                                   encoding="utf-8")
+        if sketch is not None:
+            shutil.copyfile(sketch, staging / "sketch" / f"{name}.elf")
         if template.library == BRIDGE_DISTRIBUTION:
             _vendor_bridge(staging / "vendor")
         else:
-            _vendor_library(staging / "vendor")
+            _vendor_library(staging / "vendor", sketch_client=template.ships_sketch)
         # Rename last, so an interrupted run leaves no half-made app behind under the real name.
         staging.rename(app)
     except OSError as error:
@@ -205,6 +234,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--dir", type=Path, default=Path("."),
                         help="the containers.git checkout to create the app in (default: .)")
     parser.add_argument("--port", type=int, help="the port the app serves its procedures on")
+    parser.add_argument("--sketch", type=Path, metavar="ELF",
+                        help="m4-sketch: the built sketch, copied to sketch/NAME.elf")
     parser.add_argument("--factory-image-prefix", default=DEFAULT_IMAGE_PREFIX,
                         help=f"registry and repository before /NAME:latest (default {DEFAULT_IMAGE_PREFIX})")
     parser.set_defaults(handler=_run_new)
@@ -213,7 +244,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def _run_new(args: argparse.Namespace) -> int:
     try:
         app = create_app(args.name, args.template, args.dir, port=args.port,
-                         image_prefix=args.factory_image_prefix)
+                         image_prefix=args.factory_image_prefix, sketch=args.sketch)
     except ScaffoldError as error:
         print(f"x8-apps new: {error}", file=sys.stderr)
         return 2

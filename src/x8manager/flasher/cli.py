@@ -17,6 +17,7 @@ import argparse
 import grp
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -313,7 +314,11 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
 def _describe_status(status: Status, state: StateDir, lock: Path) -> list[str]:
     lines = []
     holder = lock_holder(lock)
-    marker = state.read_marker()
+    # The lock and the marker are root's (0600): another user sees only what status.json says.
+    private = (lock.exists() and not os.access(lock, os.R_OK)) or (
+        state.marker_path.exists() and not os.access(state.marker_path, os.R_OK)
+    )
+    marker = None if private else state.read_marker()
     if holder:
         lines.append(f"H7 programming lock: held by {holder}")
     if marker is not None and not holder:
@@ -322,7 +327,7 @@ def _describe_status(status: Status, state: StateDir, lock: Path) -> list[str]:
             "(or the next flash/rollback) will restore a consistent state"
         )
     running = status.in_progress
-    if status.state == "flashing" and running is not None and holder:
+    if status.state == "flashing" and running is not None and (holder or private):
         lines.append(f"flashing sketch {running.sketch.short} ({running.source}) since {running.started_at}")
     latest = status.latest
     if latest is not None:

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from x8manager.flasher import client
+from x8manager.flasher.client import RequestError
 from x8manager.flasher.elfcheck import SketchRejected
 from x8manager.flasher.health import HealthCheck, run_health_check
 from x8manager.flasher.lock import LockTimeout, h7_lock
@@ -45,10 +47,6 @@ MAX_HEADER_BYTES = 8192
 HEADER_SECONDS = 30.0  # a client that connects and says nothing is dropped
 BODY_SECONDS = 120.0
 _UCRED = struct.Struct("3i")  # pid, uid, gid
-
-
-class RequestError(Exception):
-    """The request could not be made or its outcome is unknown (the message says which)."""
 
 
 def _peer(writer: asyncio.StreamWriter) -> str:
@@ -282,37 +280,9 @@ def send_request(
 
     Raises :class:`RequestError` when the daemon cannot be reached or goes away before its result.
     """
-    header: dict[str, Any] = {"op": "flash", "size": len(data), "origin": origin, "if_changed": if_changed}
+    check = None
     if health is not None:
-        header["health"] = {
-            "method": health.method,
-            "bound": list(health.bound),
-            "timeout": health.timeout,
-            "host": health.host,
-            "port": health.port,
-        }
-    try:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
-        sock.connect(str(path))
-    except OSError as error:
-        raise RequestError(f"cannot reach the flasher daemon at {path}: {error.strerror or error}") from None
-    with sock, sock.makefile("rb") as replies:
-        try:
-            sock.sendall(json.dumps(header).encode() + b"\n" + data)
-            for line in replies:
-                event = json.loads(line)
-                if not isinstance(event, dict):
-                    continue
-                if event.get("event") == "result":
-                    return event
-                progress(event)
-        except (OSError, ValueError) as error:
-            raise RequestError(
-                f"the connection to the flasher daemon broke ({error}): the outcome is unknown; "
-                "see `m4-flasher status`"
-            ) from None
-    raise RequestError(
-        "the flasher daemon closed the connection before the result (stopped or restarted?): "
-        "the outcome is unknown; see `m4-flasher status`"
-    )
+        check = {"method": health.method, "bound": list(health.bound), "timeout": health.timeout,
+                 "host": health.host, "port": health.port}
+    return client.send_request(path, data, origin=origin, if_changed=if_changed, health=check,
+                               progress=progress, timeout=timeout)

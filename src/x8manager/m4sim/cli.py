@@ -59,10 +59,16 @@ def _run_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--control", metavar="ENDPOINT", help="serve the control surface (msgpack-RPC) on tcp:HOST:PORT"
     )
-    parser.add_argument(
+    swd = parser.add_mutually_exclusive_group()
+    swd.add_argument(
         "--swd",
         metavar="ENDPOINT",
         help="connect the stand-in SWD wire (tcp:HOST:PORT or unix:PATH): a flash boots the sketch",
+    )
+    swd.add_argument(
+        "--swd-listen",
+        metavar="ENDPOINT",
+        help="accept the stand-in SWD wire on ENDPOINT instead (the probe stand-in connects: host tests)",
     )
     parser.add_argument("--no-demo", action="store_true", help="do not bind the demo procedures")
     parser.add_argument(
@@ -185,11 +191,16 @@ async def _opener(args: argparse.Namespace) -> AsyncIterator[LinkOpener]:
 
 
 @contextlib.contextmanager
-def _swd_wire(m4: VirtualM4, endpoint: links.Endpoint) -> Iterator[None]:
+def _swd_wire(m4: VirtualM4, endpoint: links.Endpoint | None,
+              accepted: asyncio.Queue[links.StreamLink] | None = None) -> Iterator[None]:
     async def connection() -> links.Link:
+        if accepted is not None:
+            return await accepted.get()
+        assert endpoint is not None
         return await links.connect(endpoint)
 
-    # Always reconnecting: the wire's other end is a VM that boots, reboots and powers off.
+    # Always reconnecting: the wire's other end is a VM that boots, reboots and powers off (or, when
+    # listening, a probe stand-in that connects once per flash).
     task = asyncio.create_task(serve_swd_wire(m4, connection, reconnect=True), name="m4sim-swd")
     try:
         yield
@@ -225,6 +236,11 @@ async def _run(args: argparse.Namespace) -> int:
         stack.push_async_callback(m4.stop)
         if args.swd:
             stack.enter_context(_swd_wire(m4, links.parse_endpoint(args.swd)))
+        elif args.swd_listen:
+            wire = links.parse_endpoint(args.swd_listen)
+            accepted = await stack.enter_async_context(links.accept_links(wire))
+            stack.enter_context(_swd_wire(m4, None, accepted=accepted))
+            print(f"swd={args.swd_listen}", flush=True)
         log.info("virtual M4 (stand-in for the M4 sketch) ready; procedures: %s", ", ".join(m4.bound_names))
         print("ready", flush=True)
         notify_ready("virtual M4 running")

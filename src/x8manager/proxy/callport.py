@@ -12,7 +12,6 @@ import contextlib
 import errno
 import logging
 import socket
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -59,7 +58,7 @@ _ANSWERED: Final = 2  # answer (or nothing) sent: closing
 
 @dataclass
 class CallPortStats:
-    reset_after_answer: int = 0
+    refused: int = 0  # connections closed at once: MAX_CONNECTIONS were open
 
 
 @dataclass
@@ -107,6 +106,7 @@ class CallPort:
             if len(self.connections) >= MAX_CONNECTIONS:
                 limited_log.warning("call-full", "call port: connection from %s refused: %d open already",
                                     address, MAX_CONNECTIONS)
+                self._context.stats.refused += 1
                 sock.close()
                 continue
             # No TCP_NODELAY: the proxy writes one reply and then the end of stream, and neither
@@ -169,9 +169,9 @@ class CallConnection:
     The reply and the end of stream go out in the same step, like the original's
     write-then-close. Bytes pipelined behind the message (read with it) are dropped, so they
     cause no RST. Bytes arriving later are a new call on a finished connection (e.g.
-    msgpack-rpc-python's second call() on the same Client): found before the close they are
-    answered with a reset (SO_LINGER 0), after it the kernel resets, as with the original's
-    close, so that call fails at once instead of waiting for the client's own timeout.
+    msgpack-rpc-python's second call() on the same Client): left unread, they make the kernel
+    answer the close (or a later write) with a reset, as with the original's close, so that call
+    fails at once instead of waiting for the client's own timeout.
 
     A connection whose message came with the accept (the usual case) is never watched by the
     event loop at all; only one that sends its message slowly gets a reader and a deadline.
@@ -357,32 +357,12 @@ class CallConnection:
             self._finish()
 
     def _finish(self) -> None:
-        """The answer is out: close, with a reset if the client sent more after its message."""
-        sock = self._sock
-        assert sock is not None
-        if not self._client_done:
-            try:
-                late = sock.recv(READ_CHUNK, socket.MSG_DONTWAIT)
-            except (BlockingIOError, InterruptedError):
-                late = b""
-            except OSError:
-                late = b""
-            if late:
-                self._reset()
-                return
+        """The answer is out: close. Bytes the client sent after its message are still unread,
+        so the kernel answers the close with a reset (what the original's close did)."""
         self.close()
 
     def _broken(self, exc: OSError) -> None:
         log.debug("call connection from %s broke: %s", self._peer, exc)
-        self.close()
-
-    def _reset(self) -> None:
-        """Close with RST (SO_LINGER 0) instead of FIN."""
-        if self._sock is None:
-            return
-        self._context.stats.reset_after_answer += 1
-        with contextlib.suppress(OSError):
-            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.close()
 
     def close(self) -> None:

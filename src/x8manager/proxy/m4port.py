@@ -156,6 +156,7 @@ class M4Port:
         self._decoder = StreamDecoder(M4_DECODER_BUFFER)
         self._last_data = 0.0
         self._on_frame: FrameHandler | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         # The trace tap while a trace client listens (proxy.tap); None costs one check per message.
         self.tap: Tap | None = None
 
@@ -166,6 +167,8 @@ class M4Port:
     def start(self, on_frame: FrameHandler) -> None:
         """Start reading; *on_frame* gets every call and notification from the M4."""
         self._on_frame = on_frame
+        # Kept: asyncio.get_running_loop() costs a getpid() system call each time.
+        self._loop = asyncio.get_running_loop()
         self.link.start(self._on_data, self.discard_partial_message)
 
     async def close(self) -> None:
@@ -211,7 +214,8 @@ class M4Port:
         if call.written is not None:
             call.written.add_done_callback(call.on_written)
         call.wait = self.call_timeout if timeout is None else timeout
-        call.timer = asyncio.get_running_loop().call_later(call.wait, call.timed_out)
+        assert self._loop is not None, "M4Port.start() first"
+        call.timer = self._loop.call_later(call.wait, call.timed_out)
         if self.tap is not None:
             self.tap.call_sent(wire, wire_msgid, caller_msgid, front, app)
         return call.cancel
@@ -252,7 +256,8 @@ class M4Port:
         self._decoder.reset()
 
     def _on_data(self, data: bytes) -> None:
-        now = asyncio.get_running_loop().time()
+        assert self._loop is not None
+        now = self._loop.time()
         self.stats.m4_bytes += len(data)
         if self._decoder.pending and now - self._last_data > STALE_PARTIAL_AFTER:
             # x8h7_ui never reports an M4 reset: a message cut short by one would otherwise

@@ -24,8 +24,8 @@ from x8manager.rpc.framing import (
     StreamDecoder,
     go_pack_int,
     method_name,
-    pack_raw_compat,
     parse_message,
+    raw_error_reply,
 )
 
 __all__ = ["INTROSPECTION_METHODS", "handle_register_connection", "handle_register_message"]
@@ -69,7 +69,7 @@ def _reply_ok(msgid: int, result_bytes: bytes = b"\xa0") -> bytes:
 
 
 def _reply_error(msgid: int, text: str) -> bytes:
-    return b"\x94\x01" + go_pack_int(msgid) + pack_raw_compat(text) + b"\xc0"
+    return raw_error_reply(go_pack_int(msgid), text)
 
 
 class RegisterError(ValueError):

@@ -67,6 +67,7 @@ from x8manager.rpc.framing import (
     ObjectCutter,
     Request,
     Response,
+    msgid_span,
     pack_notification,
     pack_response,
     parse_message,
@@ -285,15 +286,32 @@ class RouterConnection(asyncio.Protocol):
         if not 0 <= msgid <= MAX_MSGID:
             self._reply(msgid, [ERR_INVALID_PARAMS, f"invalid msgid {msgid}"], None)
             return
+        self._forward(request, frame)
+
+    def _start_call(self, request: Request, frame: Frame) -> None:
+        method, msgid = request.method, request.msgid
         provider = self._context.table.provider_of(method)
-        if provider is not None:
-            self._calls[msgid] = provider.call(frame, lambda result: self._provider_done(msgid, result),
-                                               wait=self._context.call_timeout)
-            return
+        # In flight before the call starts: a provider may answer (or fail) at once.
+        self._calls[msgid] = _not_started
         try:
-            self._calls[msgid] = self._context.m4.call(
-                frame.raw, lambda result: self._m4_done(method, msgid, result),
-                timeout=self._context.call_timeout, front="router front", app=self.label)
+            if provider is not None:
+                withdraw = provider.call(frame, lambda result: self._provider_done(msgid, result),
+                                         wait=self._context.call_timeout)
+            else:
+                withdraw = self._context.m4.call(
+                    frame.raw, lambda result: self._m4_done(method, msgid, result),
+                    timeout=self._context.call_timeout, front="router front", app=self.label)
+        except M4CallFailed:
+            self._calls.pop(msgid, None)
+            raise
+        if msgid in self._calls:
+            self._calls[msgid] = withdraw
+
+    def _forward(self, request: Request, frame: Frame) -> None:
+        """Forward a request; the M4 link's refusals are answered at once."""
+        msgid = request.msgid
+        try:
+            self._start_call(request, frame)
         except TooLarge as exc:
             self._reply(msgid, [ERR_OVER_SIZE_LIMIT, f"message size exceeds the limit of {exc.limit} bytes"],
                         None)
@@ -322,15 +340,19 @@ class RouterConnection(asyncio.Protocol):
             self._reply(msgid, [code, text], None)
             return
         try:
+            _, error_at = msgid_span(result)
+        except InvalidMessage:  # pragma: no cover - the M4 port passes responses only
+            error_at = -1
+        if 0 <= error_at < len(result) and result[error_at] == 0xC0:
+            self._send(result)  # no error: the M4's bytes as they came, with the caller's msgid
+            return
+        try:
             reply = parse_message(_unpack(result))
         except (InvalidMessage, ValueError):  # pragma: no cover - the M4 port passes responses only
             self._reply(msgid, [ERR_GENERIC, "unusable reply from the M4"], None)
             return
         assert isinstance(reply, Response)
-        if reply.error is None:
-            self._send(result)  # the M4's bytes, with the caller's msgid
-        else:
-            self._reply(msgid, m4_error_for_bridge(method, reply.error), None)
+        self._reply(msgid, m4_error_for_bridge(method, reply.error), None)
 
     # -- router methods -----------------------------------------------------------------------
 
@@ -451,6 +473,10 @@ class RouterConnection(asyncio.Protocol):
         msgid = self._next_id
         self._next_id = (self._next_id + 1) & MAX_MSGID
         return msgid
+
+
+def _not_started() -> None:
+    """Withdrawing a call that is still being started: nothing to undo yet."""
 
 
 def _packb(value: int) -> bytes:

@@ -7,7 +7,9 @@ wait, so the driver connects the console before the first byte is printed and th
 
 The M4 link is a virtio serial port named ``m4`` (the guest's ``/dev/virtio-ports/m4``, standing
 for ``/dev/x8h7_ui``); on the host it is the UNIX socket :attr:`Machine.m4_socket` that
-``m4-sim --connect unix:PATH`` opens.
+``m4-sim --connect unix:PATH`` opens. A second port ``swd`` (``/dev/virtio-ports/swd``, socket
+:attr:`Machine.swd_socket`) is the stand-in SWD wire: the SWD-probe stand-in in the guest sends
+each flashed sketch down it and ``m4-sim --swd unix:PATH`` boots it.
 """
 
 from __future__ import annotations
@@ -156,6 +158,7 @@ class Machine:
         self.console_socket = self.workdir / "console.sock"
         self.qmp_socket = self.workdir / "qmp.sock"
         self.m4_socket = self.workdir / "m4.sock"
+        self.swd_socket = self.workdir / "swd.sock"
         self.stderr_path = self.workdir / "qemu.stderr"
         self.process: subprocess.Popen[bytes] | None = None
         self.qmp: QmpClient | None = None
@@ -177,6 +180,8 @@ class Machine:
             "-device", self.profile.virtio_serial,
             "-chardev", f"socket,id=m4,path={self.m4_socket},server=on,wait=off",
             "-device", "virtserialport,chardev=m4,name=m4",
+            "-chardev", f"socket,id=swd,path={self.swd_socket},server=on,wait=off",
+            "-device", "virtserialport,chardev=swd,name=swd",
             "-nic", nic,
             *self.extra_args,
         ]

@@ -55,11 +55,14 @@ def poll(what: str, attempt: Any, timeout: float, interval: float = 0.5) -> Any:
 class VirtualM4Process:
     """``m4-sim`` as a child process, connected to the machine's M4 socket, with its control client."""
 
-    def __init__(self, m4_socket: Path, control_socket: Path, log: IO[str] | None = None) -> None:
+    def __init__(self, m4_socket: Path, control_socket: Path, log: IO[str] | None = None, *,
+                 swd_socket: Path | None = None) -> None:
         self.m4_socket = m4_socket
         self.control_socket = control_socket
         argv = [sys.executable, "-m", "x8manager.m4sim.cli", "--connect", f"unix:{m4_socket}",
                 "--reconnect", "--control", f"unix:{control_socket}"]
+        if swd_socket is not None:
+            argv += ["--swd", f"unix:{swd_socket}"]  # a flash in the guest boots the flashed sketch
         self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, text=True)
         self._lines: list[str] = []
@@ -98,6 +101,11 @@ class VirtualM4Process:
         result: list[list[Any]] = self.control.request("calls_received")
         return result
 
+    def sketch(self) -> dict[str, Any] | None:
+        """The sketch the virtual M4 runs (m4sim.sketch profile), None before the first flash."""
+        result: dict[str, Any] | None = self.control.request("sketch")
+        return result
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
@@ -123,7 +131,7 @@ class VirtualX8:
         if self.machine.process is None:
             self.machine.start()
         self.m4 = VirtualM4Process(self.machine.m4_socket, self.machine.workdir / "m4-control.sock",
-                                   self.m4_log)
+                                   self.m4_log, swd_socket=self.machine.swd_socket)
         if wait_ready:
             self.machine.wait_ready()
         return time.monotonic() - started

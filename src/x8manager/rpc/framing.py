@@ -905,12 +905,19 @@ class ObjectCutter:
 
     Unlike :class:`StreamDecoder` nothing is skipped: a peer speaking msgpack-RPC on a
     persistent connection (the router front) that sends garbage is out of step for good, and
-    the connection is closed (as arduino-router does).
+    the connection is closed (as arduino-router does). One streaming unpacker and one buffer
+    compacted once per chunk: a chunk holding thousands of small messages costs O(bytes).
     """
 
     def __init__(self, limit: int) -> None:
-        self._limit = limit
-        self._buffer = b""
+        self._limit = max(limit, 16)
+        bound = self._limit
+        self._unpacker = msgpack.Unpacker(
+            raw=False, strict_map_key=False, unicode_errors="surrogateescape",
+            max_buffer_size=2 * bound + 65536, max_bin_len=bound, max_str_len=bound,
+            max_ext_len=bound, max_array_len=bound, max_map_len=bound)
+        self._buffer = bytearray()  # bytes fed and not yet returned as objects
+        self._base = 0  # unpacker.tell() at the start of _buffer
 
     @property
     def pending(self) -> int:
@@ -918,16 +925,31 @@ class ObjectCutter:
 
     def feed(self, data: bytes) -> list[DecodedObject]:
         """Objects completed by *data*; raises :class:`InvalidMessage` on bad bytes."""
-        buffer = self._buffer + data if self._buffer else data
+        try:
+            self._unpacker.feed(data)
+        except msgpack.BufferFull:
+            raise InvalidMessage(f"message larger than {self._limit} bytes") from None
+        self._buffer += data
         out: list[DecodedObject] = []
-        while buffer:
+        start = 0
+        while start < len(self._buffer):
             try:
-                item = first_object(buffer, self._limit)
-            except Incomplete:
+                value = self._unpacker.unpack()
+            except msgpack.OutOfData:
                 break
-            out.append(item)
-            buffer = buffer[len(item.raw):]
-        self._buffer = buffer
+            except Exception as exc:  # FormatError, StackError, ValueError (limits), TypeError
+                raise InvalidMessage(f"not msgpack: {exc}") from None
+            end = self._unpacker.tell() - self._base
+            out.append(DecodedObject(value, bytes(self._buffer[start:end])))
+            start = end
+        del self._buffer[:start]
+        self._base += start
+        declared = _declared_length(bytes(self._buffer[:5]))
+        if declared is not None and declared > self._limit:
+            raise InvalidMessage(f"message announces {declared} bytes or elements, over the limit of "
+                                 f"{self._limit}")
+        if len(self._buffer) > self._limit:
+            raise InvalidMessage(f"message larger than {self._limit} bytes")
         return out
 
 

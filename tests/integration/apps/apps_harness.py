@@ -7,21 +7,18 @@ import re
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.support import wait_for
 
 BIN = Path(sys.executable).parent
 DEADLINE = 20.0
 
 
 def wait_until(predicate: Callable[[], bool], what: str, within: float = DEADLINE) -> None:
-    end = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {within:.0f} s waiting for {what}")
-        time.sleep(0.02)
+    wait_for(predicate, what, within)
 
 
 @dataclass

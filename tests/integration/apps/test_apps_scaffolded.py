@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from pathlib import Path
 import pytest
 from apps_harness import BIN, DEADLINE, Process, start_virtual_m4, wait_until
 
+from tests.support import free_port
 from x8manager.apps.cli import main as x8_apps
 from x8manager.apps.scaffold import create_app
 
@@ -68,20 +68,14 @@ def assert_stops_on_sigterm(process: Process) -> None:
     wait_until(lambda: any("stopping" in line for line in process.lines), "the app's goodbye", within=5)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def rig(tmp_path: Path) -> Iterator[Rig]:
     processes: list[Process] = []
     try:
         pty, control = start_virtual_m4(processes)
         proxy = Process.start("m4-proxy", [str(BIN / "m4-proxy"), "--device", pty, "--bind", "127.0.0.1",
-                                           "--register-port", "0", "--call-port", "0"])
+                                           "--register-port", "0", "--call-port", "0",
+                                           "--router-socket", "", "--monitor-listen", ""])
         processes.append(proxy)
         ready = proxy.wait_for_line(r"ready: register port (\d+), call port (\d+)")
         yield Rig(control, int(ready.group(1)), int(ready.group(2)), tmp_path, processes)

@@ -17,7 +17,8 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from tests.support.live import LiveM4, LiveProxy, free_port, m4proxy, m4sim
+from tests.support import free_port
+from tests.support.live import LiveM4, LiveProxy, m4proxy, m4sim
 from x8manager.doctor.cli import main
 
 MODULES = ("x8h7_ui 16384 1 - Live 0x0 (O)\nx8h7_h7 16384 0 - Live 0x0 (O)\n"

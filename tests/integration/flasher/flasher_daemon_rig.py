@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -9,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,18 +20,6 @@ ROOT = Path(__file__).resolve().parents[3]
 ELF_DIR = ROOT / "tests" / "fixtures" / "elf"
 STANDIN = ROOT / "tests" / "standins" / "openocd-standin"
 GOOD = (ELF_DIR / "sketch-ok.elf").read_bytes()
-
-
-def wait_for(condition: Callable[[], Any], what: str, limit: float = 30.0) -> Any:
-    """Poll *condition* until it returns something truthy; fail with *what* after *limit* seconds."""
-    deadline = time.monotonic() + limit
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {limit} s waiting for {what}")
-        time.sleep(0.02)
 
 
 def variant(number: int) -> bytes:
@@ -143,6 +132,20 @@ class Rig:
     def history(self) -> list[dict[str, Any]]:
         return list(self.status().get("history", []))
 
+    def end_leftover_standins(self) -> None:
+        """Stand-ins run in their own session: one a killed daemon left behind (held or hung) is ended
+        here, by the pid it recorded and only if it still runs a sketch from this test's directory."""
+        (self.probe / "release").touch()
+        for run in self.runs():
+            pid = run.get("pid")
+            try:
+                command = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if str(self.root).encode() in command:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+
     def outcome_for(self, sha256: str, result: str | None = None) -> dict[str, Any] | None:
         for entry in self.history():
             if entry.get("sketch", {}).get("sha256") == sha256 and result in (None, entry["result"]):
@@ -157,3 +160,4 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
     if instance.daemon is not None and instance.daemon.poll() is None:
         instance.daemon.kill()
         instance.daemon.communicate(timeout=30)
+    instance.end_leftover_standins()

@@ -8,7 +8,9 @@ import shutil
 import signal
 from pathlib import Path
 
-from flasher_daemon_rig import ELF_DIR, GOOD, STANDIN, Rig, variant, wait_for
+from flasher_daemon_rig import ELF_DIR, GOOD, STANDIN, Rig, variant
+
+from tests.support import wait_for
 
 
 def sha(data: bytes) -> str:

@@ -17,6 +17,7 @@ from typing import TypeVar
 
 import pytest
 
+from tests.support import free_port
 from x8manager.m4sim import ControlClient, parse_endpoint
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -38,13 +39,6 @@ def legacy_python() -> Path:
     """The legacy venv's python (built once, cached under out/legacy-venv)."""
     python: Path = _load_make_venv().ensure_venv()
     return python
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_for_port(port: int, process: subprocess.Popen[str], log: Path) -> None:

@@ -69,8 +69,12 @@ def test_call_notify_provide_unprovide(tmp_path: Path, socket_dir: Path, bridge_
                 await app.provide("linux_add", "add")
                 assert await m4.call("linux_add", 40, 2) == 42
                 assert proxy.routes.routes() == {"linux_add": next(iter(proxy.routes.routes().values()))}
+                # The M4's notification for a method the app provides reaches the app.
+                await app.provide("linux_note", "record")
+                await m4.notify("linux_note", "from the sketch", 7)
+                assert (await app.wait_event("called"))["args"] == ["from the sketch", 7]
                 await app.unprovide("linux_add")
-                assert proxy.routes.routes() == {}
+                assert list(proxy.routes.routes()) == ["linux_note"]
                 with pytest.raises(LinuxCallError, match="no service registered"):
                     await m4.call("linux_add", 1, 1)
                 # A handler that raises: the M4 gets the Bridge's error, code 255.

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.support.sketches import SKETCH
 from x8manager.apps.cli import main
 from x8manager.apps.scaffold import (
     BRIDGE_DISTRIBUTION,
@@ -25,10 +26,12 @@ from x8manager.apps.scaffold import (
 def test_every_template_scaffolds_a_lint_clean_factory_app(
     template: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["new", "demo-app", "--template", template, "--dir", str(tmp_path)]) == 0
+    ships_sketch = TEMPLATES[template].ships_sketch
+    sketch = ["--sketch", str(SKETCH)] if ships_sketch else []
+    assert main(["new", "demo-app", "--template", template, "--dir", str(tmp_path), *sketch]) == 0
     app = tmp_path / "demo-app"
     assert {p.name for p in app.iterdir()} == {"docker-compose.yml", "Dockerfile", "docker-build.conf",
-                                              "main.py", "vendor"}
+                                              "main.py", "vendor"} | ({"sketch"} if ships_sketch else set())
     compose = yaml.safe_load((app / "docker-compose.yml").read_text())
     service = compose["services"]["demo-app"]
     assert service["image"] == "hub.foundries.io/${FACTORY}/demo-app:latest"
@@ -57,7 +60,7 @@ def test_every_template_scaffolds_a_lint_clean_factory_app(
     ast.parse((app / "main.py").read_text())
     assert (app / "vendor" / "x8manager" / "rpc" / "__init__.py").is_file()
     assert not list(app.rglob("*.tmpl")) and not list(app.rglob("__pycache__"))
-    assert "@@" not in "".join(p.read_text() for p in app.rglob("*") if p.is_file())
+    assert "@@" not in "".join(p.read_text() for p in app.rglob("*") if p.is_file() and p.suffix != ".elf")
     capsys.readouterr()
     assert main(["lint", str(app)]) == 0, capsys.readouterr().out
 

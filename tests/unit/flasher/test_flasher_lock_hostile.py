@@ -20,11 +20,13 @@ from pathlib import Path
 import pytest
 
 from x8manager.flasher.lock import h7_lock
+from x8manager.flasher.records import FlashRecord, InProgress, SketchRef
 from x8manager.flasher.state import StateDir
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="plays another user: needs root")
 
 NOBODY = 65534
+SRC = Path(__file__).resolve().parents[3] / "src"
 # Run as nobody: open the file and hold an exclusive flock until stdin closes.
 HOLD_AS_OTHER_USER = """
 import fcntl, os, sys
@@ -109,7 +111,9 @@ def test_a_status_lock_held_by_root_elsewhere_never_blocks_for_long(tmp_path: Pa
     state.update_status(lambda status: None)
     holder = subprocess.Popen(
         ["/usr/bin/python3", "-c", HOLD_AS_OTHER_USER, str(state.root / "status.lock")],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
@@ -146,3 +150,36 @@ def test_lock_file_created_and_held_by_another_user_does_not_block_the_flasher(s
         assert lock.stat().st_uid == 0 and stat.S_IMODE(lock.stat().st_mode) == 0o600
     finally:
         other.leave()
+
+
+def test_other_users_still_read_the_status(sticky_dir: Path) -> None:
+    """Private locks and marker do not make `m4-flasher status` fail for everyone else."""
+    state = StateDir(sticky_dir / "state")
+    state.prepare()
+    state.root.chmod(0o755)
+    state.record_outcome(FlashRecord(result="success", reason="flashed", sketch=SketchRef(sha256="ab" * 32)))
+    state.write_marker(InProgress(record=FlashRecord(), spool_path="/x"))  # 0600, as while flashing
+    h7 = sticky_dir / "x8-h7-swd.lock"
+    _hold_h7(h7)
+    shown = subprocess.run(
+        [
+            "/usr/bin/python3",
+            "-m",
+            "x8manager.flasher.cli",
+            "status",
+            "--state-dir",
+            str(state.root),
+            "--lock",
+            str(h7),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        user=NOBODY,
+        group=NOBODY,
+        cwd="/",
+        env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"},
+        check=False,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "last result: success" in shown.stdout and "INTERRUPTED" not in shown.stdout

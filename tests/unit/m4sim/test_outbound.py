@@ -8,6 +8,7 @@ import msgpack
 import pytest
 from m4sim_memory_link import MemoryLink, run_with_m4
 
+from tests.support import wait_until
 from x8manager.m4sim import LinuxCallError, LinuxCallTimeout, VirtualM4
 
 
@@ -45,10 +46,21 @@ def test_error_reply_and_timeout_and_late_reply() -> None:
 
 def test_at_most_ten_concurrent_callers_with_distinct_ids() -> None:
     async def scenario(m4: VirtualM4, link: MemoryLink) -> None:
-        calls = [asyncio.create_task(m4.call("square", n)) for n in range(11)]
+        entered: list[int] = []
+
+        async def caller(n: int) -> int:
+            entered.append(n)
+            result: int = await m4.call("square", n)
+            return result
+
+        calls = [asyncio.create_task(caller(n)) for n in range(11)]
         requests = await link.messages(10)
-        await asyncio.sleep(0)  # let the eleventh caller try (it must still be waiting for a slot)
+        # Once all eleven are inside call() (a caller runs to its first wait in one step), ten hold
+        # a slot and the eleventh waits for one: it has sent nothing.
+        await wait_until(lambda: len(entered) == 11, "the eleven callers to start")
+        assert m4.stats.calls_to_linux == 10
         assert len(await link.messages(10)) == 10
+        assert not calls[10].done()
         ids = [r[1] for r in requests]
         assert len(set(ids)) == 10
         assert all(0x10000000 <= i <= 0xFFFFFFFF for i in ids)

@@ -11,6 +11,7 @@ from typing import Any
 import msgpack
 import pytest
 
+from tests.support import wait_until
 from x8manager.rpc import (
     AsyncM4Client,
     M4Client,
@@ -22,13 +23,6 @@ from x8manager.rpc import (
 )
 
 WAIT = 10.0
-
-
-async def wait_for(predicate: Callable[[], bool], what: str) -> None:
-    deadline = asyncio.get_running_loop().time() + WAIT
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.005)
 
 
 @contextlib.asynccontextmanager
@@ -92,7 +86,7 @@ def test_service_persistent_connection_out_of_order_replies_and_ordered_notifica
             release.set()
             unpacker.feed(await reader.read(4096))
             assert list(unpacker) == [[1, 1, None, "slow"]]
-            await wait_for(lambda: len(seen) == 20, "notifications")
+            await wait_until(lambda: len(seen) == 20, "notifications")
             assert seen == [str(n) for n in range(20)]
             writer.close()
 
@@ -136,7 +130,7 @@ def test_sync_client_calls_and_notifies() -> None:
             values = [1.5, None, b"\x00\xff", "tëxt", {"k": [1, 2]}, 2**40]
             assert await asyncio.to_thread(client.call, "echo", *values) == values
             await AsyncM4Client("127.0.0.1", service.port).notify("log", "async")
-            await wait_for(lambda: got == ["async"], "async notification")
+            await wait_until(lambda: got == ["async"], "async notification")
 
     asyncio.run(scenario())
 
@@ -232,7 +226,7 @@ def test_service_registers_and_registers_again_when_the_proxy_comes_back() -> No
             await asyncio.wait_for(service.wait_registered(), WAIT)
             assert registrations == [("register", [service.port, ["a_name", "b_name"]])]
             connections[0].close()  # the proxy restarted and forgot everything
-            await wait_for(lambda: len(registrations) == 2, "re-registration")
+            await wait_until(lambda: len(registrations) == 2, "re-registration")
             assert registrations[1] == registrations[0]
         finally:
             task.cancel()

@@ -1,0 +1,118 @@
+"""Apps that ship their M4 sketch: the m4-sketch template and lint's X8115-X8119."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.support.sketches import SKETCH
+from x8manager.apps.cli import main
+from x8manager.apps.device import App, sketch_status_lines
+from x8manager.apps.scaffold import ScaffoldError, create_app
+
+
+def lint(capsys: pytest.CaptureFixture[str], app: Path) -> tuple[int, list[tuple[str, str | None]]]:
+    capsys.readouterr()
+    code = main(["lint", "--format", "json", str(app)])
+    report = json.loads(capsys.readouterr().out)
+    return code, sorted((f["rule"], f["service"]) for f in report["findings"])
+
+
+def sketch_app(tmp_path: Path, *, built: bool = True) -> Path:
+    return create_app("thermo", "m4-sketch", tmp_path, sketch=SKETCH if built else None)
+
+
+def edit_compose(app: Path, change: object) -> None:
+    path = app / "docker-compose.yml"
+    document = yaml.safe_load(path.read_text())
+    change(document["services"])  # type: ignore[operator]
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+
+
+def test_the_template_makes_a_sketch_service_the_app_waits_for(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    app = sketch_app(tmp_path)
+    services = yaml.safe_load((app / "docker-compose.yml").read_text())["services"]
+    sidecar, main_service = services["thermo-sketch"], services["thermo"]
+    assert sidecar["command"] == ["python3", "-m", "x8manager.flasher.client"]
+    assert sidecar["restart"] == "no" and "/run/m4-flasher:/run/m4-flasher" in sidecar["volumes"]
+    assert sidecar["environment"]["X8_SKETCH"] == "/app/sketch/thermo.elf"
+    assert main_service["depends_on"] == {"thermo-sketch": {"condition": "service_completed_successfully"}}
+    assert (app / "sketch" / "thermo.elf").read_bytes() == SKETCH.read_bytes()
+    assert 'RPC.bind("health"' in (app / "sketch" / "thermo.ino").read_text()
+    assert (app / "vendor" / "x8manager" / "flasher" / "client.py").is_file()
+    assert not (app / "vendor" / "x8manager" / "flasher" / "daemon.py").exists()
+    assert lint(capsys, app) == (0, [])
+
+
+def test_an_unbuilt_sketch_is_a_finding(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert lint(capsys, sketch_app(tmp_path, built=False)) == (1, [("X8115", "thermo-sketch")])
+
+
+def test_a_sketch_the_dockerfile_does_not_copy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    app = sketch_app(tmp_path)
+    dockerfile = app / "Dockerfile"
+    copy = "COPY sketch/thermo.elf /app/sketch/thermo.elf\n"
+    dockerfile.write_text(dockerfile.read_text().replace(copy, ""))
+    assert lint(capsys, app) == (1, [("X8115", "thermo-sketch")])
+
+
+def test_a_sketch_compiled_by_a_build_stage_is_in_the_image(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    app = sketch_app(tmp_path, built=False)
+    dockerfile = app / "Dockerfile"
+    staged = "COPY --from=sketch /out/thermo.elf /app/sketch/thermo.elf\n"
+    text = dockerfile.read_text().replace("COPY sketch/thermo.elf /app/sketch/thermo.elf\n", staged)
+    dockerfile.write_text("FROM debian:bookworm-slim AS sketch\n" + text)
+    assert lint(capsys, app) == (0, [])
+
+
+def test_a_health_method_the_sketch_never_binds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    app = sketch_app(tmp_path)
+    edit_compose(app, lambda s: s["thermo-sketch"]["environment"].update(X8_SKETCH_HEALTH_BOUND="health,gas"))
+    assert lint(capsys, app) == (1, [("X8116", "thermo-sketch")])
+
+
+@pytest.mark.parametrize(
+    ("change", "rule"),
+    [
+        (lambda s: s["thermo-sketch"].update(restart="unless-stopped"), "X8118"),
+        (lambda s: s["thermo-sketch"].pop("volumes"), "X8117"),
+        (lambda s: s["thermo"].pop("depends_on"), "X8119"),
+    ],
+)
+def test_sidecar_wiring_mistakes(tmp_path: Path, capsys: pytest.CaptureFixture[str], change: object,
+                                 rule: str) -> None:
+    app = sketch_app(tmp_path)
+    edit_compose(app, change)
+    assert lint(capsys, app) == (1, [(rule, "thermo-sketch")])
+
+
+def test_only_the_sketch_template_takes_a_sketch(tmp_path: Path) -> None:
+    with pytest.raises(ScaffoldError, match="ships no sketch"):
+        create_app("plain", "m4-service", tmp_path, sketch=SKETCH)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_status_shows_the_newest_flash_the_app_asked_for(tmp_path: Path) -> None:
+    app_folder = sketch_app(tmp_path)
+    app = App("thermo", app_folder, app_folder / "docker-compose.yml", in_apps_root=True, managed=True)
+    status = tmp_path / "status.json"
+    (never,) = sketch_status_lines(app, status)
+    assert never == f"   sketch: never flashed by this app (m4-flasher status: {status})"
+    origin = "app thermo: /app/sketch/thermo.elf (request from pid 7 uid 0)"
+    history = [
+        {"result": "upload", "origin": "/tmp/arduino/m4-user-sketch.elf", "reason": "someone else's"},
+        {"result": "unhealthy", "origin": origin, "sketch": {"sha256": "c" * 64}, "finished_at": "T3",
+         "reason": "health() did not answer; the last good sketch is back",
+         "health": {"healthy": False, "reason": "health() did not answer within 10 s"}},
+        {"result": "success", "origin": origin, "sketch": {"sha256": "b" * 64}, "finished_at": "T2"},
+    ]
+    status.write_text(json.dumps({"history": history}))
+    first, second = sketch_status_lines(app, status)
+    assert first == ("   sketch: unhealthy cccccccccccc at T3, "
+                     "health FAILED: health() did not answer within 10 s")
+    assert "last good sketch is back" in second

@@ -120,12 +120,15 @@ def test_proxy_stopped(twin: VirtualX8) -> None:
 
 
 def _m4_port_path(x8: VirtualX8) -> str:
-    """The QOM path of the machine's virtserialport (it has no id)."""
-    assert x8.machine.qmp is not None
-    for child in x8.machine.qmp.execute("qom-list", path="/machine/peripheral-anon"):
-        if child["type"] == "child<virtserialport>":
-            return f"/machine/peripheral-anon/{child['name']}"
-    raise AssertionError("no virtserialport in /machine/peripheral-anon")
+    """The QOM path of the machine's virtserialport named m4 (it has no id; the twin has others)."""
+    qmp = x8.machine.qmp
+    assert qmp is not None
+    for child in qmp.execute("qom-list", path="/machine/peripheral-anon"):
+        path = f"/machine/peripheral-anon/{child['name']}"
+        if child["type"] == "child<virtserialport>" and qmp.execute("qom-get", path=path,
+                                                                    property="name") == "m4":
+            return path
+    raise AssertionError("no virtserialport named m4 in /machine/peripheral-anon")
 
 
 def test_m4_link_absent(twin: VirtualX8) -> None:

@@ -147,9 +147,10 @@ def cmd_doctor(transport: Transport, args: argparse.Namespace) -> int:
 
 
 def cmd_trace(transport: Transport, args: argparse.Namespace) -> int:
-    # The trace socket is root's: a non-root login (fio on LmP) goes through sudo.
+    # The trace socket is root's: a non-root login (fio on LmP) goes through sudo, without a
+    # prompt (the transport has no terminal for one): sudo says so if it needs a password.
     script = ('command -v x8-trace >/dev/null 2>&1 || exit 127; '
-              'if [ "$(id -u)" = 0 ]; then exec x8-trace "$@"; fi; exec sudo x8-trace "$@"')
+              'if [ "$(id -u)" = 0 ]; then exec x8-trace "$@"; fi; exec sudo -n x8-trace "$@"')
     code = transport.run_attached(["sh", "-c", script, "x8-trace", *args.trace_args])
     if code == MISSING_COMMAND:
         say(f"{transport.address} has no x8-trace: it comes with a newer x8manager on the device")

@@ -88,8 +88,8 @@ do_install:append() {
 
 # One package per service; ${PN} itself is the shared library (x8manager.rpc, x8manager.common)
 # that apps and containers import. -sim (the virtual M4) is a development tool: packaged, but in
-# no packagegroup. -doctor (x8-doctor) checks the whole M4 path. With meta-arduino-nxp,
-# dynamic-layers/ adds the H7-lock drop-in to -flasher.
+# no packagegroup. -doctor (x8-doctor) checks the whole M4 path; x8-trace, beside it, shows its
+# messages live. With meta-arduino-nxp, dynamic-layers/ adds the H7-lock drop-in to -flasher.
 PACKAGES =+ "${PN}-proxy ${PN}-flasher ${PN}-apps ${PN}-doctor ${PN}-sim"
 
 X8_SITE = "${PYTHON_SITEPACKAGES_DIR}/x8manager"
@@ -110,7 +110,9 @@ FILES:${PN}-flasher += "${bindir}/m4-flasher \
 FILES:${PN}-apps += "${bindir}/x8-apps \
                      ${X8_SITE}/apps"
 FILES:${PN}-doctor += "${bindir}/x8-doctor \
-                       ${X8_SITE}/doctor"
+                       ${X8_SITE}/doctor \
+                       ${bindir}/x8-trace \
+                       ${X8_SITE}/trace"
 FILES:${PN}-sim += "${bindir}/m4-sim \
                     ${X8_SITE}/m4sim"
 FILES:${PN} += "${X8_SITE} \

@@ -122,7 +122,8 @@ def test_only_the_core_is_importable(bare_venv: Path) -> None:
     assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.parametrize("script", ["m4-proxy", "m4-sim", "m4-flasher", "x8-doctor", "x8", "x8-monitor"])
+@pytest.mark.parametrize("script", ["m4-proxy", "m4-sim", "m4-flasher", "x8-doctor", "x8-trace", "x8",
+                                    "x8-monitor"])
 def test_core_console_scripts_work(bare_venv: Path, script: str) -> None:
     result = run(bare_venv, script, "--help")
     assert result.returncode == 0, result.stderr
@@ -131,7 +132,7 @@ def test_core_console_scripts_work(bare_venv: Path, script: str) -> None:
 
 def test_every_console_script_is_exercised() -> None:
     assert set(PROJECT["scripts"]) == {
-        "m4-proxy", "m4-sim", "m4-flasher", "x8-apps", "x8-doctor", "x8", "x8-monitor"}
+        "m4-proxy", "m4-sim", "m4-flasher", "x8-apps", "x8-doctor", "x8-trace", "x8", "x8-monitor"}
 
 
 def assert_names_extra(result: subprocess.CompletedProcess[str], program: str, extra: str) -> None:

@@ -174,6 +174,7 @@ def test_console_scripts_go_to_their_service_package(installed: Installed) -> No
         "x8-apps": "x8-manager-apps",
         "m4-sim": "x8-manager-sim",
         "x8-doctor": "x8-manager-doctor",
+        "x8-trace": "x8-manager-doctor",
     }
     for script in scripts:
         assert script in expected, (

@@ -64,6 +64,8 @@ class LiveProxy:
     register_port: int
     call_port: int
     log: Path
+    router_socket: str
+    trace_socket: str
 
 
 @contextlib.contextmanager
@@ -100,15 +102,19 @@ def _port_open(port: int) -> bool | None:
 
 @contextlib.contextmanager
 def m4proxy(device: str, tmp: Path, *args: str) -> Iterator[LiveProxy]:
-    """The m4-proxy daemon on *device*, bound to loopback on free ports."""
+    """The m4-proxy daemon on *device*, bound to loopback on free ports, its router and trace
+    sockets in *tmp* (not the host's /var/run and /run, which parallel test runs would share)."""
     log = tmp / "m4-proxy.log"
     register_port, call_port = free_port(), free_port()
+    router_socket, trace_socket = str(tmp / "router.sock"), str(tmp / "trace.sock")
     with open(log, "w") as stderr:
         process = subprocess.Popen(
             [sys.executable, "-m", "x8manager.proxy.cli", "--device", device, "--bind", "127.0.0.1",
              "--register-port", str(register_port), "--call-port", str(call_port),
-             # Fixed default socket path and port: off, so test runs side by side do not collide.
-             "--router-socket", "", "--monitor-listen", "", *args],
+             # The router and trace sockets in the test's directory, the monitor port off: test
+             # runs side by side do not collide on fixed default paths and ports.
+             "--router-socket", router_socket, "--trace-socket", trace_socket, "--monitor-listen", "",
+             *args],
             stdout=stderr, stderr=stderr, text=True)
     try:
         for port in (register_port, call_port):
@@ -116,6 +122,6 @@ def m4proxy(device: str, tmp: Path, *args: str) -> Iterator[LiveProxy]:
                        f"m4-proxy listening on {port}", START_TIMEOUT)
             if process.poll() is not None:
                 raise AssertionError(f"m4-proxy exited with {process.returncode}:\n{log.read_text()}")
-        yield LiveProxy(process, register_port, call_port, log)
+        yield LiveProxy(process, register_port, call_port, log, router_socket, trace_socket)
     finally:
         stop(process)

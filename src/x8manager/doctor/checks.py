@@ -8,6 +8,7 @@ with the version string at offset 0x40000 of the firmware image and reflashes on
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from x8manager.doctor import probe
+from x8manager.doctor.expectations import EXPECT_LABEL, expected_methods
 from x8manager.doctor.findings import LAYERS, Finding, Report, Status
 from x8manager.doctor.host import Host, Process
 
@@ -31,6 +33,7 @@ FIRMWARE_VERSION_OFFSET = 0x40000
 MODULES = ("x8h7_drv", "x8h7_h7", "x8h7_ui")
 FLASHER_STATE = "/var/lib/m4-flasher"
 COMPOSE_APPS = "/var/sota/compose-apps"
+DEFAULT_ROUTER_SOCKET = "/var/run/arduino-router.sock"  # m4-proxy's default, the Bridge's address
 # Arguments no bound procedure takes: rpclib checks the count before calling, so a bound name
 # answers "invalid number of arguments" without running, an unbound one "could not find".
 ARITY_PROBE = [None] * 13
@@ -46,7 +49,8 @@ class Options:
     expect: list[str] = field(default_factory=list)
     compose: list[Path] = field(default_factory=list)
     flasher: Sequence[str] = ("m4-flasher",)
-    router_socket: str | None = None  # the router front's unix socket, when the proxy serves one
+    # The router front's unix socket: None = the one the running proxy was started with; '' = skip.
+    router_socket: str | None = None
 
 
 def _ok(layer: str, check: str, message: str) -> Finding:
@@ -144,12 +148,18 @@ def check_device(host: Host, options: Options) -> Finding:
     if not path.exists():
         return _problem("h7", "device", f"{DEVICE} does not exist: x8h7_ui is not bound",
                         "check dmesg | grep x8h7_ui (modprobe x8h7_ui; DT compatible portenta,x8h7_ui)")
+    busy = False
     try:
         fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_NOCTTY)
     except OSError as error:
-        return _problem("h7", "device", f"{DEVICE} cannot be opened: {error.strerror}",
-                        "run x8 doctor as root (the device is root-only)")
-    os.close(fd)
+        # A device that takes one opener at a time (the twin's virtio port) is busy while the
+        # proxy holds it: then who holds it is the finding.
+        if error.errno != errno.EBUSY:
+            return _problem("h7", "device", f"{DEVICE} cannot be opened: {error.strerror}",
+                            "run x8 doctor as root (the device is root-only)")
+        busy = True
+    else:
+        os.close(fd)
     strangers = [process for process in host.holders(DEVICE)
                  if not _is_ours(process) and not _is_virtual_m4(process)]
     if strangers:
@@ -158,7 +168,10 @@ def check_device(host: Host, options: Options) -> Finding:
                                         "the M4's messages between them",
                         "stop it (Arduino's m4_proxy: systemctl disable --now its unit; a container: "
                         "remove the device from its compose file)")
-    return _ok("h7", "device", f"{DEVICE} present and openable")
+    if busy and not host.holders(DEVICE):
+        return _problem("h7", "device", f"{DEVICE} is busy and no process shows it open",
+                        "check dmesg for x8h7_ui; a container may hold it (docker ps; lsof in it)")
+    return _ok("h7", "device", f"{DEVICE} present and " + ("held by m4-proxy" if busy else "openable"))
 
 
 # --- proxy ---------------------------------------------------------------------------------
@@ -194,19 +207,61 @@ def check_proxy_ports(host: Host, options: Options) -> Finding:
     return _ok("proxy", "ports", f"listening on {options.register_port} and {options.call_port}")
 
 
+def _option(process: Process, flag: str) -> str | None:
+    """The value of ``--flag VALUE`` or ``--flag=VALUE`` on *process*'s command line (the last one)."""
+    arguments = list(process.cmdline)
+    value = None
+    for index, argument in enumerate(arguments):
+        if argument == flag and index + 1 < len(arguments):
+            value = arguments[index + 1]
+        elif argument.startswith(flag + "="):
+            value = argument.partition("=")[2]
+    return value
+
+
+def _proxy_router_socket(host: Host, options: Options) -> str | None:
+    """The router socket the proxy on --register-port was started with (its default when not
+    named); None when no proxy of ours serves that port."""
+    for process in host.processes():
+        port = _option(process, "--register-port") or "5000"
+        if _is_ours(process) and port == str(options.register_port):
+            named = _option(process, "--router-socket")
+            return DEFAULT_ROUTER_SOCKET if named is None else named
+    return None
+
+
+def _connect_unix(sock: socket.socket, path: Path) -> None:
+    """Connect to a UNIX socket at *path*, also past AF_UNIX's 108-byte limit (a deep --root):
+    through the directory's descriptor in /proc/self/fd."""
+    if len(os.fsencode(path)) < 108:
+        sock.connect(str(path))
+        return
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        sock.connect(f"/proc/self/fd/{directory}/{path.name}")
+    finally:
+        os.close(directory)
+
+
 def check_router_socket(host: Host, options: Options) -> Finding:
-    if options.router_socket is None:
-        return Finding("proxy", "router", Status.SKIPPED, "no --router-socket given")
-    path = host.path(options.router_socket)
+    where = options.router_socket
+    if where is None:
+        where = _proxy_router_socket(host, options)
+        if where is None:
+            return Finding("proxy", "router", Status.SKIPPED,
+                           "no m4-proxy process to ask for its router socket")
+    if not where:
+        return Finding("proxy", "router", Status.SKIPPED, "the router front is off (--router-socket '')")
+    path = host.path(where)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(options.timeout)
         try:
-            sock.connect(str(path))
+            _connect_unix(sock, path)
         except OSError as error:
-            return _problem("proxy", "router", f"the router socket {options.router_socket} does not accept "
+            return _problem("proxy", "router", f"the router socket {where} does not accept "
                                                f"connections: {error.strerror or error}",
                             f"journalctl -u {PROXY_UNIT} (is the router front enabled?)")
-    return _ok("proxy", "router", f"the router socket {options.router_socket} accepts connections")
+    return _ok("proxy", "router", f"the router socket {where} accepts connections")
 
 
 def check_proxy_journal(host: Host, options: Options) -> Finding:
@@ -270,9 +325,28 @@ def check_sketch_answers(host: Host, options: Options) -> Finding:
     return _ok("sketch", "rpc", "a sketch answers RPC (rpclib's \"could not find function\" to a probe)")
 
 
+def _expectations(host: Host, options: Options) -> dict[str, list[str]]:
+    """Method -> who expects it bound: "--expect", or the apps whose compose files say so."""
+    wanted: dict[str, list[str]] = {method: ["--expect"] for method in options.expect}
+    try:
+        from x8manager.apps.yamlsource import YamlLoadError, load_compose_text  # noqa: PLC0415 - PyYAML
+    except ImportError:
+        return wanted
+    for file in _compose_files(host, options):
+        try:
+            document = load_compose_text(file.read_text()).document
+        except (OSError, UnicodeDecodeError, YamlLoadError):
+            continue  # the apps layer reports unreadable compose files
+        for service, methods in expected_methods(document).items():
+            for method in methods:
+                wanted.setdefault(method, []).append(f"app {service}")
+    return wanted
+
+
 def check_expected_methods(host: Host, options: Options) -> Finding:
+    wanted = _expectations(host, options)
     missing = []
-    for method in options.expect:
+    for method in wanted:
         outcome = probe.call(options.host, options.call_port, method, ARITY_PROBE, options.timeout)
         if not outcome.answered:
             return _problem("sketch", "methods", f"no answer when probing {method!r}: {outcome.reason}",
@@ -280,11 +354,13 @@ def check_expected_methods(host: Host, options: Options) -> Finding:
         if probe.NOT_FOUND in str(outcome.error):
             missing.append(method)
     if missing:
-        return _problem("sketch", "methods", f"the sketch does not bind {', '.join(map(repr, missing))}",
+        named = ", ".join(f"{method!r} (expected by {', '.join(wanted[method])})" for method in missing)
+        return _problem("sketch", "methods", f"the sketch does not bind {named}",
                         "add RPC.bind(\"name\", function) before RPC.begin() in the sketch, and flash it")
-    if not options.expect:
-        return Finding("sketch", "methods", Status.SKIPPED, "no --expect methods given")
-    return _ok("sketch", "methods", f"bound: {', '.join(options.expect)}")
+    if not wanted:
+        return Finding("sketch", "methods", Status.SKIPPED,
+                       f"no --expect methods given and no app's compose file names any ({EXPECT_LABEL})")
+    return _ok("sketch", "methods", f"bound: {', '.join(wanted)}")
 
 
 # --- apps ----------------------------------------------------------------------------------

@@ -32,11 +32,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--register-port", type=int, default=5000, help="the proxy's register port (5000)")
     parser.add_argument("--call-port", type=int, default=5001, help="the proxy's call port (5001)")
     parser.add_argument("--expect", action="append", default=[], metavar="METHOD",
-                        help="a method the sketch must bind (repeatable)")
+                        help="a method the sketch must bind (repeatable); the apps' compose files add "
+                             "theirs (label io.x8manager.expect-methods, or M4_PROCEDURES)")
     parser.add_argument("--compose", action="append", type=Path, default=[], metavar="FILE",
                         help="compose file(s) to check (default: the apps in /var/sota/compose-apps)")
     parser.add_argument("--router-socket", metavar="PATH",
-                        help="also check the proxy's router front socket (below --root)")
+                        help="the proxy's router front socket to check, below --root (default: the one "
+                             "the running m4-proxy was started with, else /var/run/arduino-router.sock; "
+                             "'' skips the check)")
     parser.add_argument("--timeout", type=float, default=3.0, help="seconds per network probe (3)")
     parser.add_argument("--since", default="-10min", help="journal window for recent errors (-10min)")
     return parser

@@ -90,7 +90,11 @@ class Host:
                 exe = os.readlink(self.path(f"{base}/exe"))
             except OSError:
                 exe = ""
-            cmdline = tuple(part.decode(errors="replace") for part in raw.split(b"\0") if part)
+            # NUL-terminated arguments; an empty one (--router-socket '') is kept.
+            parts = raw.split(b"\0")
+            if parts and not parts[-1]:
+                parts.pop()
+            cmdline = tuple(part.decode(errors="replace") for part in parts)
             yield Process(pid, comm, exe, cmdline)
 
     def holders(self, device: str) -> list[Process]:

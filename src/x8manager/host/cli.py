@@ -7,6 +7,7 @@
   x8 status                   the proxy, the flasher and the apps
   x8 doctor                   the device's own x8-doctor, its exit code passed on
   x8 monitor                  the M4's Serial both ways (the proxy's monitor port)
+  x8 trace [--method M --app A --json]  every message on the M4 link, live (the device's x8-trace, as root)
 
 The device: --device adb[:SERIAL] or ssh://[USER@]HOST[:PORT] (default $X8_DEVICE); with SSH, keys and
 host aliases come from your ssh configuration, or --ssh-config FILE ($X8_SSH_CONFIG).
@@ -145,6 +146,18 @@ def cmd_doctor(transport: Transport, args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_trace(transport: Transport, args: argparse.Namespace) -> int:
+    # The trace socket is root's: a non-root login (fio on LmP) goes through sudo, without a
+    # prompt (the transport has no terminal for one): sudo says so if it needs a password.
+    script = ('command -v x8-trace >/dev/null 2>&1 || exit 127; '
+              'if [ "$(id -u)" = 0 ]; then exec x8-trace "$@"; fi; exec sudo -n x8-trace "$@"')
+    code = transport.run_attached(["sh", "-c", script, "x8-trace", *args.trace_args])
+    if code == MISSING_COMMAND:
+        say(f"{transport.address} has no x8-trace: it comes with a newer x8manager on the device")
+        return EXIT_FAILED
+    return code
+
+
 def cmd_apps_push(transport: Transport, args: argparse.Namespace) -> int:
     from .apps_push import AppError, plan_push, push_app  # noqa: PLC0415
 
@@ -217,6 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = commands.add_parser("doctor", help="run x8-doctor on the device")
     doctor.add_argument("doctor_args", nargs=argparse.REMAINDER, metavar="ARG")
     doctor.set_defaults(handler=cmd_doctor)
+
+    trace = commands.add_parser("trace", help="run x8-trace on the device: every message on the M4 link")
+    trace.add_argument("trace_args", nargs=argparse.REMAINDER, metavar="ARG")
+    trace.set_defaults(handler=cmd_trace)
 
     monitor = commands.add_parser("monitor", help="the M4's Serial both ways")
     monitor.add_argument("--port", type=int, default=DEFAULT_MONITOR_PORT,

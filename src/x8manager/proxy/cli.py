@@ -25,6 +25,7 @@ LOG_IDENTIFIER = "m4_proxy"  # what users grep the journal for, as with the orig
 DEFAULT_ROUTER_SOCKET = "/var/run/arduino-router.sock"  # the Bridge's default address
 DEFAULT_ROUTER_GROUP = "arduino-router"
 DEFAULT_MONITOR = "127.0.0.1:7500"  # as arduino-router's monitor port
+DEFAULT_TRACE_SOCKET = "/run/m4-proxy/trace.sock"  # the unit's RuntimeDirectory
 EXIT_STARTUP_FAILED = 1
 
 
@@ -82,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--monitor-listen", default=DEFAULT_MONITOR, metavar="ADDR:PORT",
                         help="the sketch's Serial as a raw TCP stream, both ways (default %(default)s; "
                              "'' turns it off; without a client the output goes to the journal as m4-serial)")
+    parser.add_argument("--trace-socket", default=DEFAULT_TRACE_SOCKET, metavar="PATH",
+                        help="UNIX socket (mode 0600, root only) where x8-trace reads every message "
+                             "on the M4 link (default %(default)s; '' turns it off; nothing is traced "
+                             "while no trace client is attached)")
     parser.add_argument("--event-loop", choices=("auto", "uvloop", "asyncio"), default="auto",
                         help="uvloop (libuv: about half the CPU per call) or Python's own; auto = uvloop "
                              "when installed (default %(default)s)")
@@ -109,6 +114,8 @@ async def _run(config: ProxyConfig) -> int:
         log.info("router front: %s", ", ".join(filter(None, where)))
     if proxy.monitor is not None and proxy.monitor.address is not None:
         log.info("monitor port: %s:%d", *proxy.monitor.address)
+    if proxy.trace is not None:
+        log.info("trace socket: %s", proxy.trace.path)
     log.debug("event loop: %s", type(asyncio.get_running_loop()).__module__)
     log.info("ready: register port %d, call port %d (register on %s; calls on %s), M4 link %s",
              proxy.register_port, proxy.call_port, listening, calling, proxy.link_description)
@@ -153,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         router_socket_group=args.router_socket_group or None,
         router_listen=args.router_listen,
         monitor_listen=args.monitor_listen or None,
+        trace_socket=args.trace_socket,
     )
     try:
         runner = event_loop_runner(args.event_loop)

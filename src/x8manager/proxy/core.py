@@ -31,6 +31,7 @@ from x8manager.proxy.ratelimit import RateLimitedLog
 from x8manager.proxy.registry import handle_register_connection
 from x8manager.proxy.routerfront import RouterFront
 from x8manager.proxy.routing import ProviderFailed, RoutingTable
+from x8manager.proxy.tap import TapServer
 from x8manager.rpc.framing import (
     M4_MAX_MESSAGE,
     Frame,
@@ -72,6 +73,7 @@ class ProxyConfig:
     router_socket_group: str | None = None  # group that may connect to it (mode 0660)
     router_listen: str | None = None  # HOST:PORT of the router front on TCP (off by default)
     monitor_listen: str | None = None  # HOST:PORT of the monitor port (off in-process; on in the daemon)
+    trace_socket: str = ""  # UNIX socket of the trace tap, root only ('' = off; on in the daemon)
 
 
 def _listen_socket(host: str, port: int, *, family: socket.AddressFamily,
@@ -160,6 +162,7 @@ class M4Proxy:
         self._call_port: CallPort | None = None
         self.router: RouterFront | None = None
         self.monitor: MonitorPort | None = None
+        self.trace: TapServer | None = None
         self._servers: list[asyncio.Server] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._service_calls = 0  # M4→Linux calls in flight
@@ -204,6 +207,19 @@ class M4Proxy:
         except BaseException:
             await self.stop()
             raise
+        if config.trace_socket:
+            await self._start_trace(config.trace_socket)
+
+    async def _start_trace(self, path: str) -> None:
+        # Diagnostics only: without its socket the proxy still serves every front.
+        trace = TapServer(self.m4, self.routes.provider_of)
+        try:
+            await trace.listen(path)
+        except OSError as exc:
+            log.warning("no trace socket (x8-trace will not work): cannot listen on %s: %s",
+                        path, exc.strerror or exc)
+            return
+        self.trace = trace
 
     async def _start_router_front(self) -> None:
         config = self.config
@@ -236,6 +252,9 @@ class M4Proxy:
     async def stop(self) -> None:
         for server in self._servers:
             server.close()
+        if self.trace is not None:
+            await self.trace.close()
+            self.trace = None
         if self.router is not None:
             await self.router.close()
             self.router = None

@@ -17,7 +17,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import msgpack
 
@@ -31,6 +31,9 @@ from x8manager.rpc.framing import (
     StreamDecoder,
     replace_msgid,
 )
+
+if TYPE_CHECKING:
+    from x8manager.proxy.tap import Tap
 
 __all__ = ["M4CallFailed", "M4Port", "M4Stats", "TooLarge"]
 
@@ -104,8 +107,10 @@ class _Call:
         self.timer = None
         self.port.stats.call_timeouts += 1
         self.port.pending.close(self.wire_msgid)  # a late reply finds nobody waiting
-        self.finish(M4CallFailed(f"no reply from the M4 within {self.wait:g} s",
-                                 timed_out=True))
+        failure = M4CallFailed(f"no reply from the M4 within {self.wait:g} s", timed_out=True)
+        if self.port.tap is not None:
+            self.port.tap.call_ended(self.wire_msgid, failure.reason)
+        self.finish(failure)
 
     def finish(self, result: bytes | M4CallFailed) -> None:
         done, self.done = self.done, None
@@ -123,6 +128,8 @@ class _Call:
             return
         self.port.pending.close(self.wire_msgid)
         self.done = None
+        if self.port.tap is not None:
+            self.port.tap.call_ended(self.wire_msgid, "withdrawn: the caller gave up or went away")
         self.finish(M4CallFailed("cancelled"))
 
     def on_written(self, written: asyncio.Future[None]) -> None:
@@ -132,6 +139,8 @@ class _Call:
         if exc is not None:
             self.port.pending.close(self.wire_msgid)
             reason = str(exc) if isinstance(exc, LinkDown) else f"writing to the M4 failed: {exc!r}"
+            if self.port.tap is not None:
+                self.port.tap.call_ended(self.wire_msgid, reason)
             self.finish(M4CallFailed(reason))
 
 
@@ -148,6 +157,8 @@ class M4Port:
         self._last_data = 0.0
         self._on_frame: FrameHandler | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        # The trace tap while a trace client listens (proxy.tap); None costs one check per message.
+        self.tap: Tap | None = None
 
     @property
     def description(self) -> str:
@@ -165,8 +176,11 @@ class M4Port:
 
     # -- Linux → M4 ---------------------------------------------------------------------------
 
-    def call(self, raw: bytes, done: CallDone, *, timeout: float | None = None) -> Callable[[], None]:
+    def call(self, raw: bytes, done: CallDone, *, timeout: float | None = None,
+             front: str = "call port", app: str = "") -> Callable[[], None]:
         """Send the raw request *raw* with a wire msgid; *done* gets the outcome, once.
+
+        *front* and *app* name the caller in the trace.
 
         Raises :class:`TooLarge` (nothing sent) or :class:`M4CallFailed` (link down or busy)
         at once; later failures and the timeout go to *done*. Returns a function that
@@ -186,17 +200,24 @@ class M4Port:
         call.wire_msgid, call.caller_msgid = wire_msgid, caller_msgid
         if len(wire) > self.max_message:
             pending.close(wire_msgid)
-            raise TooLarge(len(wire), self.max_message)
+            too_large = TooLarge(len(wire), self.max_message)
+            if self.tap is not None:
+                self.tap.call_failed(raw, front, app, too_large.reason)
+            raise too_large
         try:
             call.written = self.link.send(wire)
         except LinkDown as exc:
             pending.close(wire_msgid)
+            if self.tap is not None:
+                self.tap.call_failed(raw, front, app, str(exc))
             raise M4CallFailed(str(exc)) from None
         if call.written is not None:
             call.written.add_done_callback(call.on_written)
         call.wait = self.call_timeout if timeout is None else timeout
         assert self._loop is not None, "M4Port.start() first"
         call.timer = self._loop.call_later(call.wait, call.timed_out)
+        if self.tap is not None:
+            self.tap.call_sent(wire, wire_msgid, caller_msgid, front, app)
         return call.cancel
 
     def notify(self, raw: bytes, what: str) -> None:
@@ -204,11 +225,17 @@ class M4Port:
         if len(raw) > self.max_message:
             log.warning("%s: notification is %d bytes, over the M4 link limit of %d; dropped",
                         what, len(raw), self.max_message)
+            if self.tap is not None:
+                self.tap.notification_sent(raw, what, "over the M4 link limit: dropped")
             return
+        if self.tap is not None:
+            self.tap.notification_sent(raw, what)
         self._send(raw, what)
 
     def reply(self, raw: bytes) -> None:
         """Send a reply to one of the M4's calls (its size is the caller's concern)."""
+        if self.tap is not None:
+            self.tap.reply_to_m4(raw)
         self._send(raw, "reply to the M4")
 
     def _send(self, raw: bytes, what: str) -> None:
@@ -252,6 +279,8 @@ class M4Port:
 
     def _on_m4_frame(self, frame: Frame) -> None:
         message = frame.message
+        if self.tap is not None:
+            self.tap.from_m4(frame)
         if isinstance(message, Response):
             if not self.pending.resolve(message.msgid, frame.raw):
                 self.stats.late_replies += 1

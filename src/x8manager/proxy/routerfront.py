@@ -300,7 +300,7 @@ class RouterConnection(asyncio.Protocol):
             else:
                 withdraw = self._context.m4.call(
                     frame.raw, lambda result: self._m4_done(method, msgid, result),
-                    timeout=self._context.call_timeout)
+                    timeout=self._context.call_timeout, front="router front", app=self.label)
         except M4CallFailed:
             self._calls.pop(msgid, None)
             raise

@@ -44,6 +44,11 @@ log = logging.getLogger("x8manager.proxy.registry")
 DIAL_BACK_TIMEOUT: Final = 0.5
 # Registry-file writes are batched: one write at most this long after a change.
 SAVE_DELAY: Final = 0.2
+# A registered port is dialled back once, this long after its registration (off the reply path;
+# an app may register a moment before its server listens).
+REGISTER_CHECK_DELAY: Final = 1.0
+# Dial-backs of new registrations at once; past that, registrations are not checked.
+MAX_REGISTER_CHECKS: Final = 64
 
 # Router error codes (arduino-router's internal/msgpackrouter/errors.go, Bridge 0.5.1's table).
 ERR_INVALID_PARAMS: Final = 1
@@ -198,6 +203,8 @@ class RoutingTable:
         self._routes: dict[str, Provider] = {}  # router-front names
         self._services: dict[int, LegacyService] = {}
         self._live = live
+        self._checks: set[asyncio.Task[None]] = set()
+        self._unheard: set[int] = set()  # registered ports found not listening (logged once)
         self._file = RegistryFile(registry_file) if registry_file is not None else None
         if self._file is not None:
             self._ports = self._file.load()
@@ -260,7 +267,34 @@ class RoutingTable:
             # The original's line, with the names of this registration only (not the table).
             log.info("Registering service on port  %d  with functions  %s", port, go_map(accepted))
             self._save()
+            if accepted:
+                self._check_soon(port, sorted(accepted), peer)
         return refused
+
+    @property
+    def checks_pending(self) -> int:
+        """Registration dial-backs not finished yet (tests wait for none)."""
+        return len(self._checks)
+
+    def _check_soon(self, port: int, names: list[str], peer: object) -> None:
+        """Dial the registered port back once, later; nobody listening is logged once a port."""
+        if len(self._checks) >= MAX_REGISTER_CHECKS:
+            return
+        task = asyncio.get_running_loop().create_task(self._check_listening(port, names, peer))
+        self._checks.add(task)
+        task.add_done_callback(self._checks.discard)
+
+    async def _check_listening(self, port: int, names: list[str], peer: object) -> None:
+        await asyncio.sleep(REGISTER_CHECK_DELAY)
+        if await self._live(port):
+            self._unheard.discard(port)
+            return
+        if port in self._unheard:
+            return
+        self._unheard.add(port)
+        log.warning("register port: nobody listens on port %d, which registered %s (from %s): the "
+                    "M4's calls to them will fail until a server listens on 127.0.0.1:%d",
+                    port, ", ".join(names), peer, port)
 
     def _save(self) -> None:
         if self._file is not None:
@@ -306,6 +340,9 @@ class RoutingTable:
         return names
 
     async def close(self) -> None:
+        for task in list(self._checks):
+            task.cancel()
+        await asyncio.gather(*self._checks, return_exceptions=True)
         if self._file is not None:
             self._file.flush()
         for service in self._services.values():

@@ -47,7 +47,12 @@ def x8_root(tmp: Path, device: str) -> Path:
 @pytest.fixture
 def live(tmp_path: Path) -> Iterator[tuple[LiveM4, LiveProxy, Path]]:
     with m4sim(tmp_path) as m4, m4proxy(m4.pty, tmp_path) as proxy:
-        yield m4, proxy, x8_root(tmp_path, m4.pty)
+        root = x8_root(tmp_path, m4.pty)
+        # The router socket the proxy serves, where the doctor looks for it below its --root.
+        seen_at = root / proxy.router_socket.lstrip("/")
+        seen_at.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(proxy.router_socket, seen_at)
+        yield m4, proxy, root
 
 
 def doctor(capsys: pytest.CaptureFixture[str], proxy: LiveProxy, root: Path, *extra: str
@@ -68,7 +73,7 @@ def test_healthy_path_exits_0(live: tuple[LiveM4, LiveProxy, Path],
                               capsys: pytest.CaptureFixture[str]) -> None:
     _, proxy, root = live
     code, document = doctor(capsys, proxy, root, "--expect", "add", "--expect", "subtract")
-    assert code == 0, document
+    assert code == 0, [f for f in document["findings"] if f["status"] == "problem"]  # type: ignore[attr-defined]
     assert document["healthy"] is True
     statuses = {(f["layer"], f["check"]): f["status"] for f in document["findings"]}  # type: ignore[attr-defined]
     assert statuses[("h7", "device")] == "ok"
@@ -115,6 +120,22 @@ def test_expected_method_not_bound(live: tuple[LiveM4, LiveProxy, Path],
     problem = broken(document)
     assert (problem["layer"], problem["check"]) == ("sketch", "methods")
     assert "'read_gas'" in problem["message"] and "'add'" not in problem["message"]
+
+
+def test_a_method_an_apps_compose_file_expects_not_bound(live: tuple[LiveM4, LiveProxy, Path],
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    _, proxy, root = live
+    app = root / "var" / "sota" / "compose-apps" / "weather"
+    app.mkdir(parents=True)
+    (app / "docker-compose.yml").write_text(
+        "services:\n  weather:\n    image: hub.foundries.io/x/weather\n    restart: always\n"
+        "    extra_hosts: [\"m4-proxy:host-gateway\"]\n"
+        "    labels:\n      io.x8manager.expect-methods: \"add,read_gas\"\n")
+    code, document = doctor(capsys, proxy, root)
+    assert code == 1
+    problem = broken(document)
+    assert (problem["layer"], problem["check"]) == ("sketch", "methods")
+    assert problem["message"] == "the sketch does not bind 'read_gas' (expected by app weather)"
 
 
 def test_proxy_stopped_is_the_proxy_layer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from x8manager.apps.yamlsource import load_compose_text
 from x8manager.doctor import Status
 from x8manager.doctor.checks import (
     FIRMWARE_VERSION_OFFSET,
@@ -32,6 +33,7 @@ from x8manager.doctor.checks import (
     diagnose,
 )
 from x8manager.doctor.cli import main
+from x8manager.doctor.expectations import expected_methods
 from x8manager.doctor.host import Command, Host
 
 FIRMWARE = "v0.0.5-custom-9b2f9c4"
@@ -208,13 +210,41 @@ def test_port_not_listening_is_named(x8: tuple[Host, Commands, Path]) -> None:
 def test_router_socket_checked_when_named(x8: tuple[Host, Commands, Path]) -> None:
     host, _, root = x8
     (root / "run").mkdir()
-    assert check_router_socket(host, Options()).status is Status.SKIPPED
+    assert check_router_socket(host, Options(router_socket="")).status is Status.SKIPPED
     options = Options(router_socket="/run/arduino-router.sock")
     assert check_router_socket(host, options).status is Status.PROBLEM
     with socket.socket(socket.AF_UNIX) as server:
         server.bind(str(root / "run" / "arduino-router.sock"))
         server.listen()
         assert check_router_socket(host, options).status is Status.OK
+
+
+def test_router_socket_by_default_is_the_one_the_proxy_was_started_with(x8: tuple[Host, Commands, Path]
+                                                                        ) -> None:
+    host, _, root = x8
+    # The fixture's proxy names no --router-socket: m4-proxy's default, the Bridge's address.
+    finding = check_router_socket(host, Options())
+    assert finding.status is Status.PROBLEM and "/var/run/arduino-router.sock" in finding.message
+    add_process(root, 413, "m4-proxy", "/usr/bin/python3.12",
+                cmdline=["/usr/bin/python3", "/usr/bin/m4-proxy", "--register-port", "6000",
+                         "--router-socket", ""], fds={})
+    finding = check_router_socket(host, Options(register_port=6000))
+    assert finding.status is Status.SKIPPED and "off" in finding.message
+    assert check_router_socket(host, Options(register_port=7000)).status is Status.SKIPPED
+
+
+def test_methods_an_apps_compose_file_expects() -> None:
+    document = load_compose_text(
+        "services:\n  weather:\n    image: hub.foundries.io/x/weather\n"
+        "    labels:\n      io.x8manager.expect-methods: \"read_gas, humidity\"\n"
+        "  poller:\n    image: hub.foundries.io/x/poller\n"
+        "    labels: [\"other=1\"]\n"
+        "    environment: [\"M4_PROCEDURES=temperature,humidity\", \"OTHER=${X}\"]\n"
+        "  later:\n    image: x\n    environment:\n      M4_PROCEDURES: \"${PROCS}\"\n"
+        "  quiet:\n    image: y\n").document
+    assert expected_methods(document) == {"weather": ["read_gas", "humidity"],
+                                          "poller": ["temperature", "humidity"]}
+    assert expected_methods(None) == {} and expected_methods({"services": ["x"]}) == {}
 
 
 def test_recent_journal_errors_are_a_warning(x8: tuple[Host, Commands, Path]) -> None:

@@ -31,6 +31,7 @@ __all__ = [
     "Template",
     "add_parser",
     "create_app",
+    "vendor_bridge",
 ]
 
 DEFAULT_IMAGE_PREFIX = "hub.foundries.io/${FACTORY}"
@@ -125,7 +126,7 @@ def _vendor_library(target: Path, *, sketch_client: bool = False) -> None:
         shutil.copy2(package_root / package / module, destination / package / module)
 
 
-def _vendor_bridge(target: Path) -> None:
+def vendor_bridge(target: Path) -> None:
     """Copy the installed arduino-router-bridge (package arduino.router_bridge and its license)
     into *target*: the app then builds offline from any base with python3 and msgpack."""
     try:
@@ -209,7 +210,7 @@ def create_app(name: str, template_name: str, root: Path, *, port: int | None = 
         if sketch is not None:
             shutil.copyfile(sketch, staging / "sketch" / f"{name}.elf")
         if template.library == BRIDGE_DISTRIBUTION:
-            _vendor_bridge(staging / "vendor")
+            vendor_bridge(staging / "vendor")
         else:
             _vendor_library(staging / "vendor", sketch_client=template.ships_sketch)
         # Rename last, so an interrupted run leaves no half-made app behind under the real name.

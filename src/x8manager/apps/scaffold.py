@@ -31,6 +31,7 @@ __all__ = [
     "Template",
     "add_parser",
     "create_app",
+    "vendor_bridge",
 ]
 
 DEFAULT_IMAGE_PREFIX = "hub.foundries.io/${FACTORY}"
@@ -125,9 +126,12 @@ def _vendor_library(target: Path, *, sketch_client: bool = False) -> None:
         shutil.copy2(package_root / package / module, destination / package / module)
 
 
-def _vendor_bridge(target: Path) -> None:
+def vendor_bridge(target: Path, *, as_installed: bool = False) -> None:
     """Copy the installed arduino-router-bridge (package arduino.router_bridge and its license)
-    into *target*: the app then builds offline from any base with python3 and msgpack."""
+    into *target*: the app then builds offline from any base with python3 and msgpack.
+
+    *as_installed* also copies its ``.dist-info`` (the license stays in it), so *target* holds the
+    distribution as pip installed it (a site-packages folder: the test image's, for one)."""
     try:
         dist = importlib.metadata.distribution(BRIDGE_DISTRIBUTION)
     except importlib.metadata.PackageNotFoundError as error:
@@ -142,6 +146,8 @@ def _vendor_bridge(target: Path) -> None:
         if parts[:2] == ("arduino", "router_bridge") and "__pycache__" not in parts:
             destination = target.joinpath(*parts)
             copied += 1
+        elif parts[0].endswith(".dist-info") and as_installed:
+            destination = target.joinpath(*parts)
         elif parts[0].endswith(".dist-info") and "LICENSE" in parts[-1].upper():
             destination = target / f"LICENSE-{BRIDGE_DISTRIBUTION}-{dist.version}.txt"
         else:
@@ -209,7 +215,7 @@ def create_app(name: str, template_name: str, root: Path, *, port: int | None = 
         if sketch is not None:
             shutil.copyfile(sketch, staging / "sketch" / f"{name}.elf")
         if template.library == BRIDGE_DISTRIBUTION:
-            _vendor_bridge(staging / "vendor")
+            vendor_bridge(staging / "vendor")
         else:
             _vendor_library(staging / "vendor", sketch_client=template.ships_sketch)
         # Rename last, so an interrupted run leaves no half-made app behind under the real name.

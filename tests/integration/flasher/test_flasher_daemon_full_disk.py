@@ -14,7 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from flasher_daemon_rig import GOOD, Rig, variant, wait_for
+from flasher_daemon_rig import GOOD, Rig, variant
+
+from tests.support import wait_for
 
 
 def sha(data: bytes) -> str:

@@ -11,7 +11,9 @@ import hashlib
 import os
 from typing import Any
 
-from flasher_daemon_rig import Rig, variant, wait_for
+from flasher_daemon_rig import Rig, variant
+
+from tests.support import wait_for
 
 
 def sha(data: bytes) -> str:

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flasher_daemon_rig import GOOD, Rig, variant, wait_for
+from flasher_daemon_rig import GOOD, Rig, variant
 
+from tests.support import wait_for
 from tests.support.m4stack import M4Stack
 
 

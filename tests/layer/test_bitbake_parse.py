@@ -103,10 +103,11 @@ def test_x8_manager_recipe(bb_datastore: bb.data_smart.DataSmart) -> None:
     d = parse_recipe(bb_datastore, LAYER_ROOT / "recipes-python/x8-manager/x8-manager_0.1.0.bb")
     assert not d.getVar("__SKIPPED")
     packages = d.getVar("PACKAGES").split()
-    assert packages[:4] == [
+    assert packages[:5] == [
         "x8-manager-proxy",
         "x8-manager-flasher",
         "x8-manager-apps",
+        "x8-manager-doctor",
         "x8-manager-sim",
     ]
     # The QEMU harness is a host tool (pip extra "qemu"), not device payload.
@@ -151,6 +152,7 @@ def test_packagegroup(bb_datastore: bb.data_smart.DataSmart) -> None:
         "x8-manager-proxy",
         "x8-manager-flasher",
         "x8-manager-apps",
+        "x8-manager-doctor",
     }
 
 

@@ -120,17 +120,19 @@ def check_firmware(host: Host, options: Options) -> Finding:
     return _ok("h7", "firmware", f"H7 firmware {running!r}" + ("" if expected else " (no image to compare)"))
 
 
-def _runs(process: Process, script: str, module: str) -> bool:
-    """Whether *process* is the console script *script* or ``python -m module``."""
+def _runs(process: Process, script: str, *modules: str) -> bool:
+    """Whether *process* is the console script *script* or ``python -m`` one of *modules*."""
     if process.comm == script:
         return True
     args = process.cmdline
     interpreted = len(args) > 1 and os.path.basename(args[0]).startswith("python")
-    return interpreted and (os.path.basename(args[1]) == script or args[1:3] == ("-m", module))
+    return interpreted and (os.path.basename(args[1]) == script
+                            or (len(args) > 2 and args[1] == "-m" and args[2] in modules))
 
 
 def _is_ours(process: Process) -> bool:
-    return _runs(process, "m4-proxy", "x8manager.proxy.cli")
+    # x8manager.proxy.daemon is what the m4-proxy console script runs (it keeps ssl unloaded).
+    return _runs(process, "m4-proxy", "x8manager.proxy.daemon", "x8manager.proxy.cli")
 
 
 def _is_virtual_m4(process: Process) -> bool:

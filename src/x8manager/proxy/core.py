@@ -17,10 +17,10 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final
 
 from x8manager.proxy.callport import CallContext, CallPort, CallPortStats
@@ -67,7 +67,7 @@ class ProxyConfig:
     timeout_error_reply: bool = False  # Linux caller gets an error reply instead of a bare close
     m4_error_replies: bool = False  # M4 gets an error reply for unregistered methods/dead services
     max_message: int = M4_MAX_MESSAGE
-    registry_file: Path | None = None  # keep the registry across proxy restarts
+    registry_file: str | os.PathLike[str] | None = None  # keep the registry across proxy restarts
     device_reader: ReaderMode = "auto"  # how the char device is read (tests force one)
     router_socket: str = ""  # UNIX socket of the router front ('' = off; the daemon's default is on)
     router_socket_group: str | None = None  # group that may connect to it (mode 0660)

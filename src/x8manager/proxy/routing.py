@@ -21,7 +21,6 @@ import json
 import logging
 import os
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Final, Protocol
 
 from x8manager.proxy.services import ServiceCallFailed, ServiceLink
@@ -141,14 +140,17 @@ class RegistryFile:
     heard from the M4 again. Writes are batched (many registrations, one write).
     """
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    # Paths as str and os functions: pathlib (with urllib.parse and ipaddress, which it imports)
+    # would be about half a megabyte of the daemon's memory for these few calls.
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
         self._timer: asyncio.TimerHandle | None = None
         self._snapshot: Callable[[], dict[str, int]] | None = None
 
     def load(self) -> dict[str, int]:
         try:
-            saved = json.loads(self.path.read_text(encoding="utf-8"))
+            with open(self.path, encoding="utf-8") as file:
+                saved = json.load(file)
         except FileNotFoundError:
             return {}
         except (OSError, ValueError) as exc:
@@ -179,10 +181,11 @@ class RegistryFile:
         snapshot, self._snapshot = self._snapshot, None
         if snapshot is None:
             return
-        temporary = self.path.with_name(self.path.name + ".tmp")
+        temporary = self.path + ".tmp"
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            temporary.write_text(json.dumps(snapshot()), encoding="utf-8")
+            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+            with open(temporary, "w", encoding="utf-8") as file:
+                file.write(json.dumps(snapshot()))
             os.replace(temporary, self.path)
         except OSError as exc:
             # Only restarts lose from this; the registration itself stands.
@@ -197,7 +200,7 @@ def go_map(ports: dict[str, int]) -> str:
 class RoutingTable:
     """Method name → provider, for every front (see the module docstring)."""
 
-    def __init__(self, registry_file: Path | None = None,
+    def __init__(self, registry_file: str | os.PathLike[str] | None = None,
                  live: Callable[[int], Awaitable[bool]] = is_listening) -> None:
         self._ports: dict[str, int] = {}  # legacy names
         self._routes: dict[str, Provider] = {}  # router-front names

@@ -20,7 +20,7 @@ def proxy_command() -> list[str]:
     script = Path(sys.executable).parent / "m4-proxy"
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-m", "x8manager.proxy.cli"]
+    return [sys.executable, "-m", "x8manager.proxy.daemon"]  # what the console script runs
 
 
 async def start_daemon(*args: str,

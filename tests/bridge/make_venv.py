@@ -8,30 +8,24 @@ holds their hash, so an interrupted build is redone); CI may cache it under out/
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
+sys.path.insert(0, str(ROOT))  # also run as a script, outside pytest
+
+from tests.support.venvs import cached_venv, fresh_venv  # noqa: E402 - after the path set-up
+
 DEFAULT_DEST = ROOT / "out" / "bridge-venv"
 REQUIREMENTS = HERE / "requirements.txt"
 STAMP = "x8manager-bridge.stamp"
 EXPECTED_VERSION = "0.5.1"
 
 
-def python_of(dest: Path) -> Path:
-    return dest / "bin" / "python"
-
-
 def _build(dest: Path) -> None:
-    if dest.exists():
-        shutil.rmtree(dest)
-    subprocess.run([sys.executable, "-m", "venv", str(dest)], check=True)
-    python = str(python_of(dest))
+    python = fresh_venv(dest)
     subprocess.run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
                     "-r", str(REQUIREMENTS)], check=True)
     probe = subprocess.run(
@@ -45,15 +39,7 @@ def _build(dest: Path) -> None:
 
 def ensure_venv(dest: Path = DEFAULT_DEST) -> Path:
     """Return the Bridge venv's python, (re)building the venv first if it is missing or stale."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fingerprint = hashlib.sha256(sys.version.encode() + REQUIREMENTS.read_bytes()).hexdigest()
-    stamp = dest / STAMP
-    with open(dest.parent / (dest.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # two test runs at once must not build over each other
-        if not (stamp.exists() and stamp.read_text() == fingerprint and python_of(dest).exists()):
-            _build(dest)
-            stamp.write_text(fingerprint)
-    return python_of(dest)
+    return cached_venv(dest, [REQUIREMENTS], _build, STAMP)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,6 @@ TORNADO_EXTENSION=0 skips tornado's optional C speedups).
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import os
 import shutil
 import subprocess
@@ -21,28 +19,18 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
+sys.path.insert(0, str(ROOT))  # also run as a script, outside pytest
+
+from tests.support.venvs import cached_venv, fresh_venv  # noqa: E402 - after the path set-up
+
 DEFAULT_DEST = ROOT / "out" / "legacy-venv"
 INPUTS = (HERE / "requirements.txt", HERE / "sitecustomize.py")
 STAMP = "x8manager-legacy.stamp"
 EXPECTED_MSGPACK = "(0, 5, 6)"
 
 
-def _fingerprint() -> str:
-    digest = hashlib.sha256(sys.version.encode())
-    for path in INPUTS:
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
-def python_of(dest: Path) -> Path:
-    return dest / "bin" / "python"
-
-
 def _build(dest: Path) -> None:
-    if dest.exists():
-        shutil.rmtree(dest)
-    subprocess.run([sys.executable, "-m", "venv", str(dest)], check=True)
-    python = str(python_of(dest))
+    python = fresh_venv(dest)
     # Pure-Python builds of both (msgpack's fallback, no tornado.speedups): no compiler needed
     # on a fresh CI machine, and nothing differs on the wire.
     env = dict(os.environ, MSGPACK_PUREPYTHON="1", TORNADO_EXTENSION="0", PIP_DISABLE_PIP_VERSION_CHECK="1")
@@ -68,15 +56,7 @@ def _build(dest: Path) -> None:
 
 def ensure_venv(dest: Path = DEFAULT_DEST) -> Path:
     """Return the legacy venv's python, (re)building the venv first if it is missing or stale."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fingerprint = _fingerprint()
-    stamp = dest / STAMP
-    with open(dest.parent / (dest.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # two test runs at once must not build over each other
-        if not (stamp.exists() and stamp.read_text() == fingerprint and python_of(dest).exists()):
-            _build(dest)
-            stamp.write_text(fingerprint)
-    return python_of(dest)
+    return cached_venv(dest, INPUTS, _build, STAMP)
 
 
 if __name__ == "__main__":

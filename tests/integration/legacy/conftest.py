@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -53,18 +53,6 @@ def wait_for_port(port: int, process: subprocess.Popen[str], log: Path) -> None:
         except OSError:
             time.sleep(0.05)
     raise AssertionError(f"port {port} not open after {START_TIMEOUT} s:\n{log.read_text()}")
-
-
-def eventually(check: Callable[[], T | None], what: str, within: float = 10.0) -> T:
-    """Poll *check* until it returns something other than None; fail with *what* at the deadline."""
-    deadline = time.monotonic() + within
-    while True:
-        found = check()
-        if found is not None:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {within} s: {what}")
-        time.sleep(0.02)
 
 
 def read_fd(fd: int, within: float = 10.0) -> bytes:

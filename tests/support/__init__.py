@@ -8,13 +8,14 @@ TCP port on 127.0.0.1 that nothing listens on (load and tests stay on 127.0.0.1)
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from x8manager.common.net import free_local_port as free_port
 
-__all__ = ["WAIT", "free_port", "wait_for", "wait_until"]
+__all__ = ["WAIT", "free_port", "stop_process", "wait_for", "wait_until"]
 
 # The default deadline of a wait: only a failing test waits that long, so generous for a loaded
 # 2-core CI machine.
@@ -42,3 +43,15 @@ async def wait_until(condition: Callable[[], object], what: str, within: float =
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {within} s waiting for {what}")
         await asyncio.sleep(0.005)
+
+
+def stop_process(process: subprocess.Popen[Any], within: float = 15.0) -> int:
+    """SIGTERM *process*, SIGKILL it if it is still there after *within* s; its exit status."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=within)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode

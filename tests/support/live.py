@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from tests.support import free_port
+from tests.support import free_port, stop_process
 
 START_TIMEOUT = 30.0
 T = TypeVar("T")
@@ -36,14 +36,7 @@ def eventually(check: Callable[[], T | None], what: str, within: float = 10.0) -
 
 
 def stop(process: subprocess.Popen[str]) -> int:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    return process.returncode
+    return stop_process(process)
 
 
 def open_fds(pid: int) -> int:

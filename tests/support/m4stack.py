@@ -13,6 +13,8 @@ import threading
 import time
 from pathlib import Path
 
+from tests.support import stop_process
+
 __all__ = ["M4Stack"]
 
 BIN = Path(sys.executable).parent
@@ -46,13 +48,7 @@ class _Child:
             time.sleep(0.02)
 
     def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
+        stop_process(self.popen, within=10)
 
 
 class M4Stack:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support import wait_for
+from tests.support import stop_process, wait_for
 
 BIN = Path(sys.executable).parent
 DEADLINE = 20.0
@@ -60,13 +60,7 @@ class Process:
         return "\n".join(self.lines[-30:])
 
     def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
+        stop_process(self.popen, within=10)
 
 
 def start_virtual_m4(processes: list[Process]) -> tuple[str, str]:

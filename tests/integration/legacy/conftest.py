@@ -18,6 +18,7 @@ from typing import TypeVar
 import pytest
 
 from tests.support import free_port
+from tests.support.live import stop
 from x8manager.m4sim import ControlClient, parse_endpoint
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -60,17 +61,6 @@ def read_fd(fd: int, within: float = 10.0) -> bytes:
     ready, _, _ = select.select([fd], [], [], within)
     assert ready, f"nothing to read within {within} s"
     return os.read(fd, 1024)
-
-
-def stop(process: subprocess.Popen[str]) -> int:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    return process.returncode
 
 
 @dataclass

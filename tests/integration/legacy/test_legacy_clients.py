@@ -8,10 +8,10 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
-from conftest import Legacy, Proxy, Sim, read_fd, stop
+from conftest import Legacy, Proxy, Sim, read_fd
 
 from tests.support import free_port
-from tests.support.live import eventually
+from tests.support.live import eventually, stop
 from x8manager.m4sim import ControlError, open_pty
 
 pytestmark = pytest.mark.legacy

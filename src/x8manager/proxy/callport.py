@@ -7,6 +7,7 @@ connections a second made asyncio's per-connection machinery the proxy's main co
 
 from __future__ import annotations
 
+import _socket
 import asyncio
 import contextlib
 import errno
@@ -85,6 +86,7 @@ class CallPort:
         self._context = context
         self._loop = context.loop
         self._listeners = listeners
+        self._families = {listener: int(listener.family) for listener in listeners}
         self.connections: set[CallConnection] = set()
         self._sweeper: asyncio.TimerHandle | None = None
         self._resume: asyncio.TimerHandle | None = None
@@ -92,9 +94,13 @@ class CallPort:
             self._loop.add_reader(listener.fileno(), self._accept, listener)
 
     def _accept(self, listener: socket.socket) -> None:
+        # socket.accept() builds a socket.socket, whose family and type properties convert to
+        # enums: a tenth of the call port's Python time. The C-level accept and the C socket
+        # type give the same socket for the few calls made on it (recv, send, close).
+        family = self._families[listener]
         for _ in range(ACCEPT_BATCH):
             try:
-                sock, address = listener.accept()
+                fd, address = listener._accept()  # type: ignore[attr-defined]  # C method, untyped
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -103,6 +109,7 @@ class CallPort:
                 else:  # ECONNABORTED and the like: that one connection is gone
                     limited_log.warning("call-accept", "call port: accept failed: %s", exc.strerror or exc)
                 return
+            sock = _socket.socket(family, _socket.SOCK_STREAM, 0, fd)
             if len(self.connections) >= MAX_CONNECTIONS:
                 limited_log.warning("call-full", "call port: connection from %s refused: %d open already",
                                     address, MAX_CONNECTIONS)
@@ -177,13 +184,13 @@ class CallConnection:
     event loop at all; only one that sends its message slowly gets a reader and a deadline.
     """
 
-    def __init__(self, context: CallContext, sock: socket.socket, peer: Any,
+    def __init__(self, context: CallContext, sock: _socket.socket, peer: Any,
                  on_closed: Callable[[CallConnection], None], on_waiting: Callable[[], None]) -> None:
         self._context = context
         self._on_closed = on_closed
         self._on_waiting = on_waiting
         self._loop = context.loop
-        self._sock: socket.socket | None = sock
+        self._sock: _socket.socket | None = sock
         self._fd = sock.fileno()
         self._peer = peer
         self._state = _READING
@@ -193,7 +200,7 @@ class CallConnection:
         self._reading = False  # an event-loop reader is registered
         self._unsent = b""  # the part of the answer the socket did not take at once
         self._withdraw: Callable[[], None] | None = None  # the M4 call in flight
-        self._client_msgid = b""
+        self._request = b""  # the client's request as it came (its msgid for error replies)
         self._method = ""
 
     # -- socket events ----------------------------------------------------------------------
@@ -283,9 +290,14 @@ class CallConnection:
 
     # -- to the M4 ---------------------------------------------------------------------------
 
+    @property
+    def _client_msgid(self) -> bytes:
+        """The request's msgid bytes: needed for error replies only, so found only then."""
+        return msgid_bytes_of(self._request)
+
     def _call_m4(self, request: Request, raw: bytes) -> None:
         self._method = request.method
-        self._client_msgid = msgid_bytes_of(raw)
+        self._request = raw
         try:
             self._withdraw = self._context.m4.call(raw, self._m4_done)
         except TooLarge as exc:

@@ -96,6 +96,30 @@ def _bind_error(what: str, host: str, port: int, exc: OSError) -> StartupError:
     return StartupError(f"cannot listen for {what} on {host or '*'}:{port}: {exc.strerror or exc}")
 
 
+def _numeric_family(host: str) -> socket.AddressFamily | None:
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+        except OSError:
+            continue
+        return family
+    return None
+
+
+def _bind_address(bind: str, port: int) -> tuple[socket.AddressFamily, str]:
+    """The family and address of --bind. A numeric address is taken as it is: getaddrinfo on
+    a str encodes it with the idna codec, which loads unicodedata (memory for nothing)."""
+    family = _numeric_family(bind)
+    if family is not None:
+        return family, bind
+    try:
+        infos = socket.getaddrinfo(bind, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise StartupError(f"--bind {bind!r}: {exc}") from exc
+    family, _, _, _, address = infos[0]
+    return family, str(address[0])
+
+
 def make_listeners(what: str, bind: str | None, port: int, *, dual_stack: bool) -> list[socket.socket]:
     """Listening sockets for one port.
 
@@ -104,13 +128,9 @@ def make_listeners(what: str, bind: str | None, port: int, *, dual_stack: bool) 
     ``[::]`` on the same port (the original's call port is IPv4 only).
     """
     if bind is not None:
+        family, host = _bind_address(bind, port)
         try:
-            infos = socket.getaddrinfo(bind, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        except socket.gaierror as exc:
-            raise StartupError(f"--bind {bind!r}: {exc}") from exc
-        family, _, _, _, address = infos[0]
-        try:
-            return [_listen_socket(str(address[0]), port, family=family, v6only=True)]
+            return [_listen_socket(host, port, family=family, v6only=True)]
         except OSError as exc:
             raise _bind_error(what, bind, port, exc) from exc
     if dual_stack:

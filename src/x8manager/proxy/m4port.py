@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
@@ -44,6 +45,8 @@ M4_DECODER_BUFFER: Final = 8 * 1024
 # A partial M4 message with no new byte for this long is abandoned (the M4 reset mid-message).
 # The H7 forwards one message's chunks back to back, so real gaps are far shorter.
 STALE_PARTIAL_AFTER: Final = 0.5
+# Distinct call waits (one per front, as configured) kept as queues even while empty.
+MAX_WAIT_QUEUES: Final = 8
 
 
 class M4CallFailed(Exception):
@@ -84,15 +87,15 @@ class M4Stats:
 class _Call:
     """One call in flight: its wire msgid, the caller's msgid bytes, deadline and callback."""
 
-    __slots__ = ("caller_msgid", "done", "port", "timer", "wait", "wire_msgid", "written")
+    __slots__ = ("caller_msgid", "deadline", "done", "port", "wait", "wire_msgid", "written")
 
     def __init__(self, port: M4Port, done: CallDone) -> None:
         self.port = port
-        self.done: CallDone | None = done
+        self.done: CallDone | None = done  # None once finished
         self.wire_msgid = -1
         self.caller_msgid = b""
-        self.timer: asyncio.TimerHandle | None = None
         self.wait = 0.0
+        self.deadline = 0.0
         self.written: asyncio.Future[None] | None = None
 
     def replied(self, raw: bytes) -> None:
@@ -104,7 +107,6 @@ class _Call:
         self.finish(restored)
 
     def timed_out(self) -> None:
-        self.timer = None
         self.port.stats.call_timeouts += 1
         self.port.pending.close(self.wire_msgid)  # a late reply finds nobody waiting
         failure = M4CallFailed(f"no reply from the M4 within {self.wait:g} s", timed_out=True)
@@ -113,12 +115,7 @@ class _Call:
         self.finish(failure)
 
     def finish(self, result: bytes | M4CallFailed) -> None:
-        done, self.done = self.done, None
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        if self.written is not None and not self.written.done():
-            self.written.cancel()  # not written yet: the link drops it unless it has started
+        done = self._settle()
         if done is not None:
             done(result)
 
@@ -127,10 +124,18 @@ class _Call:
         if self.done is None:
             return
         self.port.pending.close(self.wire_msgid)
-        self.done = None
+        self._settle()
         if self.port.tap is not None:
             self.port.tap.call_ended(self.wire_msgid, "withdrawn: the caller gave up or went away")
-        self.finish(M4CallFailed("cancelled"))
+
+    def _settle(self) -> CallDone | None:
+        """Mark the call finished, once; return its callback if it was not finished yet."""
+        done, self.done = self.done, None
+        if done is not None:
+            self.port.deadlines.finished(self.wait)
+            if self.written is not None and not self.written.done():
+                self.written.cancel()  # not written yet: the link drops it unless it has started
+        return done
 
     def on_written(self, written: asyncio.Future[None]) -> None:
         if written.cancelled() or self.done is None:
@@ -142,6 +147,63 @@ class _Call:
             if self.port.tap is not None:
                 self.port.tap.call_ended(self.wire_msgid, reason)
             self.finish(M4CallFailed(reason))
+
+
+class _Deadlines:
+    """The reply deadlines of the calls in flight, kept with one event-loop timer.
+
+    A timer handle per call (created, pushed on the loop's heap, cancelled, popped) was a
+    tenth of the call port's time. Calls given the same wait form a queue in deadline order,
+    so each call costs an append and, when it finishes at the head, a pop; one that finishes
+    behind a slower one leaves when that one does. The timer is set for the earliest head
+    and, when it fires, times out what is due and is set for the next.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._queues: dict[float, deque[_Call]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+
+    def add(self, call: _Call) -> None:
+        call.deadline = self._loop.time() + call.wait
+        queue = self._queues.get(call.wait)
+        if queue is None:
+            queue = self._queues[call.wait] = deque()
+        queue.append(call)
+        if self._timer is None or call.deadline < self._timer_at:
+            self._arm(call.deadline)
+
+    def finished(self, wait: float) -> None:
+        """A call with this *wait* finished: drop the finished calls at its queue's head."""
+        queue = self._queues.get(wait)
+        while queue and queue[0].done is None:
+            queue.popleft()
+        if queue is not None and not queue and len(self._queues) > MAX_WAIT_QUEUES:
+            del self._queues[wait]  # callers with ever new waits: keep the table small
+
+    def _arm(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_at(when, self._expire)
+        self._timer_at = when
+
+    def _expire(self) -> None:
+        self._timer = None
+        now = self._loop.time()
+        for queue in list(self._queues.values()):
+            while queue and (queue[0].done is None or queue[0].deadline <= now):
+                call = queue.popleft()
+                if call.done is not None:
+                    call.timed_out()
+        heads = [queue[0].deadline for queue in self._queues.values() if queue]
+        if heads:
+            self._arm(min(heads))
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 class M4Port:
@@ -157,6 +219,7 @@ class M4Port:
         self._last_data = 0.0
         self._on_frame: FrameHandler | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._deadlines: _Deadlines | None = None
         # The trace tap while a trace client listens (proxy.tap); None costs one check per message.
         self.tap: Tap | None = None
 
@@ -169,9 +232,17 @@ class M4Port:
         self._on_frame = on_frame
         # Kept: asyncio.get_running_loop() costs a getpid() system call each time.
         self._loop = asyncio.get_running_loop()
+        self._deadlines = _Deadlines(self._loop)
         self.link.start(self._on_data, self.discard_partial_message)
 
+    @property
+    def deadlines(self) -> _Deadlines:
+        assert self._deadlines is not None, "M4Port.start() first"
+        return self._deadlines
+
     async def close(self) -> None:
+        if self._deadlines is not None:
+            self._deadlines.close()
         await self.link.close()
 
     # -- Linux → M4 ---------------------------------------------------------------------------
@@ -214,8 +285,7 @@ class M4Port:
         if call.written is not None:
             call.written.add_done_callback(call.on_written)
         call.wait = self.call_timeout if timeout is None else timeout
-        assert self._loop is not None, "M4Port.start() first"
-        call.timer = self._loop.call_later(call.wait, call.timed_out)
+        self.deadlines.add(call)
         if self.tap is not None:
             self.tap.call_sent(wire, wire_msgid, caller_msgid, front, app)
         return call.cancel

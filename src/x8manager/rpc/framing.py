@@ -218,6 +218,14 @@ def parse_message(value: Any) -> Message:
 
 
 def _parse_message(value: Any) -> Message:
+    # ``type(x) is int`` (not isinstance) also refuses bool; msgpack makes plain ints only.
+    # The two usual shapes come first: this runs twice for every call through the proxy.
+    if type(value) is list and len(value) == 4 and type(value[1]) is int:
+        kind = value[0]
+        if kind == 1 and type(kind) is int:
+            return Response(value[1], value[2], value[3])
+        if kind == 0 and type(kind) is int and type(value[2]) is str and type(value[3]) is list:
+            return Request(value[1], value[2], value[3])
     if not isinstance(value, list):
         raise InvalidMessage(f"a message is an array, got {type(value).__name__}")
     if not value:
@@ -285,6 +293,7 @@ class StreamDecoder:
     def __init__(self, max_buffer: int = DEFAULT_MAX_BUFFER) -> None:
         self._max_buffer = max(16, max_buffer)
         self._options = unpack_options(2 * self._max_buffer)
+        self._whole_options = {key: value for key, value in self._options.items() if key != "max_buffer_size"}
         self._buffer = bytearray()  # bytes fed to the current unpacker and not yet returned
         self._base = 0  # unpacker.tell() at the start of self._buffer
         # Container lead bytes in self._buffer: a partial object cannot nest deeper than this,
@@ -332,6 +341,10 @@ class StreamDecoder:
 
     def feed(self, data: bytes) -> list[DecodedObject]:
         """Add *data*; return every top-level object it completes, in stream order."""
+        if not self._buffer and self._resync is None and len(data) <= self._max_buffer:
+            whole = self._whole_object(data)
+            if whole is not None:
+                return [whole]
         out: list[DecodedObject] = []
         view = memoryview(data)
         step = self._max_buffer
@@ -352,6 +365,18 @@ class StreamDecoder:
                           len(self._buffer))
                 self._start_resync(out)
         return out
+
+    def _whole_object(self, data: bytes) -> DecodedObject | None:
+        """*data* as one object if it is exactly one (how a link usually delivers a reply):
+        decoded at once, without the streaming unpacker's bookkeeping. Anything else (part of
+        an object, several, garbage) is None and takes the streaming path."""
+        try:
+            value = msgpack.unpackb(data, **self._whole_options)
+        except Exception:  # the streaming path tells what it is
+            return None
+        if nesting_exceeds(data):
+            return None
+        return DecodedObject(value, data)
 
     def _drain(self, out: list[DecodedObject]) -> None:
         while self._buffer:
@@ -401,7 +426,9 @@ class StreamDecoder:
     def feed_frames(self, data: bytes) -> list[Frame]:
         """Like :meth:`feed`, keeping well-formed msgpack-RPC messages only."""
         frames: list[Frame] = []
-        for item in self.feed_arrays(data):
+        for item in self.feed(data):
+            if not isinstance(item.value, list):
+                continue  # stray text, not RPC
             try:
                 frames.append(Frame(parse_message(item.value), item.raw))
             except InvalidMessage as exc:
@@ -761,6 +788,11 @@ def _element_end(raw: bytes, offset: int) -> int:
 
 def msgid_span(raw: bytes) -> tuple[int, int]:
     """``(start, end)`` of the msgid's bytes in a raw request or response."""
+    if len(raw) > 3 and raw[0] == 0x94 and raw[1] <= 0x7F:  # [fixint type, msgid, ...]: the usual
+        lead = raw[2]
+        size = 1 if lead <= 0x7F else _INT_SIZE.get(lead)
+        if size is not None and 2 + size <= len(raw):
+            return 2, 2 + size
     if not raw:
         raise InvalidMessage("empty message")
     msgid_start = _element_end(raw, _skip_header(raw))

@@ -216,8 +216,8 @@ def test_the_router_socket_unit_is_installed_and_enabled_with_the_proxy(installe
     service = (image / unit.lstrip("/")).with_name("m4-proxy.service").read_text().splitlines()
     assert "Wants=m4-proxy.socket" in service and "After=m4-proxy.socket" in service
     # The group the socket unit names is the one the package's sysusers.d file creates.
-    sysusers = (image / d.getVar("nonarch_libdir").lstrip("/") / "sysusers.d/x8-manager-proxy.conf").read_text()
-    assert "g arduino-router 871" in sysusers
+    sysusers = image / d.getVar("nonarch_libdir").lstrip("/") / "sysusers.d/x8-manager-proxy.conf"
+    assert "g arduino-router 871" in sysusers.read_text()
 
 
 def test_flasher_brings_the_h7_lock_drop_in_for_arduinos_programmer(installed: Installed) -> None:

@@ -125,16 +125,21 @@ async def m4_reaches(m4: VirtualM4, method: str, *args: object) -> object:
 
 
 @needs_socket_activate
+@pytest.mark.parametrize("event_loop", ["asyncio", "uvloop"])
 def test_systemd_socket_activate_passes_the_socket_the_bridge_is_served_on(
-        tmp_path: Path, socket_dir: Path, bridge_py: Path) -> None:
+        tmp_path: Path, socket_dir: Path, bridge_py: Path, event_loop: str) -> None:
     """The first connection starts the proxy on the passed socket, which it neither re-binds,
-    re-modes nor removes."""
+    re-modes nor removes (with either event loop the daemon offers)."""
+    if event_loop == "uvloop":
+        pytest.importorskip("uvloop")
+
     async def scenario() -> None:
         m4, device = await m4_on_pty(tmp_path)
         m4.bind("add", lambda a, b: a + b)
         path = socket_dir / "router.sock"
         assert SOCKET_ACTIVATE is not None
-        argv = [SOCKET_ACTIVATE, "-l", str(path), "--fdname=router", *proxy_argv(device, path)]
+        argv = [SOCKET_ACTIVATE, "-l", str(path), "--fdname=router",
+                *proxy_argv(device, path, "--event-loop", event_loop)]
         try:
             async with proxy_process(argv, tmp_path / "proxy.log") as proxy:
                 await proxy.logged(f"Listening on {path} as 3.")

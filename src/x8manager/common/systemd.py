@@ -105,7 +105,7 @@ def listen_fds(*, unset_environment: bool = True) -> list[ListenFd]:
         if count < 0:
             raise ListenFdsError(f"LISTEN_FDS={count_text!r} is negative")
         names_text = environ.get("LISTEN_FDNAMES")
-        names = names_text.split(":") if names_text is not None else [UNKNOWN_NAME] * count
+        names = [UNKNOWN_NAME] * count if names_text is None else _split_names(names_text)
         if len(names) != count:
             raise ListenFdsError(f"LISTEN_FDNAMES={names_text!r} names {len(names)} descriptors, "
                                  f"LISTEN_FDS={count}")
@@ -148,6 +148,11 @@ def adopt_socket(passed: ListenFd, *, family: socket.AddressFamily, kind: socket
         sock.close()
         raise ListenFdsError(f"{what} {problem}")
     return sock
+
+
+def _split_names(text: str) -> list[str]:
+    """``LISTEN_FDNAMES``: names separated by ``:``; empty when no descriptor is passed."""
+    return text.split(":") if text else []
 
 
 def _name(constant: object) -> str:

@@ -113,6 +113,13 @@ def test_descriptors_meant_for_another_process_are_ignored(tmp_path: Path) -> No
     assert report == {"passed": [], "cloexec": [], "left": []}  # ignored, and unset all the same
 
 
+def test_no_descriptors_with_empty_names_is_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LISTEN_PID", str(os.getpid()))
+    monkeypatch.setenv("LISTEN_FDS", "0")
+    monkeypatch.setenv("LISTEN_FDNAMES", "")
+    assert systemd.listen_fds() == []
+
+
 def test_outside_socket_activation_nothing_is_passed(monkeypatch: pytest.MonkeyPatch) -> None:
     for variable in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
         monkeypatch.delenv(variable, raising=False)

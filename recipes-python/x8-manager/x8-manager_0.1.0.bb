@@ -25,6 +25,7 @@ SRC_URI = "file://pyproject.toml;subdir=${BP} \
            file://LICENSE;subdir=${BP} \
            ${@x8_manager_sources(d)} \
            file://m4-proxy.service;subdir=${BP}/units \
+           file://m4-proxy.socket;subdir=${BP}/units \
            file://m4-flasher.service;subdir=${BP}/units \
            file://m4-proxy.default;subdir=${BP}/units \
            file://m4-flasher.default;subdir=${BP}/units \
@@ -72,7 +73,7 @@ do_configure:prepend() {
 }
 
 do_install:append() {
-    for unit in m4-proxy.service m4-flasher.service; do
+    for unit in m4-proxy.service m4-proxy.socket m4-flasher.service; do
         install -D -m 0644 ${S}/units/${unit} ${D}${systemd_system_unitdir}/${unit}
         sed -i -e 's|@BINDIR@|${bindir}|g' -e 's|@SYSCONFDIR@|${sysconfdir}|g' \
             ${D}${systemd_system_unitdir}/${unit}
@@ -95,12 +96,14 @@ PACKAGES =+ "${PN}-proxy ${PN}-flasher ${PN}-apps ${PN}-doctor ${PN}-sim"
 X8_SITE = "${PYTHON_SITEPACKAGES_DIR}/x8manager"
 
 SYSTEMD_PACKAGES = "${PN}-proxy ${PN}-flasher"
-SYSTEMD_SERVICE:${PN}-proxy = "m4-proxy.service"
+# m4-proxy.socket holds the router socket across restarts of m4-proxy.service (socket activation).
+SYSTEMD_SERVICE:${PN}-proxy = "m4-proxy.socket m4-proxy.service"
 SYSTEMD_SERVICE:${PN}-flasher = "m4-flasher.service"
 
 FILES:${PN}-proxy += "${bindir}/m4-proxy \
                       ${X8_SITE}/proxy \
                       ${systemd_system_unitdir}/m4-proxy.service \
+                      ${systemd_system_unitdir}/m4-proxy.socket \
                       ${nonarch_libdir}/sysusers.d/x8-manager-proxy.conf \
                       ${sysconfdir}/default/m4-proxy"
 FILES:${PN}-flasher += "${bindir}/m4-flasher \

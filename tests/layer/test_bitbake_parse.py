@@ -112,7 +112,7 @@ def test_x8_manager_recipe(bb_datastore: bb.data_smart.DataSmart) -> None:
     ]
     # The QEMU harness is a host tool (pip extra "qemu"), not device payload.
     assert not any("qemu" in package for package in packages)
-    assert d.getVar("SYSTEMD_SERVICE:x8-manager-proxy") == "m4-proxy.service"
+    assert d.getVar("SYSTEMD_SERVICE:x8-manager-proxy") == "m4-proxy.socket m4-proxy.service"
     assert d.getVar("SYSTEMD_SERVICE:x8-manager-flasher") == "m4-flasher.service"
     assert "openocd" in d.getVar("RDEPENDS:x8-manager-flasher").split()
     assert "python3-msgpack" in d.getVar("RDEPENDS:x8-manager").split()

@@ -198,7 +198,26 @@ def test_units_and_config_are_installed_with_real_paths(installed: Installed) ->
         assert f"ExecStart={d.getVar('bindir')}/{program}" in text
         assert "EnvironmentFile=-/etc/default/" in text
         assert "After=stm32h7-program.service" in text
-        assert d.getVar(f"SYSTEMD_SERVICE:{package}") == unit
+        assert unit in d.getVar(f"SYSTEMD_SERVICE:{package}").split()
+
+
+def test_the_router_socket_unit_is_installed_and_enabled_with_the_proxy(installed: Installed) -> None:
+    """m4-proxy.socket holds the router socket across proxy restarts (socket activation)."""
+    d, image, packages = installed
+    unit = f"{d.getVar('systemd_system_unitdir')}/m4-proxy.socket"
+    assert unit in packages["x8-manager-proxy"]
+    assert unit in d.getVar("FILES:x8-manager-proxy").split()
+    assert d.getVar("SYSTEMD_SERVICE:x8-manager-proxy").split() == ["m4-proxy.socket", "m4-proxy.service"]
+    lines = (image / unit.lstrip("/")).read_text().splitlines()
+    for setting in ("ListenStream=/run/arduino-router.sock", "FileDescriptorName=router", "SocketUser=root",
+                    "SocketGroup=arduino-router", "SocketMode=0660", "RemoveOnStop=no",
+                    "WantedBy=sockets.target"):
+        assert setting in lines
+    service = (image / unit.lstrip("/")).with_name("m4-proxy.service").read_text().splitlines()
+    assert "Wants=m4-proxy.socket" in service and "After=m4-proxy.socket" in service
+    # The group the socket unit names is the one the package's sysusers.d file creates.
+    sysusers = image / d.getVar("nonarch_libdir").lstrip("/") / "sysusers.d/x8-manager-proxy.conf"
+    assert "g arduino-router 871" in sysusers.read_text()
 
 
 def test_flasher_brings_the_h7_lock_drop_in_for_arduinos_programmer(installed: Installed) -> None:

@@ -25,6 +25,8 @@ __all__ = ["Options", "diagnose"]
 
 H7_UNIT = "stm32h7-program.service"
 PROXY_UNIT = "m4-proxy.service"
+# Holds the router socket for the proxy (socket activation), so it outlives proxy restarts.
+ROUTER_SOCKET_UNIT = "m4-proxy.socket"
 DEVICE = "/dev/x8h7_ui"
 FIRMWARE_VERSION = "/sys/kernel/x8h7_firmware/version"
 FIRMWARE_IMAGE = "/usr/arduino/extra/STM32H747AII6_CM7.bin"
@@ -255,15 +257,20 @@ def check_router_socket(host: Host, options: Options) -> Finding:
     if not where:
         return Finding("proxy", "router", Status.SKIPPED, "the router front is off (--router-socket '')")
     path = host.path(where)
+    socket_unit = host.unit(ROUTER_SOCKET_UNIT)
+    held = socket_unit is not None and socket_unit.get("LoadState") == "loaded"
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(options.timeout)
         try:
             _connect_unix(sock, path)
         except OSError as error:
+            fix = (f"systemctl status {ROUTER_SOCKET_UNIT} (it holds the socket; is it active?); "
+                   f"journalctl -u {ROUTER_SOCKET_UNIT} -u {PROXY_UNIT}" if held else
+                   f"journalctl -u {PROXY_UNIT} (is the router front enabled?)")
             return _problem("proxy", "router", f"the router socket {where} does not accept "
-                                               f"connections: {error.strerror or error}",
-                            f"journalctl -u {PROXY_UNIT} (is the router front enabled?)")
-    return _ok("proxy", "router", f"the router socket {where} accepts connections")
+                                               f"connections: {error.strerror or error}", fix)
+    holder = f", held by {ROUTER_SOCKET_UNIT}" if held else ""
+    return _ok("proxy", "router", f"the router socket {where} accepts connections{holder}")
 
 
 def check_proxy_journal(host: Host, options: Options) -> Finding:

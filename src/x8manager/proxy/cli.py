@@ -173,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         router_listen=args.router_listen,
         monitor_listen=args.monitor_listen or None,
         trace_socket=args.trace_socket,
+        systemd_sockets=True,  # m4-proxy.socket's router socket, when systemd passes it
     )
     try:
         runner = event_loop_runner(args.event_loop)

@@ -23,13 +23,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
+from x8manager.common.systemd import ListenFd, ListenFdsError, listen_fds
 from x8manager.proxy.callport import CallContext, CallPort, CallPortStats
 from x8manager.proxy.link import M4Link, ReaderMode, StartupError, open_link
 from x8manager.proxy.m4port import M4Port
 from x8manager.proxy.monitor import MonitorPort
 from x8manager.proxy.ratelimit import RateLimitedLog
 from x8manager.proxy.registry import handle_register_connection
-from x8manager.proxy.routerfront import RouterFront
+from x8manager.proxy.routerfront import RouterFront, router_socket_from_systemd
 from x8manager.proxy.routing import ProviderFailed, RoutingTable
 from x8manager.proxy.tap import TapServer
 from x8manager.rpc.framing import (
@@ -74,6 +75,9 @@ class ProxyConfig:
     router_listen: str | None = None  # HOST:PORT of the router front on TCP (off by default)
     monitor_listen: str | None = None  # HOST:PORT of the monitor port (off in-process; on in the daemon)
     trace_socket: str = ""  # UNIX socket of the trace tap, root only ('' = off; on in the daemon)
+    # Take the sockets systemd passes (socket activation, m4-proxy.socket): the daemon does; an
+    # in-process proxy never looks at LISTEN_FDS.
+    systemd_sockets: bool = False
 
 
 def _listen_socket(host: str, port: int, *, family: socket.AddressFamily,
@@ -195,6 +199,7 @@ class M4Proxy:
     async def start(self) -> None:
         """Open the M4 link and the listeners; raise :class:`StartupError` on failure."""
         config = self.config
+        passed = self._systemd_sockets()
         register_sockets = make_listeners("register calls", config.bind, config.register_port,
                                           dual_stack=True)
         try:
@@ -220,7 +225,7 @@ class M4Proxy:
         self.register_ports = [s.getsockname()[:2] for s in register_sockets]
         self.call_ports = [s.getsockname()[:2] for s in call_sockets]
         try:
-            await self._start_router_front()
+            await self._start_router_front(passed)
             if config.monitor_listen:
                 self.monitor = MonitorPort(self.m4.notify)
                 await self.monitor.listen(*split_host_port(config.monitor_listen, "--monitor-listen"))
@@ -241,12 +246,32 @@ class M4Proxy:
             return
         self.trace = trace
 
-    async def _start_router_front(self) -> None:
+    def _systemd_sockets(self) -> list[ListenFd]:
+        if not self.config.systemd_sockets:
+            return []
+        try:
+            return listen_fds()
+        except ListenFdsError as exc:
+            raise StartupError(f"socket activation: {exc}") from exc
+
+    async def _start_router_front(self, passed: list[ListenFd]) -> None:
         config = self.config
+        inherited, unused = router_socket_from_systemd(passed, config.router_socket)
+        for each in unused:
+            log.warning("descriptor %d (%s) from systemd is not a socket m4-proxy serves; closed",
+                        each.fd, each.name)
+            os.close(each.fd)
+        if inherited is not None and not config.router_socket:
+            log.warning("the router front is off (--router-socket ''), but systemd passed the router "
+                        "socket %s: it is not served (disable m4-proxy.socket)", inherited.getsockname())
+            inherited.close()
+            inherited = None
         if not config.router_socket and not config.router_listen:
             return
         self.router = RouterFront(self.routes, self.m4)
-        if config.router_socket:
+        if inherited is not None:
+            await self.router.adopt_unix(inherited, requested=config.router_socket)
+        elif config.router_socket:
             await self.router.listen_unix(config.router_socket, group=config.router_socket_group)
         if config.router_listen:
             host, port = split_host_port(config.router_listen, "--router-listen")

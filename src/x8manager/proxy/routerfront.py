@@ -26,6 +26,12 @@ strings, which a Bridge cannot read; they reach the caller as ``[code, text]``:
 
 A connection's routes drop when it ends; calls the M4 or others made to it get
 ``[3, "failed to send request: ..."]``.
+
+The UNIX socket comes either from systemd (``m4-proxy.socket``, socket activation: the
+descriptor named ``router``, or one bound to the ``--router-socket`` path), which then owns the
+path, its owner, group and mode, and keeps it, the same inode, across restarts of the proxy
+(a container that bind-mounted it reaches the next proxy); or, without the socket unit, the
+proxy binds it itself (mode 0660, ``--router-socket-group``) and removes it when it stops.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import os
 import socket
 import stat
 import struct
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, cast
@@ -45,6 +52,7 @@ from typing import Any, Final, cast
 import msgpack
 
 from x8manager import __version__
+from x8manager.common.systemd import ListenFd, ListenFdsError, adopt_socket
 from x8manager.proxy.link import StartupError
 from x8manager.proxy.m4port import M4CallFailed, M4Port, TooLarge
 from x8manager.proxy.ratelimit import RateLimitedLog
@@ -74,7 +82,8 @@ from x8manager.rpc.framing import (
     replace_msgid,
 )
 
-__all__ = ["MAX_ROUTER_MESSAGE", "RouterConnection", "RouterContext", "RouterFront", "m4_error_for_bridge"]
+__all__ = ["MAX_ROUTER_MESSAGE", "SYSTEMD_SOCKET_NAME", "RouterConnection", "RouterContext", "RouterFront",
+           "m4_error_for_bridge", "router_socket_from_systemd"]
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +99,8 @@ PAUSE_READING_AT: Final = 256 * 1024
 DISCONNECT_AT: Final = 4 * 1024 * 1024
 # A router-front call waits this long for the M4 or another client (the Bridge's default).
 ROUTER_CALL_TIMEOUT: Final = 10.0
+# FileDescriptorName= of m4-proxy.socket: the descriptor systemd passes for the router socket.
+SYSTEMD_SOCKET_NAME: Final = "router"
 # Bridge 0.5.1's error codes for a peer's handler (protocol.py).
 PEER_MALFORMED_CALL: Final = 0xFD
 PEER_GENERIC: Final = 0xFF
@@ -519,6 +530,47 @@ def unix_listener(path: str, *, mode: int, group: str | None) -> socket.socket:
     return sock
 
 
+def router_socket_from_systemd(passed: list[ListenFd],
+                               path: str) -> tuple[socket.socket | None, list[ListenFd]]:
+    """The router socket among the descriptors systemd passed, and the descriptors left over.
+
+    The one named ``router`` (``FileDescriptorName=router``) is it, wherever it is bound;
+    otherwise one bound to *path* (``/var/run`` and ``/run`` are the same place). The chosen
+    one must be a listening AF_UNIX stream socket, else :class:`StartupError`.
+    """
+    named = [each for each in passed if each.name == SYSTEMD_SOCKET_NAME]
+    if len(named) > 1:
+        raise StartupError(f"systemd passed {len(named)} descriptors named {SYSTEMD_SOCKET_NAME!r} "
+                           f"({', '.join(str(each.fd) for each in named)}); one router socket is expected")
+    chosen = named[0] if named else next((each for each in passed if path and _bound_to(each, path)), None)
+    if chosen is None:
+        return None, passed
+    try:
+        sock = adopt_socket(chosen, family=socket.AF_UNIX, kind=socket.SOCK_STREAM)
+    except ListenFdsError as exc:
+        raise StartupError(f"the router socket: {exc} (check m4-proxy.socket: ListenStream=, "
+                           f"FileDescriptorName={SYSTEMD_SOCKET_NAME})") from exc
+    sock.setblocking(False)
+    return sock, [each for each in passed if each is not chosen]
+
+
+def _bound_to(passed: ListenFd, path: str) -> bool:
+    """Whether *passed* is an AF_UNIX socket bound to *path* (looked at through a duplicate)."""
+    try:
+        probe = socket.socket(fileno=os.dup(passed.fd))
+    except OSError:
+        return False
+    with probe:
+        if probe.family != socket.AF_UNIX:
+            return False
+        name = probe.getsockname()
+    return isinstance(name, str) and bool(name) and not name.startswith("\0") and _same_path(name, path)
+
+
+def _same_path(first: str, second: str) -> bool:
+    return os.path.realpath(first) == os.path.realpath(second)
+
+
 def _someone_listens(path: str) -> bool:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
         try:
@@ -544,13 +596,38 @@ class RouterFront:
         self.context = RouterContext(table, m4)
         self._servers: list[asyncio.Server] = []
         self.unix_path: str | None = None
+        self.unix_from_systemd = False  # the socket is systemd's: never unlinked, chmod-ed or chown-ed
         self.tcp_address: tuple[str, int] | None = None
 
     async def listen_unix(self, path: str, *, mode: int = 0o660, group: str | None = None) -> None:
+        """Bind the router socket at *path* (it is removed again by :meth:`close`)."""
         sock = unix_listener(path, mode=mode, group=group)
-        loop = asyncio.get_running_loop()
-        self._servers.append(await loop.create_unix_server(lambda: RouterConnection(self.context), sock=sock))
+        await self._serve_unix(sock)
         self.unix_path = path
+        log.info("router socket %s: bound by m4-proxy (mode %04o, group %s)", path, mode,
+                 group or "root's")
+
+    async def adopt_unix(self, sock: socket.socket, *, requested: str) -> None:
+        """Serve the listening socket systemd passed; *requested* is ``--router-socket``."""
+        path = sock.getsockname()
+        await self._serve_unix(sock)
+        self.unix_path = path if isinstance(path, str) and path else requested
+        self.unix_from_systemd = True
+        log.info("router socket %s: inherited from systemd (socket activation, descriptor %d); "
+                 "its owner, group and mode are the socket unit's", self.unix_path, sock.fileno())
+        if requested and not _same_path(self.unix_path, requested):
+            log.warning("--router-socket %s: systemd passed the router socket %s, which is served "
+                        "(m4-proxy.socket's ListenStream= decides the path)", requested, self.unix_path)
+
+    async def _serve_unix(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        options: dict[str, Any] = {}
+        if sys.version_info >= (3, 13) and isinstance(loop, asyncio.BaseEventLoop):
+            # Python 3.13's asyncio removes the socket's path when the server closes; close()
+            # decides that here (uvloop never removes it, nor takes the argument).
+            options["cleanup_socket"] = False
+        self._servers.append(await loop.create_unix_server(lambda: RouterConnection(self.context), sock=sock,
+                                                           **options))
 
     async def listen_tcp(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
@@ -570,6 +647,7 @@ class RouterFront:
         for server in self._servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 1.0)
-        if self.unix_path is not None:
+        # systemd's socket stays where it is: the next proxy gets the same one (same inode).
+        if self.unix_path is not None and not self.unix_from_systemd:
             with contextlib.suppress(OSError):
                 os.unlink(self.unix_path)

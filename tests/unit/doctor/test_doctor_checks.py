@@ -219,6 +219,21 @@ def test_router_socket_checked_when_named(x8: tuple[Host, Commands, Path]) -> No
         assert check_router_socket(host, options).status is Status.OK
 
 
+def test_router_socket_held_by_the_socket_unit_is_named(x8: tuple[Host, Commands, Path]) -> None:
+    host, commands, root = x8
+    (root / "run").mkdir()
+    commands.outputs[("systemctl", "m4-proxy.socket")] = Command(
+        0, "LoadState=loaded\nActiveState=failed\nSubState=failed\nResult=resources\n")
+    options = Options(router_socket="/run/arduino-router.sock")
+    finding = check_router_socket(host, options)
+    assert finding.status is Status.PROBLEM and "systemctl status m4-proxy.socket" in finding.fix
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(root / "run" / "arduino-router.sock"))
+        server.listen()
+        finding = check_router_socket(host, options)
+    assert finding.status is Status.OK and "held by m4-proxy.socket" in finding.message
+
+
 def test_router_socket_by_default_is_the_one_the_proxy_was_started_with(x8: tuple[Host, Commands, Path]
                                                                         ) -> None:
     host, _, root = x8

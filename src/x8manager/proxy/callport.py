@@ -340,9 +340,10 @@ class CallConnection:
         if reply:
             # MSG_MORE holds the reply back for the close that follows at once, so the reply
             # and the end of stream leave as one segment: one delivery on the client's side
-            # instead of two, about a tenth of the proxy's CPU per call. (A client that sent
-            # more bytes in the microseconds between our read and this close gets a reset
-            # without the reply; the original's reply then reset was no answer to it either.)
+            # instead of two, about a tenth of the proxy's CPU per call. The price: a client
+            # that sends more bytes in the microseconds between our read and this close gets
+            # the reset without the reply (the original sent the reply, then the reset); such
+            # pipelining on the one-call port is a client bug either way.
             try:
                 sent = sock.send(reply, socket.MSG_DONTWAIT | socket.MSG_MORE)
             except (BlockingIOError, InterruptedError):

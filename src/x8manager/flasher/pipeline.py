@@ -152,12 +152,25 @@ class Flasher:
             return action()
 
     # --- flashing ----------------------------------------------------------------------------
-    async def flash(self, job: Job, *, supersede: asyncio.Event | None = None) -> Outcome:
-        """Flash *job* under the H7 lock (after recovering an interrupted flash, if any)."""
+    async def flash(
+        self,
+        job: Job,
+        *,
+        supersede: asyncio.Event | None = None,
+        on_wait: Callable[[str], None] | None = None,
+    ) -> Outcome:
+        """Flash *job* under the H7 lock (after recovering an interrupted flash, if any).
+
+        *on_wait* is told the holder once if the lock is taken and this flash has to wait.
+        """
         purpose = f"m4-flasher {job.source} {job.info.sha256[:12]}"
         try:
             async with h7_lock(
-                self.settings.lock_path, purpose, wait_limit=self.settings.lock_timeout, cancel=supersede
+                self.settings.lock_path,
+                purpose,
+                wait_limit=self.settings.lock_timeout,
+                cancel=supersede,
+                on_wait=on_wait,
             ):
                 return await self.flash_locked(job, supersede)
         except LockCancelled:

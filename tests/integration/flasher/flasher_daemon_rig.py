@@ -112,12 +112,27 @@ class Rig:
         text = self.daemon_log.read_text() if self.daemon_log.exists() else ""
         return text[text.rfind("--- m4-flasher daemon") :].partition("\n")[2]
 
-    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def _cli_argv(self, args: tuple[str, ...]) -> list[str]:
         command, *rest = args
-        argv = [sys.executable, "-m", "x8manager.flasher.cli", command, *self.common_args(), *rest]
+        return [sys.executable, "-m", "x8manager.flasher.cli", command, *self.common_args(), *rest]
+
+    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            argv, check=False, env=self.env, capture_output=True, text=True, timeout=timeout
+            self._cli_argv(args), check=False, env=self.env, capture_output=True, text=True, timeout=timeout
         )
+
+    def cli_process(self, *args: str) -> subprocess.Popen[str]:
+        """The CLI started, not awaited: the test reads its stderr lines while it runs."""
+        return subprocess.Popen(
+            self._cli_argv(args), env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+
+    def wait_for_line(self, process: subprocess.Popen[str], words: str) -> str:
+        """The first stderr line of *process* holding *words*; fails if it ends without one."""
+        assert process.stderr is not None
+        while words not in (line := process.stderr.readline()):
+            assert line, f"{process.args[3:5]} ended without saying {words!r}"
+        return line
 
     def upload_bytes(self, data: bytes) -> None:
         """What adb push does: create/truncate, write, close (one IN_CLOSE_WRITE)."""

@@ -9,7 +9,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -91,8 +90,7 @@ def test_if_changed_skips_the_chip_write_for_the_running_sketch(rig: Rig, m4: M4
 
 
 def _client(rig: Rig, path: Path) -> subprocess.Popen[str]:
-    argv = [sys.executable, "-m", "x8manager.flasher.cli", "flash", *rig.common_args(), str(path), "--wait"]
-    return subprocess.Popen(argv, env=rig.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return rig.cli_process("flash", str(path), "--wait")
 
 
 def test_two_clients_racing_flash_one_after_the_other(rig: Rig) -> None:
@@ -102,9 +100,7 @@ def test_two_clients_racing_flash_one_after_the_other(rig: Rig) -> None:
     a = _client(rig, _sketch(rig, first, "a.elf"))
     wait_for(lambda: rig.chip().get("sha256") == sha(first), "the first request to be programming")
     b = _client(rig, _sketch(rig, second, "b.elf"))
-    assert b.stderr is not None
-    while "waiting for the H7 lock" not in (line := b.stderr.readline()):
-        assert line, "the second client ended without saying it waits"
+    line = rig.wait_for_line(b, "waiting for the H7 lock")
     assert "m4-flasher request" in line  # it names the holder
     (rig.probe / "release").touch()
     out_a, _ = a.communicate(timeout=60)

@@ -22,7 +22,9 @@ import pytest
 
 from x8manager.apps.scaffold import ROUTER_GROUP_GID
 from x8manager.apps.schema import SYSTEM_SCHEMA
+from x8manager.flasher.client import DEFAULT_SOCKET
 from x8manager.flasher.lock import DEFAULT_LOCK_PATH
+from x8manager.flasher.settings import DEFAULT_SOCKET_PATH
 
 from .conftest import LAYER_ROOT, new_datastore, parse_recipe
 
@@ -199,6 +201,22 @@ def test_units_and_config_are_installed_with_real_paths(installed: Installed) ->
         assert "EnvironmentFile=-/etc/default/" in text
         assert "After=stm32h7-program.service" in text
         assert d.getVar(f"SYSTEMD_SERVICE:{package}") == unit
+
+
+def test_the_flasher_unit_makes_the_request_sockets_directory(installed: Installed) -> None:
+    """systemd makes /run/m4-flasher (root, 0755) for the request socket, and keeps it across a
+    stop: sketch containers bind-mount that directory, so it must stay the same directory."""
+    d, image, _ = installed
+    unit = (image / d.getVar("systemd_system_unitdir").lstrip("/") / "m4-flasher.service").read_text()
+    settings = dict(
+        line.split("=", 1) for line in unit.splitlines() if line.startswith("RuntimeDirectory")
+    )
+    assert settings == {
+        "RuntimeDirectory": DEFAULT_SOCKET_PATH.parent.name,
+        "RuntimeDirectoryMode": "0755",
+        "RuntimeDirectoryPreserve": "yes",
+    }
+    assert DEFAULT_SOCKET_PATH.parent == Path("/run") / settings["RuntimeDirectory"] == DEFAULT_SOCKET.parent
 
 
 def test_flasher_brings_the_h7_lock_drop_in_for_arduinos_programmer(installed: Installed) -> None:

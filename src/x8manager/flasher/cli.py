@@ -326,7 +326,12 @@ def _describe_status(status: Status, state: StateDir, lock: Path) -> list[str]:
     marker = None if private else state.read_marker()
     if holder:
         lines.append(f"H7 programming lock: held by {holder}")
-    if marker is not None and not holder:
+    if marker is not None and not holder and marker.awaiting_health:
+        lines.append(
+            f"INTERRUPTED: sketch {marker.record.sketch.short} was written, but its health check did not "
+            "finish; the daemon (or the next flash/rollback) will put the last good sketch back"
+        )
+    elif marker is not None and not holder:
         lines.append(
             f"INTERRUPTED: the flash of sketch {marker.record.sketch.short} did not finish; the daemon "
             "(or the next flash/rollback) will restore a consistent state"

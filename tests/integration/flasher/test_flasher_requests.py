@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from flasher_daemon_rig import GOOD, Rig, variant
 
-from tests.support import wait_for
+from tests.support import free_port, wait_for
 from tests.support.m4stack import M4Stack
 
 
@@ -122,6 +122,39 @@ def test_daemon_killed_mid_request_is_an_error_never_a_success(rig: Rig) -> None
     out, err = client.communicate(timeout=60)
     assert client.returncode == 1, (out, err)
     assert "success" not in out and "outcome is unknown" in out
+    rig.stop()
+
+
+def test_daemon_killed_during_the_health_check_puts_the_last_good_sketch_back(rig: Rig) -> None:
+    rig.start()
+    assert _request(rig, _sketch(rig, GOOD))[0] == 0  # the last good sketch
+    unchecked = variant(8)
+    # Nothing serves the health check's port: it retries until its 600 s deadline, so the daemon
+    # is still checking when it is killed (the test waits on the client's "health" line, no clock).
+    nobody = ["--proxy", f"127.0.0.1:{free_port()}"]
+    client = rig.cli_process(
+        "flash", str(_sketch(rig, unchecked, "v8.elf")), "--wait", "--health-method", "ping",
+        "--health-timeout", "600", *nobody,
+    )
+    rig.wait_for_line(client, "m4-flasher: health ping() answers")
+    assert rig.chip()["sha256"] == sha(unchecked)  # written and verified, health unknown
+    rig.stop(signal.SIGKILL)
+    out, _ = client.communicate(timeout=60)
+    assert client.returncode == 1 and "outcome is unknown" in out, out
+    assert rig.status()["last_good"]["sha256"] == sha(GOOD)
+    assert "its health check did not finish" in rig.cli("status").stdout
+    rig.start()  # recovery runs before the daemon looks at anything else
+    wait_for(lambda: rig.chip().get("writes") == 3, "the restarted daemon to flash again")
+    wait_for(lambda: not (rig.state_dir / "in-progress.json").exists(), "the transaction to be closed")
+    assert rig.chip() | {"state": "programmed", "sha256": sha(GOOD)} == rig.chip()
+    latest, interrupted = rig.history()[:2]
+    assert latest["result"] == "success" and latest["source"] == "recovery", latest
+    assert latest["sketch"]["sha256"] == sha(GOOD)
+    assert interrupted["result"] == "interrupted" and interrupted["sketch"]["sha256"] == sha(unchecked)
+    assert "health check" in interrupted["reason"], interrupted["reason"]
+    assert rig.status()["last_good"]["sha256"] == sha(GOOD)
+    code, result, _ = _request(rig, _sketch(rig, GOOD), "--if-changed")
+    assert code == 0 and result["result"] == "unchanged"  # the M4 is known to run the good one
     rig.stop()
 
 

@@ -51,17 +51,23 @@ def test_rejected_upload_leaves_the_chip_alone(rig: Rig) -> None:
 
 
 def test_burst_of_uploads_flashes_only_the_newest(rig: Rig) -> None:
-    # The stand-in takes 0.3 s to connect, as a real probe does before it writes anything.
-    rig.env["OPENOCD_STANDIN_CONNECT_SECONDS"] = "0.3"
+    # Every run stays connecting (nothing written yet, as a real probe's init and reset) until the
+    # test releases it: the burst is over before any run may program, however loaded the machine.
+    rig.set_mode("hold-connecting")
     rig.start()
     uploads = [variant(number) for number in range(20)]
     for data in uploads:
         rig.upload_bytes(data)
     newest = sha(uploads[-1])
+    # One worker: when the newest's run exists, every earlier run was stopped (and reaped) first.
+    # Later reads of the upload path can only find the newest, which is not flashed a second time.
+    wait_for(lambda: any(newest[:16] in run["argv"][-1] for run in rig.runs()), "the newest's openocd run")
+    (rig.probe / "release").touch()
     wait_for(lambda: rig.outcome_for(newest, "success"), "the newest upload to be flashed")
     chip = rig.chip()
     assert chip["sha256"] == newest and chip["writes"] == 1, chip
     assert [e for e in rig.history() if e["result"] == "success"] == [rig.outcome_for(newest, "success")]
+    assert sum(newest[:16] in run["argv"][-1] for run in rig.runs()) == 1, "the newest is written once"
     rig.stop()
 
 

@@ -22,7 +22,9 @@ import pytest
 
 from x8manager.apps.scaffold import ROUTER_GROUP_GID
 from x8manager.apps.schema import SYSTEM_SCHEMA
+from x8manager.flasher.client import DEFAULT_SOCKET
 from x8manager.flasher.lock import DEFAULT_LOCK_PATH
+from x8manager.flasher.settings import DEFAULT_SOCKET_PATH
 
 from .conftest import LAYER_ROOT, new_datastore, parse_recipe
 
@@ -218,6 +220,22 @@ def test_the_router_socket_unit_is_installed_and_enabled_with_the_proxy(installe
     # The group the socket unit names is the one the package's sysusers.d file creates.
     sysusers = image / d.getVar("nonarch_libdir").lstrip("/") / "sysusers.d/x8-manager-proxy.conf"
     assert "g arduino-router 871" in sysusers.read_text()
+
+
+def test_the_flasher_unit_makes_the_request_sockets_directory(installed: Installed) -> None:
+    """systemd makes /run/m4-flasher (root, 0755) for the request socket, and keeps it across a
+    stop: sketch containers bind-mount that directory, so it must stay the same directory."""
+    d, image, _ = installed
+    unit = (image / d.getVar("systemd_system_unitdir").lstrip("/") / "m4-flasher.service").read_text()
+    settings = dict(
+        line.split("=", 1) for line in unit.splitlines() if line.startswith("RuntimeDirectory")
+    )
+    assert settings == {
+        "RuntimeDirectory": DEFAULT_SOCKET_PATH.parent.name,
+        "RuntimeDirectoryMode": "0755",
+        "RuntimeDirectoryPreserve": "yes",
+    }
+    assert DEFAULT_SOCKET_PATH.parent == Path("/run") / settings["RuntimeDirectory"] == DEFAULT_SOCKET.parent
 
 
 def test_flasher_brings_the_h7_lock_drop_in_for_arduinos_programmer(installed: Installed) -> None:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import itertools
 import json
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+
+from tests.support.venvs import venv_from_script
 
 ROOT = Path(__file__).resolve().parents[2]
 BRIDGE = ROOT / "tests" / "bridge"
@@ -24,12 +25,7 @@ WAIT = 20.0
 
 def bridge_python() -> Path:
     """The Bridge venv's python (built once, cached under out/bridge-venv)."""
-    spec = importlib.util.spec_from_file_location("bridge_make_venv", BRIDGE / "make_venv.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    python: Path = module.ensure_venv()
-    return python
+    return venv_from_script(BRIDGE / "make_venv.py")
 
 
 class BridgeFailed(Exception):

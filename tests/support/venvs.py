@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import importlib.util
 import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-__all__ = ["cached_venv", "fresh_venv", "python_of"]
+__all__ = ["cached_venv", "fresh_venv", "python_of", "venv_from_script"]
 
 
 def python_of(dest: Path) -> Path:
@@ -44,3 +45,17 @@ def cached_venv(dest: Path, inputs: Sequence[Path], build: Callable[[Path], None
             build(dest)
             stamp_file.write_text(fingerprint)
     return python_of(dest)
+
+
+def venv_from_script(make_venv: Path) -> Path:
+    """The python of the venv a ``make_venv.py`` script builds (its ``ensure_venv()``), built if need be.
+
+    The scripts also run on their own (outside pytest), so they are loaded from their path, not
+    imported as part of a package.
+    """
+    spec = importlib.util.spec_from_file_location(f"make_venv_{make_venv.parent.name}", make_venv)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    python: Path = module.ensure_venv()
+    return python

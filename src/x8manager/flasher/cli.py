@@ -187,6 +187,11 @@ def _report(outcome: Outcome) -> int:
     return _exit_code(outcome.result.value)
 
 
+def _say_waiting(holder: str) -> None:
+    # The daemon (or the M7 programmer) has the SWD pins: say why nothing happens yet.
+    print(f"m4-flasher: waiting for the H7 lock, held by {holder}", file=sys.stderr, flush=True)
+
+
 async def _flash_file(flasher: Flasher, path: Path, source: str) -> int:
     from x8manager.flasher.elfcheck import SketchRejected  # noqa: PLC0415 - see the imports
     from x8manager.flasher.lock import LockTimeout  # noqa: PLC0415
@@ -207,7 +212,7 @@ async def _flash_file(flasher: Flasher, path: Path, source: str) -> int:
     except SketchRejected as error:
         return _report(flasher.reject(data, error, source=source, origin=str(path)))
     try:
-        outcome = await flasher.flash(job)
+        outcome = await flasher.flash(job, on_wait=_say_waiting)
     except LockTimeout as error:
         print(f"m4-flasher: {error}", file=sys.stderr)
         return EXIT_FAILED
@@ -321,7 +326,12 @@ def _describe_status(status: Status, state: StateDir, lock: Path) -> list[str]:
     marker = None if private else state.read_marker()
     if holder:
         lines.append(f"H7 programming lock: held by {holder}")
-    if marker is not None and not holder:
+    if marker is not None and not holder and marker.awaiting_health:
+        lines.append(
+            f"INTERRUPTED: sketch {marker.record.sketch.short} was written, but its health check did not "
+            "finish; the daemon (or the next flash/rollback) will put the last good sketch back"
+        )
+    elif marker is not None and not holder:
         lines.append(
             f"INTERRUPTED: the flash of sketch {marker.record.sketch.short} did not finish; the daemon "
             "(or the next flash/rollback) will restore a consistent state"

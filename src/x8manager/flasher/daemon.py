@@ -5,7 +5,9 @@ once and validated there, so later writes to the upload path cannot change what 
 Uploads that arrive while one is waiting replace it; an upload that arrives while openocd is
 still connecting (before ``** Programming Started **``) stops that run, because the newer file
 is what the user wants on the chip. Once programming has begun it finishes, then the newest
-upload is flashed. A rejected upload replaces any waiting one but never stops a running flash.
+upload is flashed. An upload with the sketch being flashed right now (one burst of writes is
+often read more than once) is already on its way and changes nothing. A rejected upload
+replaces any waiting one but never stops a running flash.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class FlasherDaemon:
         self._pending: Job | None = None
         self._wakeup = asyncio.Event()
         self._supersede: asyncio.Event | None = None  # belongs to the job being flashed
+        self._flashing_sha256: str | None = None
         self._stop = asyncio.Event()
         self._watcher: FileWatcher | None = None
         self.outcomes: list[Outcome] = []  # for tests and the bench (most recent last)
@@ -179,6 +182,11 @@ class FlasherDaemon:
             outcome = self.flasher.spool_failed(data, error, source="upload", origin=str(self.watch_path))
             self._handled(outcome, hashlib.sha256(data).hexdigest())
             return
+        if job.info.sha256 == self._flashing_sha256 and not self._superseding():
+            # What is being flashed is this very sketch: stopping that run would write it again.
+            job.spool_path.unlink(missing_ok=True)
+            log.info("upload %s (%s) is the sketch being flashed already", job.info.sha256[:12], reason)
+            return
         log.info(
             "upload %s accepted (%s): %s",
             job.info.sha256[:12],
@@ -190,6 +198,10 @@ class FlasherDaemon:
         if self._supersede is not None:
             self._supersede.set()
         self._wakeup.set()
+
+    def _superseding(self) -> bool:
+        """The running flash was already told to stop for a newer upload."""
+        return self._supersede is not None and self._supersede.is_set()
 
     def _request_done(self, outcome: Outcome) -> None:
         self.outcomes.append(outcome)
@@ -270,6 +282,7 @@ class FlasherDaemon:
             if job is None or self._stop.is_set():
                 continue
             self._supersede = asyncio.Event()
+            self._flashing_sha256 = job.info.sha256
             self.flashing = True
             notify_status(f"flashing sketch {job.info.sha256[:12]}")
             try:
@@ -286,6 +299,7 @@ class FlasherDaemon:
             finally:
                 self.flashing = False
                 self._supersede = None
+                self._flashing_sha256 = None
             self._handled(outcome, job.info.sha256)
             if self._pending is not None:
                 self._wakeup.set()

@@ -18,6 +18,7 @@ import ctypes
 import errno
 import logging
 import os
+import stat
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -45,6 +46,7 @@ IN_CLOEXEC = os.O_CLOEXEC
 
 _EVENT_HEADER = struct.Struct("iIII")  # wd, mask, cookie, len
 _REARM_RETRY = 1.0  # seconds before another try when re-arming failed unexpectedly
+_ARM_ATTEMPTS = 8  # climbs down a folder made while arming, at most this often per re-arm
 _GONE = IN_DELETE_SELF | IN_MOVE_SELF | IN_UNMOUNT | IN_IGNORED
 
 
@@ -108,6 +110,38 @@ class FileWatcher:
 
     def _arm(self) -> None:
         """Watch the file's directory if it exists, else the nearest ancestor that does."""
+        parent = self.path.parent
+        for _ in range(_ARM_ATTEMPTS):
+            candidate = self._watch_nearest()
+            if not self._made_while_arming(candidate):
+                break
+        if candidate != self._watched:
+            log.info("watching %s for %s", candidate, self.path)
+        self._watched = candidate
+        if candidate == parent and self._armed_once and os.path.lexists(self.path):
+            # The directory appeared (or was recreated) with the upload already inside: that file
+            # was written before our watch existed, so report it now instead of losing it.
+            self._on_change("appeared")
+        self._armed_once = True
+
+    def _made_while_arming(self, watched: Path) -> bool:
+        """Whether the folder below the watched ancestor exists now, as a real directory.
+
+        Then it was made after our watch on it failed and before the watch on *watched* existed,
+        so its IN_CREATE was never queued for us (``mkdir -p /tmp/a/b`` races like that): the
+        caller climbs down now instead of waiting for an event that will not come. Bounded by
+        ``_ARM_ATTEMPTS``: someone making and removing it forever still leaves *watched* watched.
+        """
+        below = self._next_component(watched)
+        if below is None:
+            return False
+        try:
+            return stat.S_ISDIR(os.lstat(watched / below).st_mode)  # lstat: a symlink is not one
+        except OSError:
+            return False
+
+    def _watch_nearest(self) -> Path:
+        """Replace the watch with one on the file's directory or its nearest existing ancestor."""
         if self._wd >= 0:
             # The old watch may already be gone (IN_IGNORED); EINVAL then is expected.
             self._libc.inotify_rm_watch(self._fd, self._wd)
@@ -130,14 +164,7 @@ class FileWatcher:
                 raise InotifyError(err, f"cannot watch {candidate}: {os.strerror(err)}")
             candidate = candidate.parent
         self._wd = wd
-        if candidate != self._watched:
-            log.info("watching %s for %s", candidate, self.path)
-        self._watched = candidate
-        if candidate == parent and self._armed_once and os.path.lexists(self.path):
-            # The directory appeared (or was recreated) with the upload already inside: that file
-            # was written before our watch existed, so report it now instead of losing it.
-            self._on_change("appeared")
-        self._armed_once = True
+        return candidate
 
     def _rearm(self) -> None:
         try:
@@ -150,12 +177,12 @@ class FileWatcher:
             if self._loop is not None and self._fd >= 0:
                 self._loop.call_later(_REARM_RETRY, self._rearm)
 
-    def _next_component(self) -> str | None:
+    def _next_component(self, watched: Path | None = None) -> str | None:
         """The name inside the watched ancestor that leads toward the file's directory."""
-        if self._watched is None or self._watched == self.path.parent:
+        watched = self._watched if watched is None else watched
+        if watched is None or watched == self.path.parent:
             return None
-        relative = self.path.parent.relative_to(self._watched)
-        return relative.parts[0]
+        return self.path.parent.relative_to(watched).parts[0]
 
     def _read_events(self) -> None:
         try:

@@ -2,10 +2,11 @@
 
 Both the daemon and the ``flash``/``rollback`` commands go through :class:`Flasher`, so they
 validate, lock, record and recover the same way. The in-progress marker exists exactly while
-openocd may be writing; whoever next takes the H7 lock and finds it left behind knows a flash was
-interrupted (SIGKILL, power cut) and recovers first: it flashes the interrupted sketch again (it
-was validated and it is what the user asked for last); if that cannot be done it restores the
-last good sketch. Each outcome goes to the status file and the journal.
+openocd may be writing, and on while a written sketch waits for its health check's verdict;
+whoever next takes the H7 lock and finds it left behind knows a flash was interrupted (SIGKILL,
+power cut) and recovers first: it flashes the interrupted sketch again (it was validated and it
+is what the user asked for last); if that cannot be done, or the sketch was never found healthy,
+it restores the last good sketch. Each outcome goes to the status file and the journal.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any, TypeVar
 from x8manager.flasher.elfcheck import SketchInfo, SketchRejected, validate_sketch
 from x8manager.flasher.lock import LockCancelled, LockTimeout, h7_lock
 from x8manager.flasher.openocd import Verdict, classify, kill_orphaned_run, run_openocd
-from x8manager.flasher.records import FlashRecord, InProgress, LastGood, SketchRef
+from x8manager.flasher.records import AWAITING_HEALTH, FlashRecord, InProgress, LastGood, SketchRef
 from x8manager.flasher.safefile import UnsafeFile, read_regular_file
 from x8manager.flasher.settings import FlasherSettings
 from x8manager.flasher.state import StateDir, utc_now
@@ -152,12 +153,25 @@ class Flasher:
             return action()
 
     # --- flashing ----------------------------------------------------------------------------
-    async def flash(self, job: Job, *, supersede: asyncio.Event | None = None) -> Outcome:
-        """Flash *job* under the H7 lock (after recovering an interrupted flash, if any)."""
+    async def flash(
+        self,
+        job: Job,
+        *,
+        supersede: asyncio.Event | None = None,
+        on_wait: Callable[[str], None] | None = None,
+    ) -> Outcome:
+        """Flash *job* under the H7 lock (after recovering an interrupted flash, if any).
+
+        *on_wait* is told the holder once if the lock is taken and this flash has to wait.
+        """
         purpose = f"m4-flasher {job.source} {job.info.sha256[:12]}"
         try:
             async with h7_lock(
-                self.settings.lock_path, purpose, wait_limit=self.settings.lock_timeout, cancel=supersede
+                self.settings.lock_path,
+                purpose,
+                wait_limit=self.settings.lock_timeout,
+                cancel=supersede,
+                on_wait=on_wait,
             ):
                 return await self.flash_locked(job, supersede)
         except LockCancelled:
@@ -174,7 +188,9 @@ class Flasher:
         """Flash *job*; the caller holds the H7 lock. An interrupted flash is recovered first.
 
         ``promote=False`` (a health check follows): a verified sketch does not become the last
-        good one yet and its spool file stays for :meth:`promote`; the caller drops it.
+        good one yet, its spool file stays for :meth:`promote` (the caller drops it) and the
+        transaction stays open (marker phase ``health``) until the caller ends it with
+        :meth:`close_transaction` or :meth:`flash_instead_locked`.
         """
         await self._recover_locked()
         if supersede is not None and supersede.is_set():
@@ -187,6 +203,20 @@ class Flasher:
             sha256=job.info.sha256, size=job.info.size, flashed_at=record.finished_at, origin=job.origin
         )
         self._with_room("keep the last good sketch", lambda: self.state.save_last_good(job.spool_path, good))
+
+    def close_transaction(self) -> None:
+        """The health verdict of a ``promote=False`` flash is recorded: nothing is left to recover."""
+        try:
+            self.state.clear_marker()
+        except OSError as error:
+            # The next flash (or start) then puts the last good sketch back once more: no harm.
+            log.error("could not remove the in-progress marker: %s", error)
+
+    async def flash_instead_locked(self, job: Job) -> Outcome:
+        """Flash *job* (the last good sketch) over an open transaction whose sketch failed its
+        health check; the caller holds the H7 lock. This flash's own marker replaces the open one,
+        so a crash from here on is still recovered, and is not mistaken for one already."""
+        return await self._flash_locked(job, None)
 
     def record_summary(self, result: FlashResult, reason: str, job: Job, **extra: Any) -> Outcome:
         """Record a result that needs no openocd run of its own (unchanged, health verdicts)."""
@@ -346,9 +376,15 @@ class Flasher:
         # Order matters for crash safety: the outcome is on disk before the marker goes away.
         outcome = self._finish(result, record.reason, record)
         try:
-            self.state.clear_marker()
+            if result is FlashResult.SUCCESS and not promote:
+                # A health check follows: the transaction stays open (renamed over, never a moment
+                # without a marker) until its verdict, so a crash during the check is found and
+                # the last good sketch put back, instead of the unchecked one running as if good.
+                self.state.write_marker(dataclasses.replace(marker, phase=AWAITING_HEALTH, openocd_pid=None))
+            else:
+                self.state.clear_marker()
         except OSError as error:
-            log.error("could not remove the in-progress marker: %s", error)
+            log.error("could not update the in-progress marker: %s", error)
         return outcome
 
     def _finish(self, result: FlashResult, reason: str, record: FlashRecord) -> Outcome:
@@ -400,10 +436,17 @@ class Flasher:
         interrupted = marker.record
         sha = interrupted.sketch.sha256 or "unknown"
         attempts = marker.recovery_attempts + 1
-        reason = (
-            f"the flash of sketch {sha[:12]} ({interrupted.source or '?'}, started "
-            f"{interrupted.started_at or '?'}) was interrupted; the M4 flash content was unknown"
-        )
+        if marker.awaiting_health:
+            reason = (
+                f"sketch {sha[:12]} ({interrupted.source or '?'}, started {interrupted.started_at or '?'}) "
+                "was written and verified, but the flasher stopped during its health check: "
+                "never found healthy, it is replaced by the last good sketch"
+            )
+        else:
+            reason = (
+                f"the flash of sketch {sha[:12]} ({interrupted.source or '?'}, started "
+                f"{interrupted.started_at or '?'}) was interrupted; the M4 flash content was unknown"
+            )
         record = FlashRecord(
             result=FlashResult.INTERRUPTED.value,
             reason=reason,
@@ -415,7 +458,7 @@ class Flasher:
         )
         self._finish(FlashResult.INTERRUPTED, reason, record)
         candidates: list[tuple[Path, str]] = []
-        if spool_path and attempts <= MAX_RECOVERY_ATTEMPTS:
+        if spool_path and attempts <= MAX_RECOVERY_ATTEMPTS and not marker.awaiting_health:
             candidates.append((Path(spool_path), "the interrupted sketch"))
         if self.state.last_good() is not None and attempts <= MAX_RECOVERY_ATTEMPTS + 1:
             candidates.append((self.state.last_good_elf, "the last good sketch"))
@@ -441,7 +484,13 @@ class Flasher:
                 return outcome
         self.state.clear_marker()
         self._clean_spool()
-        reason = "recovery failed: no sketch could be restored; the M4 flash content is unknown"
+        if marker.awaiting_health:
+            reason = (
+                f"no last good sketch could be put back: the M4 runs sketch {sha[:12]}, "
+                "whose health check never finished"
+            )
+        else:
+            reason = "recovery failed: no sketch could be restored; the M4 flash content is unknown"
         failed = dataclasses.replace(record, source="recovery", finished_at=utc_now())
         return self._finish(FlashResult.FAILED, reason, failed)
 

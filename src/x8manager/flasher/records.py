@@ -13,7 +13,20 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["DaemonSettings", "FlashRecord", "InProgress", "LastGood", "SketchRef", "Status"]
+__all__ = [
+    "AWAITING_HEALTH",
+    "WRITING",
+    "DaemonSettings",
+    "FlashRecord",
+    "InProgress",
+    "LastGood",
+    "SketchRef",
+    "Status",
+]
+
+# The phases of an in-progress flash (``InProgress.phase``).
+WRITING = "writing"  # openocd may be writing the chip: its content is unknown
+AWAITING_HEALTH = "health"  # written and verified; the health check has not given its verdict
 
 JsonObject = dict[str, Any]
 
@@ -130,7 +143,9 @@ class LastGood:
 
 @dataclass(frozen=True)
 class InProgress:
-    """``in-progress.json``: present exactly while openocd may be writing the chip."""
+    """``in-progress.json``: present exactly while openocd may be writing the chip (phase
+    ``writing``), or while a sketch written and verified waits for its health verdict (phase
+    ``health``): whoever finds it left behind finishes that transaction first."""
 
     record: FlashRecord
     spool_path: str = ""
@@ -138,10 +153,16 @@ class InProgress:
     recovery_attempts: int = 0
     openocd_pid: int | None = None
     damaged: bool = False  # the file was there but unreadable: "interrupted, unknown sketch"
+    phase: str = WRITING
+
+    @property
+    def awaiting_health(self) -> bool:
+        return self.phase == AWAITING_HEALTH
 
     def to_json(self) -> JsonObject:
         document = self.record.to_json()
         document.update(spool_path=self.spool_path, pid=self.pid, recovery_attempts=self.recovery_attempts)
+        document["phase"] = self.phase
         if self.openocd_pid is not None:
             document["openocd_pid"] = self.openocd_pid
         if self.damaged:
@@ -158,6 +179,7 @@ class InProgress:
             recovery_attempts=_typed(raw.get("recovery_attempts"), int, 0),
             openocd_pid=_typed(raw.get("openocd_pid"), int, None),
             damaged=bool(raw.get("damaged")),
+            phase=AWAITING_HEALTH if raw.get("phase") == AWAITING_HEALTH else WRITING,
         )
 
 

@@ -236,6 +236,8 @@ class RequestServer:
         outcome = await flasher.flash_locked(job, promote=request.health is None)
         if not outcome.ok or request.health is None:
             return outcome
+        # The transaction is open (the marker says "health") until one of the verdicts below is
+        # recorded: a flasher killed before that puts the last good sketch back when it restarts.
         send("health", check=request.health.describe())
         health = await run_health_check(request.health)
         if health.healthy:
@@ -244,26 +246,31 @@ class RequestServer:
                 kept = ""
             except OSError as error:
                 kept = f"; but it could not be kept as the last good sketch ({error}): the previous one stays"
-            return flasher.record_summary(
+            verdict = flasher.record_summary(
                 FlashResult.SUCCESS,
                 f"flashed, verified and healthy: {health.reason}{kept}",
                 job,
                 health=health.to_json(),
             )
+            flasher.close_transaction()
+            return verdict
         good = flasher.last_good_job("rollback", f"health check of {job.info.sha256[:12]} failed")
         if good is None:
             restored = "no last good sketch to put back: the M4 runs the unhealthy sketch"
         else:
             send("rollback", sha256=good.info.sha256)
-            back = await flasher.flash_locked(good)
+            back = await flasher.flash_instead_locked(good)  # ends the transaction, as any flash does
             restored = (
                 f"last good sketch {good.info.sha256[:12]} restored"
                 if back.ok
                 else f"restoring last good sketch {good.info.sha256[:12]} failed: {back.reason}"
             )
-        return flasher.record_summary(
+        verdict = flasher.record_summary(
             FlashResult.UNHEALTHY, f"{health.reason}; {restored}", job, health=health.to_json()
         )
+        if good is None:
+            flasher.close_transaction()  # recorded: the unhealthy sketch stays, nothing to recover
+        return verdict
 
 
 def send_request(

@@ -4,7 +4,8 @@ Layout of ``<state-dir>`` (``/var/lib/m4-flasher`` on the X8, kept across reboot
 interrupted flash can be finished after a power cut):
 
 - ``spool/``            private snapshots of uploads; the flasher only ever reads these
-- ``in-progress.json``  present exactly while openocd may be writing the chip
+- ``in-progress.json``  present exactly while openocd may be writing the chip, or a written sketch
+                        waits for its health verdict (``phase``)
 - ``last-good.elf``     the last sketch that flashed and verified (for ``m4-flasher rollback``)
 - ``last-good.json``    its sha256, size and time
 - ``status.json``       what ``m4-flasher status`` shows (``--status`` may put it elsewhere)

@@ -65,7 +65,7 @@ def assert_stops_on_sigterm(process: Process) -> None:
     """docker stop sends SIGTERM; as PID 1 in a container the app must handle it to stop cleanly."""
     process.popen.terminate()
     assert process.popen.wait(timeout=DEADLINE) == 0, process.output
-    wait_until(lambda: any("stopping" in line for line in process.lines), "the app's goodbye", within=5)
+    wait_until(lambda: any("stopping" in line for line in process.lines), "the app's goodbye")
 
 
 @pytest.fixture
@@ -126,7 +126,7 @@ def test_m4_client_calls_the_m4(rig: Rig) -> None:
     app = create_app("sensors", "m4-client", rig.workdir / "containers")
     client = rig.run_app(app, {"M4_PROCEDURES": "temperature,humidity"}, "--once")
     assert client.popen.wait(timeout=DEADLINE) == 0, client.output
-    wait_until(lambda: "humidity = 450" in client.lines, "the client's output", within=5)
+    wait_until(lambda: "humidity = 450" in client.lines, "the client's output")
     assert "temperature = 215" in client.lines
 
 
@@ -134,7 +134,7 @@ def test_m4_client_reports_an_unbound_procedure_and_fails_once(rig: Rig) -> None
     app = create_app("gas-reader", "m4-client", rig.workdir / "containers")
     client = rig.run_app(app, {"M4_PROCEDURES": "gas"}, "--once")
     assert client.popen.wait(timeout=DEADLINE) == 1
-    wait_until(lambda: any("gas:" in line for line in client.lines), "the client's warning", within=5)
+    wait_until(lambda: any("gas:" in line for line in client.lines), "the client's warning")
 
 
 def test_serial_forwarder_writes_the_m4_serial_output_to_a_file(

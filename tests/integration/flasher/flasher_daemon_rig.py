@@ -38,6 +38,7 @@ class Rig:
         self.lock = root / "lock" / "x8-h7-swd.lock"
         self.socket = root / "request.sock"  # the daemon's request API (never the system's /run path)
         self.daemon: subprocess.Popen[str] | None = None
+        self.daemon_log = root / "daemon.log"  # a file, not a pipe: a chatty daemon never blocks on it
         self.env = dict(os.environ)
         self.env.update(
             OPENOCD_STANDIN_DIR=str(self.probe),
@@ -78,7 +79,10 @@ class Rig:
             *self.common_args(),
             *extra,
         ]
-        self.daemon = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True)
+        with open(self.daemon_log, "a") as log:
+            log.write(f"--- m4-flasher daemon {' '.join(extra)}\n")
+            log.flush()
+            self.daemon = subprocess.Popen(argv, env=env, stderr=log, text=True)
         if wait_ready:
             self.wait_notify("READY=1")
         return self.daemon
@@ -96,20 +100,39 @@ class Rig:
         assert self.daemon is not None
         self.daemon.send_signal(sig)
         try:
-            _, err = self.daemon.communicate(timeout=30)
+            code = self.daemon.wait(timeout=30)
         finally:
             if self._notify is not None:
                 self._notify.close()
-        code = self.daemon.returncode
         self.daemon = None
-        return code, err
+        return code, self.log_of_last_start()
+
+    def log_of_last_start(self) -> str:
+        """What the daemon last started wrote to stderr (its log lines when not under systemd)."""
+        text = self.daemon_log.read_text() if self.daemon_log.exists() else ""
+        return text[text.rfind("--- m4-flasher daemon") :].partition("\n")[2]
+
+    def _cli_argv(self, args: tuple[str, ...]) -> list[str]:
+        command, *rest = args
+        return [sys.executable, "-m", "x8manager.flasher.cli", command, *self.common_args(), *rest]
 
     def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        command, *rest = args
-        argv = [sys.executable, "-m", "x8manager.flasher.cli", command, *self.common_args(), *rest]
         return subprocess.run(
-            argv, check=False, env=self.env, capture_output=True, text=True, timeout=timeout
+            self._cli_argv(args), check=False, env=self.env, capture_output=True, text=True, timeout=timeout
         )
+
+    def cli_process(self, *args: str) -> subprocess.Popen[str]:
+        """The CLI started, not awaited: the test reads its stderr lines while it runs."""
+        return subprocess.Popen(
+            self._cli_argv(args), env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+
+    def wait_for_line(self, process: subprocess.Popen[str], words: str) -> str:
+        """The first stderr line of *process* holding *words*; fails if it ends without one."""
+        assert process.stderr is not None
+        while words not in (line := process.stderr.readline()):
+            assert line, f"{process.args[3:5]} ended without saying {words!r}"
+        return line
 
     def upload_bytes(self, data: bytes) -> None:
         """What adb push does: create/truncate, write, close (one IN_CLOSE_WRITE)."""
@@ -159,5 +182,7 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
     yield instance
     if instance.daemon is not None and instance.daemon.poll() is None:
         instance.daemon.kill()
-        instance.daemon.communicate(timeout=30)
+        instance.daemon.wait(timeout=30)
     instance.end_leftover_standins()
+    if instance.daemon_log.exists():
+        print(instance.daemon_log.read_text())  # shown by pytest only when the test failed

@@ -51,17 +51,23 @@ def test_rejected_upload_leaves_the_chip_alone(rig: Rig) -> None:
 
 
 def test_burst_of_uploads_flashes_only_the_newest(rig: Rig) -> None:
-    # The stand-in takes 0.3 s to connect, as a real probe does before it writes anything.
-    rig.env["OPENOCD_STANDIN_CONNECT_SECONDS"] = "0.3"
+    # Every run stays connecting (nothing written yet, as a real probe's init and reset) until the
+    # test releases it: the burst is over before any run may program, however loaded the machine.
+    rig.set_mode("hold-connecting")
     rig.start()
     uploads = [variant(number) for number in range(20)]
     for data in uploads:
         rig.upload_bytes(data)
     newest = sha(uploads[-1])
+    # One worker: when the newest's run exists, every earlier run was stopped (and reaped) first.
+    # Later reads of the upload path can only find the newest, which is not flashed a second time.
+    wait_for(lambda: any(newest[:16] in run["argv"][-1] for run in rig.runs()), "the newest's openocd run")
+    (rig.probe / "release").touch()
     wait_for(lambda: rig.outcome_for(newest, "success"), "the newest upload to be flashed")
     chip = rig.chip()
     assert chip["sha256"] == newest and chip["writes"] == 1, chip
     assert [e for e in rig.history() if e["result"] == "success"] == [rig.outcome_for(newest, "success")]
+    assert sum(newest[:16] in run["argv"][-1] for run in rig.runs()) == 1, "the newest is written once"
     rig.stop()
 
 
@@ -104,19 +110,28 @@ def test_sigkill_mid_flash_is_reported_and_recovered_on_restart(rig: Rig) -> Non
 
 
 def test_manual_flash_waits_for_the_daemon_and_rollback_restores_last_good(rig: Rig) -> None:
-    rig.env["OPENOCD_STANDIN_PROGRAM_SECONDS"] = "1.0"
+    rig.set_mode("hold-programming")  # the daemon's write lasts until the test releases it
     rig.start()
     rig.upload_bytes(GOOD)
     wait_for(lambda: rig.chip().get("state") == "programming", "the daemon's flash to begin")
     manual = variant(7)
     manual_file = rig.root / "manual.elf"
     manual_file.write_bytes(manual)
-    flashed = rig.cli("flash", str(manual_file))
-    assert flashed.returncode == 0, flashed.stdout + flashed.stderr
-    assert "success" in flashed.stdout
+    flashing = rig.cli_process("flash", str(manual_file))
+    line = rig.wait_for_line(flashing, "waiting for the H7 lock")
+    assert f"m4-flasher upload {sha(GOOD)[:12]}" in line, line  # it waits for the daemon's flash
+    assert len(rig.runs()) == 1 and rig.chip()["sha256"] == sha(GOOD)  # and has not touched the pins
+    (rig.probe / "release").touch()  # the daemon's write completes; then the manual flash may run
+    out, err = flashing.communicate(timeout=60)
+    assert flashing.returncode == 0, out + err
+    assert "success" in out
     first, second = rig.runs()
-    assert second["started"] - first["started"] >= 1.0, "the manual flash must wait for the lock"
-    assert "--openocd" not in flashed.args and STANDIN.name in second["argv"][0], "settings from daemon.json"
+    assert sha(GOOD)[:16] in first["argv"][-1] and sha(manual)[:16] in second["argv"][-1]
+    upload_done, manual_done = rig.outcome_for(sha(GOOD), "success"), rig.outcome_for(sha(manual), "success")
+    assert upload_done and manual_done
+    history = rig.history()  # newest first: the daemon's flash finished before the manual one
+    assert history.index(manual_done) < history.index(upload_done)
+    assert "--openocd" not in flashing.args and STANDIN.name in second["argv"][0], "settings from daemon.json"
     assert rig.chip()["sha256"] == sha(manual) and rig.chip()["writes"] == 2
 
     rig.set_mode("fail")

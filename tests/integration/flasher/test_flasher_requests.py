@@ -9,7 +9,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import pytest
 from flasher_daemon_rig import GOOD, Rig, variant
 
-from tests.support import wait_for
+from tests.support import free_port, wait_for
 from tests.support.m4stack import M4Stack
 
 
@@ -91,8 +90,7 @@ def test_if_changed_skips_the_chip_write_for_the_running_sketch(rig: Rig, m4: M4
 
 
 def _client(rig: Rig, path: Path) -> subprocess.Popen[str]:
-    argv = [sys.executable, "-m", "x8manager.flasher.cli", "flash", *rig.common_args(), str(path), "--wait"]
-    return subprocess.Popen(argv, env=rig.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return rig.cli_process("flash", str(path), "--wait")
 
 
 def test_two_clients_racing_flash_one_after_the_other(rig: Rig) -> None:
@@ -102,9 +100,7 @@ def test_two_clients_racing_flash_one_after_the_other(rig: Rig) -> None:
     a = _client(rig, _sketch(rig, first, "a.elf"))
     wait_for(lambda: rig.chip().get("sha256") == sha(first), "the first request to be programming")
     b = _client(rig, _sketch(rig, second, "b.elf"))
-    assert b.stderr is not None
-    while "waiting for the H7 lock" not in (line := b.stderr.readline()):
-        assert line, "the second client ended without saying it waits"
+    line = rig.wait_for_line(b, "waiting for the H7 lock")
     assert "m4-flasher request" in line  # it names the holder
     (rig.probe / "release").touch()
     out_a, _ = a.communicate(timeout=60)
@@ -126,6 +122,39 @@ def test_daemon_killed_mid_request_is_an_error_never_a_success(rig: Rig) -> None
     out, err = client.communicate(timeout=60)
     assert client.returncode == 1, (out, err)
     assert "success" not in out and "outcome is unknown" in out
+    rig.stop()
+
+
+def test_daemon_killed_during_the_health_check_puts_the_last_good_sketch_back(rig: Rig) -> None:
+    rig.start()
+    assert _request(rig, _sketch(rig, GOOD))[0] == 0  # the last good sketch
+    unchecked = variant(8)
+    # Nothing serves the health check's port: it retries until its 600 s deadline, so the daemon
+    # is still checking when it is killed (the test waits on the client's "health" line, no clock).
+    nobody = ["--proxy", f"127.0.0.1:{free_port()}"]
+    client = rig.cli_process(
+        "flash", str(_sketch(rig, unchecked, "v8.elf")), "--wait", "--health-method", "ping",
+        "--health-timeout", "600", *nobody,
+    )
+    rig.wait_for_line(client, "m4-flasher: health ping() answers")
+    assert rig.chip()["sha256"] == sha(unchecked)  # written and verified, health unknown
+    rig.stop(signal.SIGKILL)
+    out, _ = client.communicate(timeout=60)
+    assert client.returncode == 1 and "outcome is unknown" in out, out
+    assert rig.status()["last_good"]["sha256"] == sha(GOOD)
+    assert "its health check did not finish" in rig.cli("status").stdout
+    rig.start()  # recovery runs before the daemon looks at anything else
+    wait_for(lambda: rig.chip().get("writes") == 3, "the restarted daemon to flash again")
+    wait_for(lambda: not (rig.state_dir / "in-progress.json").exists(), "the transaction to be closed")
+    assert rig.chip() | {"state": "programmed", "sha256": sha(GOOD)} == rig.chip()
+    latest, interrupted = rig.history()[:2]
+    assert latest["result"] == "success" and latest["source"] == "recovery", latest
+    assert latest["sketch"]["sha256"] == sha(GOOD)
+    assert interrupted["result"] == "interrupted" and interrupted["sketch"]["sha256"] == sha(unchecked)
+    assert "health check" in interrupted["reason"], interrupted["reason"]
+    assert rig.status()["last_good"]["sha256"] == sha(GOOD)
+    code, result, _ = _request(rig, _sketch(rig, GOOD), "--if-changed")
+    assert code == 0 and result["result"] == "unchanged"  # the M4 is known to run the good one
     rig.stop()
 
 

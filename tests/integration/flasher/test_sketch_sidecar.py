@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from flasher_daemon_rig import Rig
 
+from tests.support import WAIT
 from tests.support.m4stack import M4Stack
 from tests.support.sketches import sketch_elf
 from x8manager.rpc import M4Client, RpcTimeout
@@ -39,9 +40,12 @@ def sidecar(rig: Rig, m4: M4Stack, name: str, behaviour: str = "runs") -> subpro
 
 
 def m4_runs(m4: M4Stack) -> str | None:
-    """The name of the sketch the virtual M4 runs, asked the way an app would (None: it is silent)."""
+    """The name of the sketch the virtual M4 runs, asked the way an app would (None: it is silent).
+
+    Every sketch asked here answers: the deadline is only for a failing test, as long as any wait.
+    """
     try:
-        answer = M4Client("127.0.0.1", m4.call_port, timeout=2).call("health")
+        answer = M4Client("127.0.0.1", m4.call_port, timeout=WAIT).call("health")
     except RpcTimeout:
         return None
     return str(answer[0])

@@ -8,9 +8,9 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
-from conftest import Legacy, Proxy, Sim, read_fd
 
 from tests.support import free_port
+from tests.support.legacy import Legacy, Proxy, Sim, read_fd
 from tests.support.live import eventually, stop
 from x8manager.m4sim import ControlError, open_pty
 

@@ -25,6 +25,7 @@ from x8manager.m4sim.m4 import M4_TO_LINUX_CHUNK
 from x8manager.proxy import M4Proxy
 
 T = TypeVar("T")
+FUZZ_CALL_TIMEOUT = 0.3  # seconds: fuzzed calls the M4 never answers end quickly
 
 
 class LiveProxy:
@@ -38,7 +39,8 @@ class LiveProxy:
         self.run(self._start(tmp_path))
 
     async def _start(self, tmp_path: Path) -> None:
-        self.proxy, self.m4 = await self.stack.enter_async_context(running_proxy(tmp_path, call_timeout=0.3))
+        started = running_proxy(tmp_path, call_timeout=FUZZ_CALL_TIMEOUT)
+        self.proxy, self.m4 = await self.stack.enter_async_context(started)
         self.m4.bind("ping", lambda: "pong", replace=True)
         await self.stack.enter_async_context(serving(self.proxy, linux_ping=lambda: "linux-pong"))
 
@@ -52,10 +54,16 @@ class LiveProxy:
         self.loop.close()
 
     async def healthy(self) -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", self.proxy.call_port)
-        writer.write(msgpack.packb([0, 1, "ping", []]))
-        assert msgpack.unpackb(await asyncio.wait_for(reader.read(-1), WAIT)) == [1, 1, None, "pong"]
-        writer.close()
+        # The fuzzed calls get 0.3 s (most are never answered); the check's ping gets as long as
+        # a loaded machine needs. The fuzzed connection is closed by now: no call of it is waiting.
+        self.proxy.m4.call_timeout = WAIT
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", self.proxy.call_port)
+            writer.write(msgpack.packb([0, 1, "ping", []]))
+            assert msgpack.unpackb(await asyncio.wait_for(reader.read(-1), WAIT)) == [1, 1, None, "pong"]
+            writer.close()
+        finally:
+            self.proxy.m4.call_timeout = FUZZ_CALL_TIMEOUT
         reply = await self.m4.call_raw("linux_ping", msgid=0xFFFFFFFF)
         assert msgpack.unpackb(reply.raw) == [1, 0xFFFFFFFF, None, "linux-pong"]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import msgpack
 import pytest
-from proxy_harness import M4_THREAD_ID, exchange, register, running_proxy, serving, wait_for
+from proxy_harness import M4_THREAD_ID, WAIT, exchange, register, running_proxy, serving, wait_for
 
 from x8manager.m4sim import VirtualM4
 from x8manager.proxy import M4Proxy
@@ -151,6 +151,7 @@ def test_no_reply_closes_without_bytes_by_default(tmp_path: Path) -> None:
             m4.bind("slow", lambda: 1, replace=True)
             assert await exchange(proxy.call_port, msgpack.packb([0, 1, "slow", []])) == b""
             m4.answer_calls = True
+            proxy.m4.call_timeout = WAIT  # 0.2 s was for the call that never gets a reply
             await assert_still_serving(proxy, m4)
     asyncio.run(scenario())
 
@@ -176,6 +177,7 @@ def test_late_reply_is_dropped_not_handed_to_the_next_caller(tmp_path: Path) -> 
             m4.send_raw(msgpack.packb([1, late_msgid, None, "stale"]))
             await wait_for(lambda: proxy.m4.stats.late_replies == 1, what="late reply dropped")
             m4.bind("second", lambda: "fresh", replace=True)
+            proxy.m4.call_timeout = WAIT  # this one must get its answer, however loaded the machine
             assert decode(await exchange(proxy.call_port, msgpack.packb([0, 0, "second", []]))) \
                 == [1, 0, None, "fresh"]
     asyncio.run(scenario())

@@ -5,11 +5,11 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
+from tests.support import wait_for
 from x8manager.apps.cli import main
 from x8manager.apps.device import App
 from x8manager.apps.rpcview import Registration, original_proxy_pid, published_ports, registrations
@@ -62,9 +62,7 @@ def test_refuses_to_ask_arduinos_original_proxy(tmp_path: Path, capsys: pytest.C
     try:
         # Popen can return while the child is still the forked Python, before its exec.
         comm = Path(f"/proc/{process.pid}/comm")
-        deadline = time.monotonic() + 30
-        while comm.read_text().strip() != "m4_proxy" and time.monotonic() < deadline:
-            time.sleep(0.001)
+        wait_for(lambda: comm.read_text().strip() == "m4_proxy", "the impostor's exec")
         assert original_proxy_pid() == process.pid
         code = main(["rpc", "--register-port", "1", "--apps-root", str(tmp_path),
                      "--sota-toml", str(tmp_path / "sota.toml")])

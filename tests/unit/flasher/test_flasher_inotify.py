@@ -7,7 +7,9 @@ import os
 import shutil
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
+from tests.support import wait_until
 from x8manager.flasher.inotify import FileWatcher
 
 
@@ -143,4 +145,48 @@ def test_folder_replaced_by_a_symlink_is_not_watched_through(tmp_path: Path) -> 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     events = _watch_replaced_folder(target, lambda folder: folder.symlink_to(elsewhere))
+    assert events == ["close-write"]
+
+
+class _UploaderWinsTheRace:
+    """The interpreter's libc, except that the first failed watch on *folder* is followed at once
+    by an uploader's ``mkdir`` of it: before the watcher's next call (the watch on its parent)."""
+
+    def __init__(self, libc: Any, folder: Path) -> None:
+        self._libc = libc
+        self._folder = os.fsencode(folder)
+        self.made = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._libc, name)
+
+    def inotify_add_watch(self, fd: int, path: bytes, mask: int) -> int:
+        wd = int(self._libc.inotify_add_watch(fd, path, mask))
+        if wd < 0 and path == self._folder and not self.made:
+            self.made = True
+            os.mkdir(self._folder)  # plain syscalls: ctypes' saved errno of the failure stays
+        return wd
+
+
+def test_folder_made_between_two_watches_is_still_climbed_into(tmp_path: Path) -> None:
+    # ``mkdir -p tmp/arduino`` right as the watcher climbs: tmp/arduino appears after the watch
+    # on it failed and before the one on tmp exists, so no IN_CREATE ever names it.
+    target = tmp_path / "tmp" / "arduino" / "m4-user-sketch.elf"
+    (tmp_path / "tmp").mkdir()
+    events: list[str] = []
+
+    async def main() -> None:
+        watcher = FileWatcher(target, events.append)
+        race = _UploaderWinsTheRace(watcher._libc, target.parent)
+        watcher._libc = race
+        watcher.start()
+        try:
+            assert race.made
+            assert watcher.watched_directory == target.parent  # not left on tmp, deaf to arduino
+            _put(target, b"upload")
+            await wait_until(lambda: events, "the upload's close-write")
+        finally:
+            watcher.close()
+
+    asyncio.run(main())
     assert events == ["close-write"]

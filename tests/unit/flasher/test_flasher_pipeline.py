@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 from flasher_unit_support import ELF_DIR
 
 from x8manager.flasher.elfcheck import SketchRejected
+from x8manager.flasher.lock import h7_lock
 from x8manager.flasher.pipeline import Flasher, FlashResult, Outcome
 from x8manager.flasher.records import FlashRecord, InProgress, SketchRef
 
@@ -148,6 +150,49 @@ def test_recovery_without_anything_to_restore_says_so(flasher: Flasher, standin_
     assert outcome is not None and outcome.result is FlashResult.FAILED
     assert "content is unknown" in outcome.reason
     assert not flasher.state.marker_path.exists()
+
+
+def _flash_awaiting_health(flasher: Flasher, data: bytes) -> Outcome:
+    """A flash a health check follows (``promote=False``), the process then gone before the verdict."""
+    job = flasher.admit(data, source="request", origin="test")
+
+    async def locked() -> Outcome:
+        async with h7_lock(flasher.settings.lock_path, "test", wait_limit=10):
+            return await flasher.flash_locked(job, promote=False)
+
+    return asyncio.run(locked())
+
+
+def test_a_flash_awaiting_its_health_check_keeps_the_transaction_open(
+    flasher: Flasher, standin_env: Path
+) -> None:
+    assert _flash(flasher, GOOD).ok
+    assert _flash_awaiting_health(flasher, GOOD_2).ok
+    marker = flasher.state.read_marker()
+    assert marker is not None and marker.awaiting_health and marker.openocd_pid is None
+    assert json.loads(flasher.state.marker_path.read_text())["phase"] == "health"
+    assert _chip(standin_env)["sha256"] == hashlib.sha256(GOOD_2).hexdigest()
+    assert flasher.state.last_good_elf.read_bytes() == GOOD  # not promoted without a verdict
+    # Nobody recorded a verdict: the next one to take the lock puts the last good sketch back.
+    outcome = asyncio.run(flasher.recover())
+    assert outcome is not None and outcome.ok and "last good" in outcome.record.origin
+    assert _chip(standin_env)["sha256"] == hashlib.sha256(GOOD).hexdigest() and _runs(standin_env) == 3
+    history = json.loads(flasher.state.status_path.read_text())["history"]
+    assert [entry["result"] for entry in history[:2]] == ["success", "interrupted"]
+    assert "stopped during its health check" in history[1]["reason"]
+    assert flasher.state.last_good_elf.read_bytes() == GOOD
+    assert not flasher.state.marker_path.exists()
+
+
+def test_a_health_check_left_open_without_a_last_good_sketch_says_what_runs(
+    flasher: Flasher, standin_env: Path
+) -> None:
+    assert _flash_awaiting_health(flasher, GOOD_2).ok
+    outcome = asyncio.run(flasher.recover())
+    assert outcome is not None and outcome.result is FlashResult.FAILED
+    assert f"the M4 runs sketch {hashlib.sha256(GOOD_2).hexdigest()[:12]}" in outcome.reason
+    assert _runs(standin_env) == 1  # the unchecked sketch is not written again, nor made last good
+    assert not flasher.state.marker_path.exists() and not flasher.state.last_good_elf.exists()
 
 
 def test_nothing_to_recover_is_a_no_op(flasher: Flasher, standin_env: Path) -> None:

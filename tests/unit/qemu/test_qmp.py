@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
+from tests.support import wait_for
 from x8manager.qemu import Login, Machine, Profile, QmpClient, QmpError
 
 
@@ -18,10 +18,8 @@ def test_qmp_pauses_resumes_and_quits_a_real_qemu(tmp_path: Path) -> None:
     qemu = subprocess.Popen(["qemu-system-x86_64", "-S", "-machine", "none", "-display", "none",
                              "-qmp", f"unix:{socket_path},server=on,wait=off"])
     try:
-        deadline = time.monotonic() + 30
-        while not socket_path.exists():
-            assert qemu.poll() is None and time.monotonic() < deadline, "QEMU did not open its QMP socket"
-            time.sleep(0.02)
+        wait_for(lambda: socket_path.exists() or qemu.poll() is not None, "QEMU to open its QMP socket")
+        assert qemu.poll() is None, f"QEMU exited with {qemu.returncode}"
         qmp = QmpClient(str(socket_path))
         assert qmp.execute("query-status")["running"] is False
         qmp.execute("cont")

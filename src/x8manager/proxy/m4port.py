@@ -220,6 +220,8 @@ class M4Port:
         self._on_frame: FrameHandler | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._deadlines: _Deadlines | None = None
+        # Set while the messages of one read from the M4 are handed out (see after_this_read).
+        self._after_read: list[Callable[[], None]] | None = None
         # The trace tap while a trace client listens (proxy.tap); None costs one check per message.
         self.tap: Tap | None = None
 
@@ -341,11 +343,39 @@ class M4Port:
             log.exception("M4 stream decoder failed; resetting it")
             self._decoder.reset()
             return
-        for frame in frames:
-            try:
-                self._on_m4_frame(frame)
-            except Exception:
-                log.exception("M4 message %s could not be handled", frame.raw[:64].hex(" "))
+        if len(frames) == 1:
+            self._handle(frames[0])
+            return
+        self._after_read = []
+        try:
+            for frame in frames:
+                self._handle(frame)
+        finally:
+            callbacks, self._after_read = self._after_read, None
+            for callback in callbacks:
+                try:
+                    callback()
+                except Exception:
+                    log.exception("handling the M4's messages: %r failed", callback)
+
+    def after_this_read(self, callback: Callable[[], None]) -> bool:
+        """While several M4 messages from one read are handed out, run *callback* once they all
+        are and return True; else return False (the caller acts now).
+
+        A front that answers many calls on one connection (a Bridge with 16 threads) then
+        writes all the replies of a read at once: one system call and one wake-up of the
+        client instead of one per reply.
+        """
+        if self._after_read is None:
+            return False
+        self._after_read.append(callback)
+        return True
+
+    def _handle(self, frame: Frame) -> None:
+        try:
+            self._on_m4_frame(frame)
+        except Exception:
+            log.exception("M4 message %s could not be handled", frame.raw[:64].hex(" "))
 
     def _on_m4_frame(self, frame: Frame) -> None:
         message = frame.message

@@ -180,6 +180,9 @@ class RouterConnection(asyncio.Protocol):
         self._next_id = 1
         self._reading_paused = False
         self._tasks: set[asyncio.Task[None]] = set()
+        # What goes to the client while the M4's messages from one read are handed out: sent
+        # as one write when they all are (see M4Port.after_this_read).
+        self._outbox: list[bytes] | None = None
 
     # -- connection events --------------------------------------------------------------------
 
@@ -260,6 +263,19 @@ class RouterConnection(asyncio.Protocol):
                 self._on_response(message, frame)
 
     def _send(self, data: bytes) -> None:
+        if self._outbox is not None:
+            self._outbox.append(data)
+        elif self._context.m4.after_this_read(self._send_outbox):
+            self._outbox = [data]
+        else:
+            self._write(data)
+
+    def _send_outbox(self) -> None:
+        outbox, self._outbox = self._outbox, None
+        if outbox:
+            self._write(outbox[0] if len(outbox) == 1 else b"".join(outbox))
+
+    def _write(self, data: bytes) -> None:
         transport = self._transport
         if transport is None or transport.is_closing():
             return

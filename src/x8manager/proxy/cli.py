@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "while no trace client is attached)")
     parser.add_argument("--event-loop", choices=("asyncio", "uvloop", "auto"), default="asyncio",
                         help="Python's own event loop (default), or uvloop (libuv; it loads OpenSSL, "
-                             "about 5 MB more memory); auto = uvloop when installed")
+                             "about 6 MB more memory); auto = uvloop when installed")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 

@@ -1,10 +1,10 @@
-"""Small TCP helpers shared by the host tools and the QEMU harness."""
+"""Small socket helpers shared by the daemons, the host tools and the QEMU harness."""
 
 from __future__ import annotations
 
 import socket
 
-__all__ = ["free_local_port"]
+__all__ = ["free_local_port", "unix_socket_listening"]
 
 
 def free_local_port() -> int:
@@ -13,3 +13,14 @@ def free_local_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def unix_socket_listening(path: str) -> bool:
+    """Whether a program accepts connections on the UNIX socket *path* now (a live server,
+    not a stale socket file left by one that is gone)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(path)
+        except OSError:
+            return False
+    return True

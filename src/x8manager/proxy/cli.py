@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import importlib
 import logging
 import os
@@ -43,22 +44,22 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _help_formatter(prog: str) -> argparse.HelpFormatter:
-    """argparse's own formatter, told the width: without one it imports shutil (and with it
-    zlib, bz2 and lzma, about 1 MB of the daemon's memory) to read the terminal's, and it is
-    made on every add_argument, not only for --help."""
+def _help_width() -> int:
+    """The width argparse's formatter is given: without one it imports shutil (and with it zlib,
+    bz2 and lzma, about 1 MB of the daemon's memory) to read the terminal's, and it makes a
+    formatter on every add_argument, not only for --help."""
     try:
         columns = int(os.environ.get("COLUMNS", "")) or os.get_terminal_size().columns
     except (ValueError, OSError):
         columns = 80
-    return argparse.HelpFormatter(prog, width=max(columns - 2, 40))
+    return max(columns - 2, 40)
 
 
 def build_parser() -> argparse.ArgumentParser:
     defaults = ProxyConfig()
     parser = argparse.ArgumentParser(
         prog="m4-proxy",
-        formatter_class=_help_formatter,
+        formatter_class=functools.partial(argparse.HelpFormatter, width=_help_width()),
         description="Forward MessagePack-RPC between Linux programs (TCP) and the M4 core (char device).",
     )
     parser.add_argument("--device", default=defaults.device,

@@ -52,6 +52,7 @@ from typing import Any, Final, cast
 import msgpack
 
 from x8manager import __version__
+from x8manager.common.net import unix_socket_listening
 from x8manager.common.systemd import ListenFd, ListenFdsError, adopt_socket
 from x8manager.proxy.link import StartupError
 from x8manager.proxy.m4port import M4CallFailed, M4Port, TooLarge
@@ -528,7 +529,7 @@ def unix_listener(path: str, *, mode: int, group: str | None) -> socket.socket:
     else:
         if not stat.S_ISSOCK(existing.st_mode):
             raise StartupError(f"--router-socket {path}: exists and is not a socket")
-        if _someone_listens(path):
+        if unix_socket_listening(path):
             raise StartupError(f"--router-socket {path}: another router (arduino-router or m4-proxy) "
                                "is listening there")
         os.unlink(path)  # left behind by a router that is gone
@@ -585,15 +586,6 @@ def _bound_to(passed: ListenFd, path: str) -> bool:
 
 def _same_path(first: str, second: str) -> bool:
     return os.path.realpath(first) == os.path.realpath(second)
-
-
-def _someone_listens(path: str) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        try:
-            probe.connect(path)
-        except OSError:
-            return False
-    return True
 
 
 def _chgrp(path: str, group: str) -> None:

@@ -24,6 +24,7 @@ from typing import Any, Final, Protocol, cast
 
 import msgpack
 
+from x8manager.common.net import unix_socket_listening
 from x8manager.proxy.routing import LegacyService, Provider
 from x8manager.rpc.framing import Frame, InvalidMessage, Notification, Request, Response, validate_message
 
@@ -261,15 +262,6 @@ class Attachable(Protocol):
     tap: Tap | None
 
 
-def _someone_listens(path: str) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        try:
-            probe.connect(path)
-        except OSError:
-            return False
-    return True
-
-
 class TapServer:
     """The tap socket (root only, mode 0600): attaches a :class:`Tap` while clients listen."""
 
@@ -290,7 +282,7 @@ class TapServer:
         else:
             if not stat.S_ISSOCK(existing.st_mode):
                 raise FileExistsError(errno.EEXIST, "exists and is not a socket", path)
-            if _someone_listens(path):
+            if unix_socket_listening(path):
                 raise FileExistsError(errno.EADDRINUSE, "another m4-proxy serves a trace there", path)
             os.unlink(path)  # left behind by a proxy that is gone
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

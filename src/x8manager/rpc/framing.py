@@ -426,9 +426,7 @@ class StreamDecoder:
     def feed_frames(self, data: bytes) -> list[Frame]:
         """Like :meth:`feed`, keeping well-formed msgpack-RPC messages only."""
         frames: list[Frame] = []
-        for item in self.feed(data):
-            if not isinstance(item.value, list):
-                continue  # stray text, not RPC
+        for item in self.feed_arrays(data):
             try:
                 frames.append(Frame(parse_message(item.value), item.raw))
             except InvalidMessage as exc:

@@ -212,20 +212,31 @@ def prepare(name: str, work: Path) -> None:
 
     # The documented steps, word for word.
     doc, steps = step_text()
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout.strip()
     roots = {"lmp-manifest": manifests, "meta-subscriber-overrides": overrides}
     for edit in edits(steps):
         path = roots[edit.context] / (FACTORY_XML if edit.path == "<factory>.xml" else edit.path)
         path.parent.mkdir(parents=True, exist_ok=True)
         text = path.read_text() if path.exists() else ""
         if edit.text.startswith("<"):
-            text = text.replace("</manifest>", f"  {edit.text}\n</manifest>")
+            # The step's one placeholder, filled in as a user does: the commit to build.
+            element = edit.text.replace("<commit SHA>", head)
+            text = text.replace("</manifest>", f"  {element}\n</manifest>")
         else:
             text += ("" if text.endswith("\n") or not text else "\n") + edit.text + "\n"
         path.write_text(text)
         print(f"step ({doc.relative_to(ROOT)}): {edit.context}/{edit.path} += {edit.text}")
 
     # repo sync: every project of <factory>.xml at its path and revision.
-    for project in manifest_projects(manifests, FACTORY_XML):
+    projects = manifest_projects(manifests, FACTORY_XML)
+    for project in projects:
+        pinned = (repos.get(project["name"]) or {}).get("commit")
+        if pinned:
+            agree = "agrees" if pinned == project["revision"] else f"DIFFERS (kas: {pinned})"
+            print(f"pin: {project['name']} {project['revision']} {agree} with {factory.kas}")
+    for project in projects:
         path = work / project["path"]
         if project["name"] == "meta-subscriber-overrides":
             continue

@@ -57,9 +57,11 @@ FACTORIES = {
         "kas/portenta-x8.yml", "arduino.xml", "portenta-x8", "lmp-xwayland", "scarthgap"
     ),
     # A Factory on LmP main (wrynose): Arduino has no wrynose layers, so LmP's manifest and its
-    # arm64 QEMU machine.
+    # arm64 QEMU machine. Not qemuarm64-secureboot: at these pins LmP main cannot parse it (meta-lmp's
+    # KERNEL_CLASSES:qemuarm64 = "kernel-lmp-fitimage" inherits oe-core's kernel-fitimage class, which
+    # oe-core removed before wrynose); its EBBR variant, meta-lmp-bsp's own machine, does not use it.
     "factory-wrynose": Factory(
-        "kas/qemuarm64-secureboot-wrynose.yml", "default.xml", "qemuarm64-secureboot", "lmp", "wrynose"
+        "kas/qemuarm64-secureboot-wrynose.yml", "default.xml", "qemuarm64-secureboot-ebbr", "lmp", "wrynose"
     ),
 }
 

@@ -37,8 +37,8 @@ from x8manager.flasher.swdconfig import OpenocdCommand, packaged_config_dir
 # asyncio, the ELF check and the daemon are imported by the commands that use them: `m4-flasher
 # status` is polled by people and tests, and on a slow board it starts several times faster.
 if TYPE_CHECKING:
-    from x8manager.flasher.health import HealthCheck
     from x8manager.flasher.pipeline import Flasher, Outcome
+    from x8manager.flasher.records import HealthCheck
 
 __all__ = ["main"]
 
@@ -220,7 +220,7 @@ async def _flash_file(flasher: Flasher, path: Path, source: str) -> int:
 
 
 def _health(args: argparse.Namespace) -> HealthCheck | None:
-    from x8manager.flasher.health import HealthCheck  # noqa: PLC0415 - see the imports
+    from x8manager.flasher.records import HealthCheck  # noqa: PLC0415 - see the imports
 
     if not (args.health_method or args.health_bound or args.health_timeout is not None):
         return None
@@ -255,6 +255,9 @@ def _flash_through_daemon(args: argparse.Namespace) -> int:
     except OSError as error:
         print(f"m4-flasher: cannot read {args.file}: {error.strerror or error}", file=sys.stderr)
         return EXIT_USAGE
+    if len(data) > DEFAULTS.max_file_bytes:
+        reason = f"{args.file} is too large: more than the {DEFAULTS.max_file_bytes}-byte limit for a sketch"
+        return _print_result(args, {"ok": False, "result": "rejected", "reason": reason})
 
     def progress(event: dict[str, Any]) -> None:
         if args.json:

@@ -13,6 +13,7 @@ replaces any waiting one but never stops a running flash.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import logging
 import os
@@ -20,6 +21,7 @@ import shutil
 import signal
 from pathlib import Path
 
+from x8manager.common.ratelimit import RateLimitedLog
 from x8manager.common.systemd import notify_ready, notify_status, notify_stopping
 from x8manager.flasher.elfcheck import SketchRejected
 from x8manager.flasher.inotify import FileWatcher, InotifyError
@@ -32,6 +34,9 @@ from x8manager.flasher.safefile import UnsafeFile
 __all__ = ["FlasherDaemon", "StartupError"]
 
 log = logging.getLogger(__name__)
+
+UPLOAD_RETRY_SECONDS = 0.5
+_OUT_OF_ROOM = (errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS)
 
 
 class StartupError(RuntimeError):
@@ -58,6 +63,7 @@ class FlasherDaemon:
         self._watcher: FileWatcher | None = None
         self.outcomes: list[Outcome] = []  # for tests and the bench (most recent last)
         self.flashing = False
+        self._log = RateLimitedLog(log)
 
     # --- start-up -----------------------------------------------------------------------------
     def check_configuration(self) -> None:
@@ -162,6 +168,17 @@ class FlasherDaemon:
             self._record_refusal(error)
             return
         except OSError as error:
+            if error.errno in _OUT_OF_ROOM:
+                # Out of descriptors or memory for a moment (a flood of connections): the upload is
+                # there and no later event may come, so look again shortly rather than lose it.
+                self._log.warning(
+                    "upload-retry",
+                    "upload at %s cannot be read yet (%s): trying again",
+                    self.watch_path,
+                    error.strerror,
+                )
+                asyncio.get_running_loop().call_later(UPLOAD_RETRY_SECONDS, self._on_change, reason)
+                return
             # Gone again (or unreadable) before we looked: a later event will bring the next version.
             log.warning("upload at %s could not be read (%s): %s", self.watch_path, reason, error)
             return

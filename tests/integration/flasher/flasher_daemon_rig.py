@@ -152,6 +152,11 @@ class Rig:
         path = self.probe / "invocations.jsonl"
         return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
+    def last_good_elf(self) -> bytes:
+        """The ELF last-good.json names (the commit point of the last good sketch)."""
+        record = json.loads((self.state_dir / "last-good.json").read_text())
+        return (self.state_dir / record["elf"]).read_bytes()
+
     def history(self) -> list[dict[str, Any]]:
         return list(self.status().get("history", []))
 

@@ -150,6 +150,6 @@ def test_last_good_needs_both_files(tmp_path: Path) -> None:
     elf = tmp_path / "a.elf"
     elf.write_bytes(b"\x7fELF")
     state.save_last_good(elf, LastGood(sha256="x"))
-    assert state.last_good() == LastGood(sha256="x")
+    assert state.last_good() == LastGood(sha256="x", elf="last-good-x.elf")
     state.last_good_elf.unlink()
     assert state.last_good() is None

@@ -13,7 +13,7 @@ from flasher_unit_support import ELF_DIR
 from x8manager.flasher.elfcheck import SketchRejected
 from x8manager.flasher.lock import h7_lock
 from x8manager.flasher.pipeline import Flasher, FlashResult, Outcome
-from x8manager.flasher.records import FlashRecord, InProgress, SketchRef
+from x8manager.flasher.records import FlashRecord, HealthCheck, InProgress, SketchRef
 
 GOOD = (ELF_DIR / "sketch-ok.elf").read_bytes()
 GOOD_2 = (ELF_DIR / "sketch-ok-2.elf").read_bytes()
@@ -153,12 +153,14 @@ def test_recovery_without_anything_to_restore_says_so(flasher: Flasher, standin_
 
 
 def _flash_awaiting_health(flasher: Flasher, data: bytes) -> Outcome:
-    """A flash a health check follows (``promote=False``), the process then gone before the verdict."""
+    """The write of a flash a health check follows, the process then gone before the verdict."""
     job = flasher.admit(data, source="request", origin="test")
 
     async def locked() -> Outcome:
         async with h7_lock(flasher.settings.lock_path, "test", wait_limit=10):
-            return await flasher.flash_locked(job, promote=False)
+            return await flasher._flash_locked(
+                job, None, check=HealthCheck(method="ping"), previous=flasher.state.last_good()
+            )
 
     return asyncio.run(locked())
 

@@ -257,6 +257,11 @@ class RequestServer:
                 await _receive(reader, request.size, received)
             except (ValueError, TimeoutError, asyncio.IncompleteReadError, ConnectionError) as error:
                 text = str(error) or type(error).__name__
+                if isinstance(error, TimeoutError):
+                    text = (
+                        f"the client stopped sending (no request line within {HEADER_SECONDS:g} s, "
+                        "or the body stalled)"
+                    )
                 self._log.warning("bad-request", "bad request from %s: %.200s", peer, text)
                 send("result", ok=False, result="error", reason=f"bad request: {text}")
                 return None
@@ -276,7 +281,7 @@ async def _receive(reader: asyncio.StreamReader, size: int, path: Path) -> None:
     """Write exactly *size* bytes from *reader* to *path* (0600) as they come: bounded memory;
     a body that stalls for IDLE_SECONDS or takes more than BODY_SECONDS in all is dropped."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "wb") as spool:
+    with os.fdopen(fd, "wb", buffering=0) as spool:  # each chunk goes straight to the file
         remaining = size
         async with asyncio.timeout(BODY_SECONDS):
             while remaining:

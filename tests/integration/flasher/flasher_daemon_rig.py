@@ -134,6 +134,13 @@ class Rig:
             assert line, f"{process.args[3:5]} ended without saying {words!r}"
         return line
 
+    def sketch_file(self, data: bytes, name: str = "sketch.elf") -> Path:
+        """*data* as a file a client hands to ``m4-flasher flash FILE``."""
+        path = self.root / "build" / name
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(data)
+        return path
+
     def upload_bytes(self, data: bytes) -> None:
         """What adb push does: create/truncate, write, close (one IN_CLOSE_WRITE)."""
         self.upload.parent.mkdir(parents=True, exist_ok=True)

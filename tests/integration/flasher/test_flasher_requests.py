@@ -133,8 +133,14 @@ def test_daemon_killed_during_the_health_check_puts_the_last_good_sketch_back(ri
     # is still checking when it is killed (the test waits on the client's "health" line, no clock).
     nobody = ["--proxy", f"127.0.0.1:{free_port()}"]
     client = rig.cli_process(
-        "flash", str(_sketch(rig, unchecked, "v8.elf")), "--wait", "--health-method", "ping",
-        "--health-timeout", "600", *nobody,
+        "flash",
+        str(_sketch(rig, unchecked, "v8.elf")),
+        "--wait",
+        "--health-method",
+        "ping",
+        "--health-timeout",
+        "600",
+        *nobody,
     )
     rig.wait_for_line(client, "m4-flasher: health ping() answers")
     assert rig.chip()["sha256"] == sha(unchecked)  # written and verified, health unknown

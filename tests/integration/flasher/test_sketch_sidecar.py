@@ -32,11 +32,23 @@ def sidecar(rig: Rig, m4: M4Stack, name: str, behaviour: str = "runs") -> subpro
     elf = rig.root / "images" / name / "app.elf"
     elf.parent.mkdir(parents=True, exist_ok=True)
     elf.write_bytes(sketch_elf(name, ["health"], behaviour))
-    env = dict(rig.env, X8_APP="thermo", X8_SKETCH=str(elf), X8_FLASHER_SOCKET=str(rig.socket),
-               X8_SKETCH_HEALTH_METHOD="health", X8_SKETCH_HEALTH_TIMEOUT="2",
-               X8_SKETCH_HEALTH_PROXY=f"127.0.0.1:{m4.call_port}")
-    return subprocess.run([sys.executable, "-m", "x8manager.flasher.client"], env=env, capture_output=True,
-                          text=True, timeout=120, check=False)
+    env = dict(
+        rig.env,
+        X8_APP="thermo",
+        X8_SKETCH=str(elf),
+        X8_FLASHER_SOCKET=str(rig.socket),
+        X8_SKETCH_HEALTH_METHOD="health",
+        X8_SKETCH_HEALTH_TIMEOUT="2",
+        X8_SKETCH_HEALTH_PROXY=f"127.0.0.1:{m4.call_port}",
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "x8manager.flasher.client"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def m4_runs(m4: M4Stack) -> str | None:
@@ -52,7 +64,8 @@ def m4_runs(m4: M4Stack) -> str | None:
 
 
 def test_a_failed_sketch_takes_the_previous_one_back_and_a_restart_writes_nothing(
-        rig: Rig, stack: M4Stack) -> None:
+    rig: Rig, stack: M4Stack
+) -> None:
     rig.start()
     first = sidecar(rig, stack, "A")
     assert first.returncode == 0, first.stderr
@@ -79,10 +92,22 @@ def test_without_the_socket_the_sidecar_fails_clearly(rig: Rig, tmp_path: Path) 
     elf = tmp_path / "app.elf"
     elf.write_bytes(sketch_elf("A", ["health"]))
     env = dict(rig.env, X8_SKETCH=str(elf), X8_FLASHER_SOCKET=str(tmp_path / "none.sock"))
-    done = subprocess.run([sys.executable, "-m", "x8manager.flasher.client"], env=env, capture_output=True,
-                          text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "x8manager.flasher.client"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 1 and "cannot reach the flasher daemon" in done.stderr
     assert "Traceback" not in done.stderr
-    unset = subprocess.run([sys.executable, "-m", "x8manager.flasher.client"], env=rig.env,
-                           capture_output=True, text=True, timeout=60, check=False)
+    unset = subprocess.run(
+        [sys.executable, "-m", "x8manager.flasher.client"],
+        env=rig.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert unset.returncode == 2 and "X8_SKETCH is not set" in unset.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -58,7 +59,8 @@ class Rig:
     def set_mode(self, mode: str) -> None:
         (self.probe / "mode").write_text(mode + "\n")
 
-    def start(self, *extra: str, wait_ready: bool = True) -> subprocess.Popen[str]:
+    def start(self, *extra: str, wait_ready: bool = True, nofile: int | None = None) -> subprocess.Popen[str]:
+        """Start the daemon; *nofile*: its descriptor limit (the unit's ``LimitNOFILE=``)."""
         notify_path = self.root / f"notify-{time.monotonic_ns()}.sock"
         self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._notify.bind(str(notify_path))
@@ -82,7 +84,13 @@ class Rig:
         with open(self.daemon_log, "a") as log:
             log.write(f"--- m4-flasher daemon {' '.join(extra)}\n")
             log.flush()
-            self.daemon = subprocess.Popen(argv, env=env, stderr=log, text=True)
+            limit = (
+                None
+                if nofile is None
+                else (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile)))
+            )
+            # preexec_fn only sets a limit (no locks taken): safe with the few threads a test may run.
+            self.daemon = subprocess.Popen(argv, env=env, stderr=log, text=True, preexec_fn=limit)  # noqa: PLW1509
         if wait_ready:
             self.wait_notify("READY=1")
         return self.daemon

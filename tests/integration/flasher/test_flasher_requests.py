@@ -3,6 +3,7 @@ proxy in front of the virtual M4 (m4-sim), and the SWD-probe stand-in in place o
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -209,4 +210,47 @@ def test_bad_requests_get_an_error_and_the_daemon_keeps_serving(rig: Rig) -> Non
     code, result, _ = _request(rig, _sketch(rig, GOOD))
     assert code == 0 and result["result"] == "success"
     assert rig.daemon is not None and rig.daemon.poll() is None
+    rig.stop()
+
+
+@pytest.mark.parametrize(
+    ("health", "words"),
+    [
+        ({"method": "ping", "port": 70000}, "port must be a TCP port"),
+        ({"method": "ping", "port": 500011}, "port must be a TCP port"),
+        ({"method": "ping", "host": "127.0.0.1\u0000evil"}, "host must not hold"),
+        ({"method": "ping\u0000", "port": 5001}, "without control characters"),
+    ],
+)
+def test_health_check_that_could_never_run_is_refused_before_anything_is_flashed(
+    rig: Rig, health: dict[str, Any], words: str
+) -> None:
+    rig.start()
+    sketch = variant(30)
+    header = json.dumps({"op": "flash", "size": len(sketch), "health": health}).encode()
+    (reply,) = _raw(rig, header + b"\n" + sketch)
+    assert reply["result"] == "error" and words in reply["reason"], reply
+    assert rig.runs() == [] and rig.chip() == {}
+    assert not (rig.state_dir / "in-progress.json").exists()
+    code, result, _ = _request(rig, _sketch(rig, GOOD))  # the daemon keeps serving
+    assert code == 0 and result["result"] == "success"
+    rig.stop()
+
+
+def test_flash_wait_of_a_file_over_the_limit_says_too_large_not_broken_pipe(rig: Rig) -> None:
+    rig.start()
+    huge = _sketch(rig, GOOD + b"\0" * (32 * 1024 * 1024), "huge.elf")
+    code, result, err = _request(rig, huge)
+    assert code == 3 and result["result"] == "rejected" and "too large" in result["reason"], (result, err)
+    assert "Broken pipe" not in json.dumps(result) + err
+    # An older client that sends it anyway reads the daemon's refusal, not only a broken pipe.
+    body = huge.read_bytes()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(30)
+        sock.connect(str(rig.socket))
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(json.dumps({"op": "flash", "size": len(body)}).encode() + b"\n" + body)
+        (reply,) = [json.loads(line) for line in sock.makefile("rb")]
+    assert reply["result"] == "error" and "too large" in reply["reason"], reply
+    assert rig.runs() == []
     rig.stop()

@@ -111,3 +111,26 @@ def test_without_the_socket_the_sidecar_fails_clearly(rig: Rig, tmp_path: Path) 
         check=False,
     )
     assert unset.returncode == 2 and "X8_SKETCH is not set" in unset.stderr
+
+
+def test_a_sidecar_with_an_impossible_proxy_port_flashes_nothing(rig: Rig) -> None:
+    rig.start()
+    elf = rig.sketch_file(sketch_elf("A", ["health"], "runs"), "app.elf")
+    env = dict(
+        rig.env,
+        X8_SKETCH=str(elf),
+        X8_FLASHER_SOCKET=str(rig.socket),
+        X8_SKETCH_HEALTH_METHOD="health",
+        X8_SKETCH_HEALTH_PROXY="127.0.0.1:500011",  # a typo of 5001
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "x8manager.flasher.client"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 1 and "PORT from 1 to 65535" in done.stderr, done.stderr
+    assert rig.runs() == [] and rig.chip() == {}
+    rig.stop()

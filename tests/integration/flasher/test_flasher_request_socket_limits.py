@@ -1,0 +1,89 @@
+"""The request socket under a flood: connections, bodies and the log stay bounded, and an upload that
+lands meanwhile is still flashed (the real daemon, at the unit's descriptor limit)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import socket
+from pathlib import Path
+
+from flasher_daemon_rig import Rig, variant
+
+from tests.support import wait_for
+
+UNIT_NOFILE = 256  # LimitNOFILE= of m4-flasher.service
+SKETCH_LIMIT = 32 * 1024 * 1024
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+def _connect(path: Path) -> socket.socket | None:
+    """A connection, or None while the listening socket's backlog is full (try again)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        sock.connect(str(path))
+    except BlockingIOError:
+        sock.close()
+        return None
+    return sock
+
+
+def test_an_upload_landing_during_an_idle_connection_flood_is_flashed_and_the_log_stays_small(
+    rig: Rig,
+) -> None:
+    rig.start(nofile=UNIT_NOFILE)
+    log_before = rig.daemon_log.stat().st_size
+    idle: list[socket.socket] = []
+    try:
+        for _ in range(1100):  # more than the daemon's descriptors: none of them says anything
+            idle.append(wait_for(lambda: _connect(rig.socket), "room in the socket's backlog"))
+        upload = variant(40)
+        rig.upload_bytes(upload)
+        wait_for(lambda: rig.outcome_for(sha(upload), "success"), "the upload to be flashed")
+        assert rig.chip()["sha256"] == sha(upload)
+    finally:
+        for sock in idle:
+            sock.close()
+    assert rig.daemon is not None and rig.daemon.poll() is None
+    grown = rig.daemon_log.stat().st_size - log_before
+    assert grown < 16 * 1024, rig.log_of_last_start()[-3000:]
+    rig.stop()
+
+
+def test_request_bodies_are_spooled_to_disk_not_held_in_memory(rig: Rig) -> None:
+    rig.start()
+    assert rig.daemon is not None
+    before = _rss_kib(rig.daemon.pid)
+    sent = 16 * 1024 * 1024
+    clients = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(4)]
+    try:
+        for sock in clients:
+            sock.settimeout(60)
+            sock.connect(str(rig.socket))
+            sock.sendall(json.dumps({"op": "flash", "size": SKETCH_LIMIT}).encode() + b"\n")
+            sock.sendall(b"\0" * sent)  # half a body each, then nothing more for now
+        spool = rig.state_dir / "spool"
+        wait_for(
+            lambda: sum(part.stat().st_size for part in spool.glob("*.part")) == 4 * sent,
+            "the bodies to reach the spool",
+        )
+        grown_mib = (_rss_kib(rig.daemon.pid) - before) / 1024
+        assert grown_mib < 16, f"the daemon grew by {grown_mib:.1f} MiB holding 64 MiB of bodies"
+    finally:
+        for sock in clients:
+            with contextlib.suppress(OSError):
+                sock.close()
+    wait_for(lambda: not list(spool.glob("*.part")), "the abandoned bodies to be removed")
+    rig.stop()

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from flasher_unit_support import ELF_DIR
 
+from x8manager.flasher import pipeline
 from x8manager.flasher.elfcheck import SketchRejected
 from x8manager.flasher.lock import h7_lock
 from x8manager.flasher.pipeline import Flasher, FlashResult, Outcome
@@ -212,3 +213,23 @@ def test_outcomes_carry_journal_fields(
     assert final["FLASH_RESULT"] == "success"
     assert final["SKETCH_SHA256"] == outcome.record.sketch.sha256
     assert final["OPENOCD_EXIT"] == 0 and final["FLASH_ATTEMPTS"] == 1 and final["FLASH_SOURCE"] == "manual"
+
+
+def test_a_health_check_that_cannot_run_is_a_failed_check_and_the_last_good_sketch_goes_back(
+    flasher: Flasher, standin_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert _flash(flasher, GOOD).ok
+
+    async def broken(_check: HealthCheck) -> None:
+        raise OverflowError("getsockaddrarg: port must be 0-65535.")
+
+    monkeypatch.setattr(pipeline, "run_health_check", broken)
+    events: list[str] = []
+    job = flasher.admit(GOOD_2, source="request", origin="test")
+    check = HealthCheck(method="ping")
+    outcome = asyncio.run(flasher.flash_checked(job, check, lambda event, **_: events.append(event)))
+    assert outcome.result is FlashResult.UNHEALTHY and "could not run" in outcome.reason, outcome.reason
+    assert events == ["flashing", "health", "rollback"]
+    assert _chip(standin_env)["sha256"] == hashlib.sha256(GOOD).hexdigest()
+    assert flasher.state.last_good_elf.read_bytes() == GOOD
+    assert not flasher.state.marker_path.exists() and list(flasher.state.spool.iterdir()) == []

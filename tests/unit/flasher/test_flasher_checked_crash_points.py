@@ -19,10 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from flasher_unit_support import ELF_DIR, STANDIN
-
-from x8manager.flasher.openocd import OpenocdCommand
-from x8manager.flasher.pipeline import Flasher, FlasherSettings
+from flasher_unit_support import ELF_DIR, STANDIN, make_flasher
 
 GOOD = (ELF_DIR / "sketch-ok.elf").read_bytes()
 CHECKED = (ELF_DIR / "sketch-ok-2.elf").read_bytes()
@@ -71,19 +68,6 @@ print(outcome.result.value)
 """
 
 
-def _flasher(root: Path) -> Flasher:
-    settings = FlasherSettings(
-        state_dir=root / "state",
-        openocd=OpenocdCommand(program=str(STANDIN)),
-        lock_path=root / "h7.lock",
-        retry_delay=0.0,
-        lock_timeout=20.0,
-    )
-    flasher = Flasher(settings)
-    flasher.state.prepare()
-    return flasher
-
-
 def _point_the_probe_at(monkeypatch: pytest.MonkeyPatch, probe: Path) -> Path:
     monkeypatch.setenv("OPENOCD_STANDIN_DIR", str(probe))
     monkeypatch.setenv("OPENOCD_STANDIN_MODE_FILE", str(probe / "mode"))
@@ -118,7 +102,7 @@ def test_a_checked_flash_killed_at_any_step_never_keeps_an_unchecked_sketch(
     monkeypatch.setenv("OPENOCD_STANDIN_CONNECT_SECONDS", "0")
     monkeypatch.setenv("OPENOCD_STANDIN_PROGRAM_SECONDS", "0")
     _point_the_probe_at(monkeypatch, tmp_path / "a" / "probe")
-    flasher = _flasher(tmp_path / "a")  # A flashed once, its state and chip copied for each kill
+    flasher = make_flasher(tmp_path / "a")  # A flashed once, its state and chip copied for each kill
     assert asyncio.run(flasher.flash(flasher.admit(GOOD, source="manual", origin="A"))).ok
     kill_at = 0
     while True:
@@ -126,7 +110,7 @@ def test_a_checked_flash_killed_at_any_step_never_keeps_an_unchecked_sketch(
         root = tmp_path / f"kill-{kill_at}"
         shutil.copytree(tmp_path / "a", root, symlinks=True)
         probe = _point_the_probe_at(monkeypatch, root / "probe")
-        flasher = _flasher(root)
+        flasher = make_flasher(root)
         if not _die_at(root, verdict, kill_at):
             break  # every step has been a kill point
         asyncio.run(flasher.recover())

@@ -1,12 +1,14 @@
 """One flash, start to finish: spool snapshot → validation → H7 lock → marker → openocd → status.
 
 Both the daemon and the ``flash``/``rollback`` commands go through :class:`Flasher`, so they
-validate, lock, record and recover the same way. The in-progress marker exists exactly while
-openocd may be writing, and on while a written sketch waits for its health check's verdict;
-whoever next takes the H7 lock and finds it left behind knows a flash was interrupted (SIGKILL,
-power cut) and recovers first: it flashes the interrupted sketch again (it was validated and it
-is what the user asked for last); if that cannot be done, or the sketch was never found healthy,
-it restores the last good sketch. Each outcome goes to the status file and the journal.
+validate, lock, record and recover the same way; the request socket's health-checked transaction
+is :meth:`Flasher.flash_checked`, whole. The in-progress marker exists exactly while a transaction
+is open: openocd may be writing, or a written sketch waits for (or just passed) its health check.
+Whoever next takes the H7 lock and finds it left behind knows a flash was interrupted (SIGKILL,
+power cut) and finishes it first, from what the marker carries (:meth:`Flasher._recover_locked`):
+an interrupted plain flash is written again (it was validated and it is what the user asked for
+last); a sketch that owes a health check it has not passed is never kept: the last good sketch
+goes back. Each outcome goes to the status file and the journal.
 """
 
 from __future__ import annotations

@@ -141,7 +141,9 @@ class Flasher:
         yield to the event loop), and is dropped before the flash: the transaction holds a path.
         """
         try:
-            data = read_regular_file(received, self.settings.max_file_bytes, strict=False)
+            # The spool is the daemon's own (0700): one read, one allocation of the body's size.
+            with open(received, "rb", buffering=0) as body:
+                data = body.read(self.settings.max_file_bytes + 1) or b""
             info = validate_sketch(data, max_file_bytes=self.settings.max_file_bytes)
         except SketchRejected as error:
             received.unlink(missing_ok=True)

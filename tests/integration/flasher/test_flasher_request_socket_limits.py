@@ -9,12 +9,27 @@ import json
 import socket
 from pathlib import Path
 
-from flasher_daemon_rig import Rig, variant
+from flasher_daemon_rig import ROOT, Rig, variant
 
 from tests.support import wait_for
+from x8manager.flasher.request import MAX_CONNECTIONS
 
-UNIT_NOFILE = 256  # LimitNOFILE= of m4-flasher.service
+UNIT = ROOT / "recipes-python" / "x8-manager" / "files" / "m4-flasher.service"
 SKETCH_LIMIT = 32 * 1024 * 1024
+# What the daemon needs besides its request connections: stdio, the event loop, inotify, the
+# journal, the lock, status and spool files, openocd's pipes and the health check's socket.
+OWN_DESCRIPTORS = 64
+
+
+def _unit_nofile() -> int:
+    (value,) = [
+        line.partition("=")[2] for line in UNIT.read_text().splitlines() if line.startswith("LimitNOFILE=")
+    ]
+    return int(value)
+
+
+def test_the_units_descriptor_limit_leaves_room_for_every_request_connection() -> None:
+    assert MAX_CONNECTIONS + OWN_DESCRIPTORS <= _unit_nofile() <= 1024
 
 
 def sha(data: bytes) -> str:
@@ -43,7 +58,7 @@ def _connect(path: Path) -> socket.socket | None:
 def test_an_upload_landing_during_an_idle_connection_flood_is_flashed_and_the_log_stays_small(
     rig: Rig,
 ) -> None:
-    rig.start(nofile=UNIT_NOFILE)
+    rig.start(nofile=_unit_nofile())
     log_before = rig.daemon_log.stat().st_size
     idle: list[socket.socket] = []
     try:

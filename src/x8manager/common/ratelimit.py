@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any, Final
 
 __all__ = ["LOG_EVERY", "RateLimitedLog"]
@@ -27,7 +28,9 @@ class RateLimitedLog:
     def warning(self, kind: str, text: str, *args: Any) -> None:
         self.log(logging.WARNING, kind, text, *args)
 
-    def log(self, level: int, kind: str, text: str, *args: Any) -> None:
+    def log(
+        self, level: int, kind: str, text: str, *args: Any, extra: Mapping[str, Any] | None = None
+    ) -> None:
         now = time.monotonic()
         last = self._last.get(kind)
         if last is not None and now - last < LOG_EVERY:
@@ -36,4 +39,4 @@ class RateLimitedLog:
         skipped = self._skipped.pop(kind, 0)
         self._last[kind] = now
         suffix = f" ({skipped} more like this in the last {LOG_EVERY:g} s)" if skipped else ""
-        self._log.log(level, text + suffix, *args)
+        self._log.log(level, text + suffix, *args, extra=extra)

@@ -100,6 +100,13 @@ def _parser() -> argparse.ArgumentParser:
     daemon.add_argument(
         "--socket-group", help="group that may use the request socket (mode 0660; default: root only, 0600)"
     )
+    daemon.add_argument(
+        "--request-idle-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="close a request connection that sends nothing for S seconds (default 30)",
+    )
     status = commands.add_parser(
         "status", parents=[common], help="show the last flash and the last good sketch"
     )
@@ -385,6 +392,7 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
 
     from x8manager.flasher.daemon import FlasherDaemon, StartupError  # noqa: PLC0415
     from x8manager.flasher.pipeline import Flasher  # noqa: PLC0415
+    from x8manager.flasher.request import RequestLimits  # noqa: PLC0415
 
     group = None
     if args.socket_group:
@@ -394,7 +402,11 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
             log.critical("cannot start: --socket-group %s: no such group", args.socket_group)
             return EXIT_USAGE
     socket_path = None if args.no_socket else Path(args.socket)
-    daemon = FlasherDaemon(Flasher(_settings(args)), args.watch, socket_path, group)
+    if not 0 < args.request_idle_timeout <= 3600:
+        log.critical("cannot start: --request-idle-timeout must be more than 0 and at most 3600 s")
+        return EXIT_USAGE
+    limits = RequestLimits(idle_seconds=args.request_idle_timeout)
+    daemon = FlasherDaemon(Flasher(_settings(args)), args.watch, socket_path, group, limits)
     try:
         asyncio.run(daemon.run())
     except StartupError as error:

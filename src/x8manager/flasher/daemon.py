@@ -28,7 +28,7 @@ from x8manager.flasher.inotify import FileWatcher, InotifyError
 from x8manager.flasher.lock import LockTimeout, open_private_lock
 from x8manager.flasher.pipeline import Flasher, FlashResult, Job, Outcome
 from x8manager.flasher.records import DaemonSettings
-from x8manager.flasher.request import RequestServer
+from x8manager.flasher.request import RequestLimits, RequestServer
 from x8manager.flasher.safefile import UnsafeFile
 
 __all__ = ["FlasherDaemon", "StartupError"]
@@ -50,11 +50,13 @@ class FlasherDaemon:
         watch_path: Path,
         socket_path: Path | None = None,
         socket_group: int | None = None,
+        request_limits: RequestLimits | None = None,
     ) -> None:
         self.flasher = flasher
         self.watch_path = Path(os.path.abspath(watch_path))
         self.socket_path = socket_path
         self.socket_group = socket_group
+        self.request_limits = request_limits
         self._pending: Job | None = None
         self._wakeup = asyncio.Event()
         self._supersede: asyncio.Event | None = None  # belongs to the job being flashed
@@ -118,7 +120,9 @@ class FlasherDaemon:
             raise StartupError(f"cannot watch {self.watch_path}: {error}") from error
         requests = None
         if self.socket_path is not None:
-            requests = RequestServer(self.flasher, self.socket_path, group=self.socket_group)
+            requests = RequestServer(
+                self.flasher, self.socket_path, group=self.socket_group, limits=self.request_limits
+            )
             requests.on_outcome = self._request_done
             try:
                 await requests.start()

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from x8manager.common.ratelimit import RateLimitedLog
 from x8manager.flasher.elfcheck import SketchInfo, SketchRejected, validate_sketch
 from x8manager.flasher.health import HealthResult, run_health_check
 from x8manager.flasher.lock import LockCancelled, LockTimeout, h7_lock
@@ -116,6 +117,7 @@ class Flasher:
         self.settings = settings
         self.state = StateDir(settings.state_dir, settings.status_path)
         self.stopping = False  # set on shutdown: no new retries
+        self._rejections = RateLimitedLog(log)
 
     # --- intake ----------------------------------------------------------------------------
     def snapshot(self, path: Path, *, strict: bool = True) -> bytes:
@@ -582,14 +584,13 @@ class Flasher:
             "OPENOCD_EXIT": "" if record.openocd_exit is None else record.openocd_exit,
         }
         level = logging.INFO if result in (FlashResult.SUCCESS, FlashResult.SUPERSEDED) else logging.ERROR
-        log.log(
-            level,
-            "sketch %s: %s: %s",
-            record.sketch.sha256[:12],
-            result.value,
-            record.reason,
-            extra={"journal": fields},
-        )
+        args = (record.sketch.sha256[:12], result.value, record.reason)
+        if result is FlashResult.REJECTED:
+            # Files anyone may hand over, as fast as they like, that never reach the chip: at most
+            # one line every few seconds (the status file keeps each of them).
+            self._rejections.log(level, "rejected", "sketch %s: %s: %s", *args, extra={"journal": fields})
+            return
+        log.log(level, "sketch %s: %s: %s", *args, extra={"journal": fields})
 
     # --- recovery ----------------------------------------------------------------------------
     async def _recover_locked(self) -> Outcome | None:

@@ -16,10 +16,11 @@ A connection that ends without a result line means "outcome unknown", never succ
 This module speaks only the socket protocol; the transaction (flash, health check, rollback, all
 under one hold of the H7 lock) is :meth:`Flasher.flash_checked`. What a client can make the daemon
 hold is bounded: :data:`MAX_CONNECTIONS` connections (one more is told "busy" and closed; an
-accept that fails for want of descriptors pauses until one closes), a request line within
-:data:`HEADER_SECONDS`, a body that keeps coming (:data:`IDLE_SECONDS`) and ends within
-:data:`BODY_SECONDS`, no larger than the sketch limit, and written to the spool as it arrives,
-never held whole in memory. Lines a client can trigger are rate-limited.
+accept that fails for want of descriptors pauses until one closes), and :class:`RequestLimits`:
+a request line, and a body that keeps coming, within ``idle_seconds``, the body within
+``body_seconds`` and the sketch limit, written to the spool as it arrives (never held whole in
+memory), with at most ``receiving_bytes`` of bodies at once and room left in the state directory
+(else "busy"). Lines a client can trigger are rate-limited.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import itertools
 import json
 import logging
 import os
+import shutil
 import socket
 import stat
 import struct
@@ -45,18 +47,17 @@ from x8manager.flasher.client import RequestError
 from x8manager.flasher.pipeline import Flasher, FlashResult, Outcome
 from x8manager.flasher.records import HealthCheck
 
-__all__ = ["RequestError", "RequestServer", "send_request"]
+__all__ = ["RequestError", "RequestLimits", "RequestServer", "send_request"]
 
 log = logging.getLogger(__name__)
 
 MAX_HEADER_BYTES = 8192
-HEADER_SECONDS = 30.0  # a client that connects and says nothing is closed
-IDLE_SECONDS = 30.0  # a body that stops coming for this long is dropped
-BODY_SECONDS = 120.0  # the whole body, however it trickles
-# Connections served at once: each may spool up to a sketch's 32 MiB to the state directory, and
-# takes one descriptor (the unit's LimitNOFILE=256 leaves room for openocd, the spool, the lock).
+# Connections served at once: each takes one descriptor (the unit's LimitNOFILE=256 leaves room for
+# openocd, the spool, the lock), and is the listening socket's backlog too.
 MAX_CONNECTIONS = 32
 ACCEPT_PAUSE = 1.0  # out of descriptors: accept again when a connection closes, or after this
+# Keep this much free in the state directory whatever bodies arrive: outcomes must still be written.
+SPOOL_HEADROOM = 4 * 1024 * 1024
 BODY_CHUNK = 64 * 1024
 _OUT_OF_ROOM = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 _UCRED = struct.Struct("3i")  # pid, uid, gid
@@ -69,6 +70,16 @@ def _peer(sock: socket.socket) -> str:
     except (OSError, struct.error):
         return "unknown peer"
     return f"pid {pid} uid {uid}"
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """What clients of the socket can make the daemon hold (``m4-flasher daemon
+    --request-idle-timeout`` sets ``idle_seconds``)."""
+
+    idle_seconds: float = 30.0  # no request line, or a body that stops coming, for this long: closed
+    body_seconds: float = 120.0  # the whole body, however it trickles
+    receiving_bytes: int = 256 * 1024 * 1024  # bodies in the spool at once (8 full sketches)
 
 
 @dataclass(frozen=True)
@@ -105,10 +116,14 @@ def _parse_header(line: bytes, max_size: int) -> _Request:
 class RequestServer:
     """Serves the socket: the protocol here, each request's transaction in :class:`Flasher`."""
 
-    def __init__(self, flasher: Flasher, path: Path, *, group: int | None = None) -> None:
+    def __init__(
+        self, flasher: Flasher, path: Path, *, group: int | None = None, limits: RequestLimits | None = None
+    ) -> None:
         self.flasher = flasher
         self.path = path
         self.group = group
+        self.limits = limits or RequestLimits()
+        self._receiving = 0  # bytes of bodies announced and not yet done with
         self._listener: socket.socket | None = None
         self._accepting: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -238,7 +253,7 @@ class RequestServer:
             )
         finally:
             with contextlib.suppress(ConnectionError, TimeoutError):
-                async with asyncio.timeout(IDLE_SECONDS):
+                async with asyncio.timeout(self.limits.idle_seconds):
                     await writer.drain()
             writer.close()
 
@@ -246,27 +261,36 @@ class RequestServer:
         self, reader: asyncio.StreamReader, peer: str, send: Callable[..., None]
     ) -> Outcome | None:
         """Read the request, hand it to the flasher; None when the request itself was bad."""
+        limits = self.limits
         received = self.flasher.state.spool_file(f"{next(_received):06d}-{os.getpid()}-request.part")
+        reserved = 0
         try:
             try:
-                async with asyncio.timeout(HEADER_SECONDS):
+                async with asyncio.timeout(limits.idle_seconds):
                     line = await reader.readline()
                 if len(line) > MAX_HEADER_BYTES or not line.endswith(b"\n"):
                     raise ValueError("the request line is missing, cut off or too long")
                 request = _parse_header(line, self.flasher.settings.max_file_bytes)
-                await _receive(reader, request.size, received)
+                busy = self._no_room_for(request.size)
+                if busy:
+                    self._log.warning("spool-busy", "request from %s refused: %s", peer, busy)
+                    send("result", ok=False, result="busy", reason=busy)
+                    return None
+                reserved, self._receiving = request.size, self._receiving + request.size
+                await _receive(reader, request.size, received, limits)
             except (ValueError, TimeoutError, asyncio.IncompleteReadError, ConnectionError) as error:
                 text = str(error) or type(error).__name__
                 if isinstance(error, TimeoutError):
                     text = (
-                        f"the client stopped sending (no request line within {HEADER_SECONDS:g} s, "
-                        "or the body stalled)"
+                        f"the client stopped sending for {limits.idle_seconds:g} s, or took more than "
+                        f"{limits.body_seconds:g} s for the sketch"
                     )
                 self._log.warning("bad-request", "bad request from %s: %.200s", peer, text)
                 send("result", ok=False, result="error", reason=f"bad request: {text}")
                 return None
             origin = f"{request.origin} (request from {peer})"
             admitted = self.flasher.admit_received(received, source="request", origin=origin)
+            self._receiving, reserved = self._receiving - reserved, 0  # in the spool as a job now
             if isinstance(admitted, Outcome):
                 return admitted
             send("accepted", sha256=admitted.info.sha256, size=admitted.info.size)
@@ -274,18 +298,34 @@ class RequestServer:
                 admitted, request.health, send, if_changed=request.if_changed
             )
         finally:
+            self._receiving -= reserved
             received.unlink(missing_ok=True)
 
+    def _no_room_for(self, size: int) -> str:
+        """Why a body of *size* bytes cannot be taken now ("" if it can)."""
+        if self._receiving + size > self.limits.receiving_bytes:
+            return (
+                f"the flasher is receiving {self._receiving} bytes of sketches already "
+                f"(at most {self.limits.receiving_bytes} at once): try again"
+            )
+        try:
+            free = shutil.disk_usage(self.flasher.state.spool).free
+        except OSError as error:
+            return f"the state directory cannot be checked for room ({error.strerror or error})"
+        if free < self._receiving + size + SPOOL_HEADROOM:
+            return f"the state directory has no room for a {size}-byte sketch ({free} bytes free)"
+        return ""
 
-async def _receive(reader: asyncio.StreamReader, size: int, path: Path) -> None:
+
+async def _receive(reader: asyncio.StreamReader, size: int, path: Path, limits: RequestLimits) -> None:
     """Write exactly *size* bytes from *reader* to *path* (0600) as they come: bounded memory;
-    a body that stalls for IDLE_SECONDS or takes more than BODY_SECONDS in all is dropped."""
+    a body that stalls for ``idle_seconds`` or takes more than ``body_seconds`` is dropped."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "wb", buffering=0) as spool:  # each chunk goes straight to the file
         remaining = size
-        async with asyncio.timeout(BODY_SECONDS):
+        async with asyncio.timeout(limits.body_seconds):
             while remaining:
-                async with asyncio.timeout(IDLE_SECONDS):
+                async with asyncio.timeout(limits.idle_seconds):
                     chunk = await reader.read(min(BODY_CHUNK, remaining))
                 if not chunk:
                     raise asyncio.IncompleteReadError(b"", remaining)

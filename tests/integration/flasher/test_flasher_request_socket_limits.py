@@ -102,3 +102,63 @@ def test_request_bodies_are_spooled_to_disk_not_held_in_memory(rig: Rig) -> None
                 sock.close()
     wait_for(lambda: not list(spool.glob("*.part")), "the abandoned bodies to be removed")
     rig.stop()
+
+
+def _reply(sock: socket.socket) -> dict[str, object]:
+    """The daemon's last line before it closed the connection."""
+    lines = sock.makefile("rb").read().splitlines()
+    return dict(json.loads(lines[-1]))
+
+
+def test_a_client_that_stops_sending_is_closed_after_the_idle_timeout(rig: Rig) -> None:
+    rig.start("--request-idle-timeout", "1")
+    body = variant(41)
+    with (
+        socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as silent,
+        socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stalled,
+    ):
+        silent.connect(str(rig.socket))  # says nothing at all
+        stalled.connect(str(rig.socket))
+        stalled.sendall(json.dumps({"op": "flash", "size": len(body)}).encode() + b"\n" + body[:100])
+        for sock in (silent, stalled):
+            reply = _reply(sock)  # returns once the daemon closes: no clock in the test
+            assert reply["result"] == "error" and "stopped sending for 1 s" in str(reply["reason"]), reply
+    assert rig.runs() == [] and not list((rig.state_dir / "spool").glob("*.part"))
+    rig.stop()
+
+
+def test_bodies_beyond_the_spool_budget_are_told_busy_not_written(rig: Rig) -> None:
+    rig.start()
+    spool = rig.state_dir / "spool"
+    receiving = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(8)]
+    try:
+        for sock in receiving:  # eight full-size bodies announced: the budget (256 MiB) is taken
+            sock.connect(str(rig.socket))
+            sock.sendall(json.dumps({"op": "flash", "size": SKETCH_LIMIT}).encode() + b"\n")
+        wait_for(lambda: len(list(spool.glob("*.part"))) == 8, "eight bodies to be expected")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as ninth:
+            ninth.connect(str(rig.socket))
+            ninth.sendall(json.dumps({"op": "flash", "size": SKETCH_LIMIT}).encode() + b"\n")
+            reply = _reply(ninth)
+        assert reply["result"] == "busy" and "receiving" in str(reply["reason"]), reply
+        assert len(list(spool.glob("*.part"))) == 8
+    finally:
+        for sock in receiving:
+            sock.close()
+    wait_for(lambda: not list(spool.glob("*.part")), "the abandoned bodies to be removed")
+    rig.stop()
+
+
+def test_a_flood_of_rejected_sketches_logs_a_summary_not_a_line_each(rig: Rig) -> None:
+    rig.start()
+    for number in range(40):
+        junk = f"not an ELF {number}".encode()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.connect(str(rig.socket))
+            sock.sendall(json.dumps({"op": "flash", "size": len(junk)}).encode() + b"\n" + junk)
+            assert _reply(sock)["result"] == "rejected"
+        rig.wait_notify("STATUS=request")  # read, as systemd does: the rig's socket queues only a few
+    lines = [line for line in rig.log_of_last_start().splitlines() if ": rejected: " in line]
+    assert 1 <= len(lines) <= 4, lines
+    assert rig.history()[0]["result"] == "rejected"  # the status still has each of them
+    rig.stop()

@@ -198,6 +198,15 @@ class FlasherDaemon:
             self._handled(outcome, hashlib.sha256(data).hexdigest())
             return
         except OSError as error:
+            if error.errno in _OUT_OF_ROOM:
+                self._log.warning(
+                    "upload-retry",
+                    "upload at %s cannot be spooled yet (%s): trying again",
+                    self.watch_path,
+                    error.strerror,
+                )
+                asyncio.get_running_loop().call_later(UPLOAD_RETRY_SECONDS, self._on_change, reason)
+                return
             log.error("could not spool the upload from %s: %s", self.watch_path, error)
             self._replace_pending(None)
             outcome = self.flasher.spool_failed(data, error, source="upload", origin=str(self.watch_path))

@@ -32,6 +32,7 @@ import itertools
 import json
 import logging
 import os
+import resource
 import shutil
 import socket
 import stat
@@ -55,6 +56,10 @@ MAX_HEADER_BYTES = 8192
 # Connections served at once: each takes one descriptor (the unit's LimitNOFILE=256 leaves room for
 # openocd, the spool, the lock), and is the listening socket's backlog too.
 MAX_CONNECTIONS = 32
+# Descriptors the daemon keeps for itself whatever clients do: stdio, the event loop, inotify, the
+# journal, the H7 and status locks, marker, status and spool files, openocd's pipes, the health
+# check's socket. Under a lower descriptor limit the connection bound shrinks to leave them free.
+OWN_DESCRIPTORS = 48
 ACCEPT_PAUSE = 1.0  # out of descriptors: accept again when a connection closes, or after this
 # Keep this much free in the state directory whatever bodies arrive: outcomes must still be written.
 SPOOL_HEADROOM = 4 * 1024 * 1024
@@ -70,6 +75,17 @@ def _peer(sock: socket.socket) -> str:
     except (OSError, struct.error):
         return "unknown peer"
     return f"pid {pid} uid {uid}"
+
+
+def _connection_bound() -> int:
+    """MAX_CONNECTIONS, or fewer when the descriptor limit would not leave OWN_DESCRIPTORS free."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS
+    bound = max(1, min(MAX_CONNECTIONS, soft - OWN_DESCRIPTORS))
+    if bound < MAX_CONNECTIONS:
+        log.warning("descriptor limit %d: the request socket serves %d connections at a time", soft, bound)
+    return bound
 
 
 @dataclass(frozen=True)
@@ -124,6 +140,7 @@ class RequestServer:
         self.group = group
         self.limits = limits or RequestLimits()
         self._receiving = 0  # bytes of bodies announced and not yet done with
+        self.max_connections = _connection_bound()
         self._listener: socket.socket | None = None
         self._accepting: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -143,7 +160,7 @@ class RequestServer:
         old_umask = os.umask(0o777 & ~mode)  # the socket is never reachable with wider rights
         try:
             listener.bind(str(self.path))
-            listener.listen(MAX_CONNECTIONS)
+            listener.listen(self.max_connections)
         except OSError:
             listener.close()
             raise
@@ -191,7 +208,7 @@ class RequestServer:
                     async with asyncio.timeout(ACCEPT_PAUSE):
                         await self._room.wait()
                 continue
-            if len(self._tasks) >= MAX_CONNECTIONS:
+            if len(self._tasks) >= self.max_connections:
                 self._refuse(conn)
                 continue
             task = asyncio.create_task(self._serve(conn))
@@ -205,13 +222,16 @@ class RequestServer:
     def _refuse(self, conn: socket.socket) -> None:
         """Over the connection limit: say so (if the client's buffer takes it) and close."""
         self._log.warning(
-            "busy", "request socket: %d connections open, one more refused (%s)", MAX_CONNECTIONS, _peer(conn)
+            "busy",
+            "request socket: %d connections open, one more refused (%s)",
+            self.max_connections,
+            _peer(conn),
         )
         line = _line(
             "result",
             ok=False,
             result="busy",
-            reason=f"the flasher serves {MAX_CONNECTIONS} requests at a time: try again",
+            reason=f"the flasher serves {self.max_connections} requests at a time: try again",
         )
         with contextlib.suppress(OSError), conn:
             conn.setblocking(False)

@@ -162,3 +162,22 @@ def test_a_flood_of_rejected_sketches_logs_a_summary_not_a_line_each(rig: Rig) -
     assert 1 <= len(lines) <= 4, lines
     assert rig.history()[0]["result"] == "rejected"  # the status still has each of them
     rig.stop()
+
+
+def test_under_a_lower_descriptor_limit_clients_never_take_the_daemons_own_descriptors(rig: Rig) -> None:
+    rig.start("--request-idle-timeout", "1", nofile=40)  # fewer than 32 connections leave free
+    assert rig.daemon is not None
+    log_before = rig.daemon_log.stat().st_size
+    idle = [wait_for(lambda: _connect(rig.socket), "room in the socket's backlog") for _ in range(60)]
+    upload = variant(42)
+    rig.upload_bytes(upload)  # lands while silent clients keep every connection the daemon allows
+    wait_for(lambda: rig.outcome_for(sha(upload), "success"), "the upload to be flashed")
+    for sock in idle:
+        sock.close()
+    text = rig.log_of_last_start()
+    assert "descriptor limit 40: the request socket serves" in text, text[-2000:]
+    assert "Too many open files" not in text, text[-2000:]
+    assert rig.daemon_log.stat().st_size - log_before < 16 * 1024, text[-3000:]
+    done = rig.cli("flash", str(rig.sketch_file(variant(43))), "--wait", "--json")
+    assert done.returncode == 0, done.stdout  # the socket serves again
+    rig.stop()

@@ -172,22 +172,28 @@ class FlasherDaemon:
             self._record_refusal(error)
             return
         except OSError as error:
-            if error.errno in _OUT_OF_ROOM:
-                # Out of descriptors or memory for a moment (a flood of connections): the upload is
-                # there and no later event may come, so look again shortly rather than lose it.
-                self._log.warning(
-                    "upload-retry",
-                    "upload at %s cannot be read yet (%s): trying again",
-                    self.watch_path,
-                    error.strerror,
-                )
-                asyncio.get_running_loop().call_later(UPLOAD_RETRY_SECONDS, self._on_change, reason)
+            if self._retry_later(error, "read", reason):
                 return
             # Gone again (or unreadable) before we looked: a later event will bring the next version.
             log.warning("upload at %s could not be read (%s): %s", self.watch_path, reason, error)
             return
         log.debug("upload seen (%s): %d bytes", reason, len(data))
         self._admit(data, reason)
+
+    def _retry_later(self, error: OSError, what: str, reason: str) -> bool:
+        """Out of descriptors or memory for a moment (a flood of connections): the upload is there
+        and no later event may come, so look at it again shortly rather than lose it."""
+        if error.errno not in _OUT_OF_ROOM:
+            return False
+        self._log.warning(
+            "upload-retry",
+            "upload at %s cannot be %s yet (%s): trying again",
+            self.watch_path,
+            what,
+            error.strerror,
+        )
+        asyncio.get_running_loop().call_later(UPLOAD_RETRY_SECONDS, self._on_change, reason)
+        return True
 
     def _admit(self, data: bytes, reason: str) -> None:
         try:
@@ -198,14 +204,7 @@ class FlasherDaemon:
             self._handled(outcome, hashlib.sha256(data).hexdigest())
             return
         except OSError as error:
-            if error.errno in _OUT_OF_ROOM:
-                self._log.warning(
-                    "upload-retry",
-                    "upload at %s cannot be spooled yet (%s): trying again",
-                    self.watch_path,
-                    error.strerror,
-                )
-                asyncio.get_running_loop().call_later(UPLOAD_RETRY_SECONDS, self._on_change, reason)
+            if self._retry_later(error, "spooled", reason):
                 return
             log.error("could not spool the upload from %s: %s", self.watch_path, error)
             self._replace_pending(None)

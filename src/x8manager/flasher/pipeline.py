@@ -308,14 +308,21 @@ class Flasher:
         """The check passed: record that first (marker phase ``healthy``), then make the sketch
         the last good one (one rename), record the verdict and close the transaction. Killed in
         between, recovery finishes these same steps without touching the chip."""
-        marker = self.state.read_marker()
-        if marker is not None:
-            passed = dataclasses.replace(marker.record, health=health.to_json())
-            try:
+        reason = f"flashed, verified and healthy: {health.reason}"
+        try:
+            marker = self.state.read_marker()
+            if marker is not None:
+                passed = dataclasses.replace(marker.record, health=health.to_json())
                 self.state.write_marker(dataclasses.replace(marker, phase=HEALTHY, record=passed))
-            except OSError as error:
-                log.error("could not record the passed health check in the marker: %s", error)
-        return self._keep_healthy(job, f"flashed, verified and healthy: {health.reason}", health.to_json())
+        except (OSError, ValueError) as error:
+            # Unrecorded, a crash during the promotion would look like one during the check: the
+            # previous last good sketch stays rather than a last good one nobody could vouch for.
+            log.error("could not record the passed health check in the marker: %s", error)
+            reason += f"; but it could not be kept as the last good sketch ({error}): the previous one stays"
+            verdict = self._summary(FlashResult.SUCCESS, reason, job, health=health.to_json())
+            self._close_transaction()
+            return verdict
+        return self._keep_healthy(job, reason, health.to_json())
 
     def _keep_healthy(self, job: Job, reason: str, health: JsonObject | None) -> Outcome:
         """Make the checked sketch of *job* the last good one, record SUCCESS, clear the marker."""

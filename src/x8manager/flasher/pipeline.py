@@ -246,8 +246,11 @@ class Flasher:
         :meth:`_recover_locked`). *events* hears ``waiting``, ``flashing``, ``health`` and
         ``rollback`` (with keyword fields), for the client. The spool file is dropped at the end.
         """
+
+        def waiting(holder: str) -> None:
+            events("waiting", reason=f"waiting for the H7 lock, held by {holder}")
+
         try:
-            waiting = lambda holder: events("waiting", reason=f"waiting for the H7 lock, held by {holder}")  # noqa: E731
             async with self._h7_lock(job, on_wait=waiting):
                 await self._recover_locked()
                 if if_changed and self._runs_already(job):

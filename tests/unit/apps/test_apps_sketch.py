@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.support.hostile import alias_bomb, run_bounded
 from tests.support.sketches import SKETCH
 from x8manager.apps.cli import main
 from x8manager.apps.device import App, sketch_status_lines
@@ -116,3 +117,19 @@ def test_status_shows_the_newest_flash_the_app_asked_for(tmp_path: Path) -> None
     assert first == ("   sketch: unhealthy cccccccccccc at T3, "
                      "health FAILED: health() did not answer within 10 s")
     assert "last good sketch is back" in second
+
+
+def test_status_does_not_expand_an_alias_bomb_in_an_apps_compose_file(tmp_path: Path) -> None:
+    # 539 bytes: plain yaml.safe_load shares the aliases, but status then turned the environment
+    # into strings (9**8 "lol"s): 35 s and 2.8 GB. Through lint's loader it is refused at once.
+    app = tmp_path / "bomb"
+    app.mkdir()
+    (app / "docker-compose.yml").write_text(
+        alias_bomb(7, "services:\n  app:\n    image: x\n    environment:\n      X8_SKETCH: *a7\n"))
+    code = (f"from pathlib import Path\nfrom x8manager.apps.device import App, sketch_status_lines\n"
+            f"folder = Path({str(app)!r})\n"
+            "app = App('bomb', folder, folder / 'docker-compose.yml', in_apps_root=True, managed=False)\n"
+            "print(sketch_status_lines(app, Path('/nonexistent/status.json')))\n")
+    done = run_bounded(code)
+    assert done.returncode == 0, done.stderr[-500:]
+    assert "docker-compose.yml not read" in done.stdout and "alias" in done.stdout

@@ -102,6 +102,8 @@ RULES: dict[str, Rule] = {
              "a sketch service has a restart policy: it must run once (restart: \"no\")"),
         Rule("X8119", "sketch-not-awaited", Severity.WARNING,
              "no service waits for the sketch service (depends_on: service_completed_successfully)"),
+        Rule("X8120", "sketch-outside-folder", Severity.ERROR,
+             "the Dockerfile copies the sketch from outside the app folder, where docker build cannot reach"),
     )
 }
 
@@ -522,7 +524,8 @@ def check_x8_rules(source: ComposeSource, path: str) -> list[Finding]:
     document = source.document
     services = document.get("services") if isinstance(document, dict) else None
     # An app folder with a Dockerfile is a containers.git checkout (on a device there is none).
-    app_folder = FilePath(path).parent
+    # Absolute: the folder's name and its neighbours matter, also for "x8-apps lint ." inside it.
+    app_folder = FilePath(path).absolute().parent
     in_containers_git = (app_folder / "Dockerfile").is_file()
     if isinstance(services, dict):
         try:

@@ -14,6 +14,7 @@ The contract (``x8-apps new --template m4-sketch`` writes it; README "Ship a ske
 
 from __future__ import annotations
 
+import posixpath
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -135,6 +136,13 @@ def _sketch_source_in_folder(app_folder: Path, image_path: str) -> str | None:
     return None
 
 
+def _in_build_context(source: str) -> str | None:
+    """A COPY source as a path inside the build context (docker reads a leading "/" as the
+    context's root), or None when it leads out of it ("../x")."""
+    relative = posixpath.normpath(source.lstrip("/") or ".")
+    return None if relative == ".." or relative.startswith("../") else relative
+
+
 def _bound_in_sources(folder: Path) -> set[str] | None:
     """Names the sketch's source binds with RPC.bind, or None when the folder has no source."""
     if not folder.is_dir():
@@ -152,7 +160,7 @@ def _bound_in_sources(folder: Path) -> set[str] | None:
 
 def check_sketch_services(services: dict[str, Any], app_folder: Path, *,
                           in_containers_git: bool) -> list[SketchProblem]:
-    """X8115-X8119 for every sketch service of the file."""
+    """X8115-X8120 for every sketch service of the file."""
     problems: list[SketchProblem] = []
     for sidecar in sketch_services(services):
         service = services[sidecar.name]
@@ -183,12 +191,22 @@ def check_sketch_services(services: dict[str, Any], app_folder: Path, *,
             continue
         if source == _FROM_STAGE:
             continue  # compiled while the image is built: nothing in the folder to check
-        elf = app_folder / source
+        inside = _in_build_context(source)
+        if inside is None:
+            problems.append(SketchProblem(
+                "X8120", env_where, f"the Dockerfile copies {source} from outside the app folder, which is "
+                "the build context (the Factory builds the folder alone): docker build cannot reach it; "
+                f"put the sketch in the folder (sketch/{sidecar.name.removesuffix('-sketch')}.elf) and "
+                "COPY it from there", sidecar.name))
+            continue
+        elf = app_folder / inside
         if not elf.is_file():
             problems.append(SketchProblem(
-                "X8115", env_where, f"{source} is not in the app folder: build the sketch first "
+                "X8115", env_where, f"{inside} is not in the app folder: build the sketch first "
                 "(arduino-cli compile -b arduino:mbed_portenta:portenta_x8 ...; README \"Ship a sketch "
                 "with your app\")", sidecar.name))
+        if not elf.parent.resolve().is_relative_to(app_folder.resolve()):
+            continue  # a symbolic link out of the folder: docker copies the link, not what it names
         bound = _bound_in_sources(elf.parent)
         if bound is None:
             continue  # no source beside the ELF: nothing to read the bindings from

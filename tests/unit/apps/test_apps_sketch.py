@@ -133,3 +133,44 @@ def test_status_does_not_expand_an_alias_bomb_in_an_apps_compose_file(tmp_path: 
     done = run_bounded(code)
     assert done.returncode == 0, done.stderr[-500:]
     assert "docker-compose.yml not read" in done.stdout and "alias" in done.stdout
+
+
+def copy_sketch_from(tmp_path: Path, source: str) -> Path:
+    """A built thermo app whose Dockerfile copies its sketch from *source* ({elsewhere}: a folder
+    beside the app holding a copy of the sketch and a source binding something else)."""
+    app = sketch_app(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "thermo.elf").write_bytes(SKETCH.read_bytes())
+    (elsewhere / "other.ino").write_text('RPC.bind("other", other);\n')
+    dockerfile = app / "Dockerfile"
+    copy = f"COPY {source.format(elsewhere=elsewhere)} "
+    dockerfile.write_text(dockerfile.read_text().replace("COPY sketch/thermo.elf ", copy))
+    return app
+
+
+@pytest.mark.parametrize("source", ["../elsewhere/thermo.elf", "sketch/../../elsewhere/thermo.elf"])
+def test_a_sketch_copied_from_outside_the_app_folder_is_a_finding_not_a_crash(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        source: str) -> None:
+    # lint scanned the outside folder for RPC.bind, and from inside the folder (x8-apps lint .)
+    # crashed on it (ValueError, exit 1).
+    app = copy_sketch_from(tmp_path, source)
+    assert lint(capsys, app) == (1, [("X8120", "thermo-sketch")])
+    monkeypatch.chdir(app)
+    assert lint(capsys, Path(".")) == (1, [("X8120", "thermo-sketch")])
+    main(["lint", "."])
+    assert "put the sketch in the folder (sketch/thermo.elf)" in capsys.readouterr().out
+
+
+def test_a_copy_source_from_the_context_root_is_inside_the_folder(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # docker reads "COPY /sketch/x.elf" from the build context's root, which is the app folder.
+    assert lint(capsys, copy_sketch_from(tmp_path, "/sketch/thermo.elf")) == (0, [])
+
+
+def test_an_absolute_copy_source_is_looked_up_in_the_folder_not_on_this_host(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # lint read the host's /.../elsewhere, scanned it for RPC.bind and crashed (ValueError, exit 1).
+    app = copy_sketch_from(tmp_path, "{elsewhere}/thermo.elf")
+    assert lint(capsys, app) == (1, [("X8115", "thermo-sketch")])

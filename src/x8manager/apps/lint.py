@@ -18,6 +18,7 @@ from typing import Any
 from .findings import Finding
 from .rules import RULES, check_x8_rules
 from .schema import schema_problems
+from .sketch import check_sketch_code
 from .yamlsource import (
     MAX_FILE_BYTES,
     ComposeSource,
@@ -29,7 +30,7 @@ from .yamlsource import (
 )
 
 __all__ = ["COMPOSE_FILE_NAMES", "MAX_FILE_BYTES", "LintReport", "UnreadableInput", "find_compose_files",
-           "lint_file", "lint_paths"]
+           "lint_file", "lint_paths", "lint_sketch_code"]
 
 # docker compose's own search order; FoundriesFactory apps use docker-compose.yml.
 COMPOSE_FILE_NAMES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
@@ -135,6 +136,12 @@ def lint_file(path: Path, schema: dict[str, Any]) -> list[Finding]:
     return _lint_source(source, str(path), schema)
 
 
+def lint_sketch_code(app_folder: Path) -> list[Finding]:
+    """The findings in the app's own M4 sketch (``sketch/*.ino``), each on its file and line."""
+    return [_finding(str(problem.path), problem.rule, problem.line, problem.message)
+            for problem in check_sketch_code(app_folder)]
+
+
 def lint_paths(paths: Sequence[Path], schema: dict[str, Any], ignore: Iterable[str] = ()) -> LintReport:
     """Lint every compose file under *paths*; unreadable inputs are collected, the rest still checked."""
     ignored = set(ignore)
@@ -152,5 +159,6 @@ def lint_paths(paths: Sequence[Path], schema: dict[str, Any], ignore: Iterable[s
                 report.unreadable.append(str(error))
                 continue
             report.files.append(str(file))
+            findings.extend(lint_sketch_code(file.parent))
             report.findings.extend(f for f in findings if f.rule not in ignored and f.name not in ignored)
     return report

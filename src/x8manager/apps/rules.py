@@ -104,6 +104,10 @@ RULES: dict[str, Rule] = {
              "no service waits for the sketch service (depends_on: service_completed_successfully)"),
         Rule("X8120", "sketch-outside-folder", Severity.ERROR,
              "the Dockerfile copies the sketch from outside the app folder, where docker build cannot reach"),
+        Rule("X8121", "sketch-waits-for-serial", Severity.ERROR,
+             "the sketch waits with while (!Serial), which never ends on an X8's M4"),
+        Rule("X8122", "sketch-serial-without-serialrpc", Severity.ERROR,
+             "the sketch uses Serial without #include <SerialRPC.h> (and <RPC.h>)"),
     )
 }
 

@@ -132,9 +132,9 @@ class _Owners:
     unit_pid: int | None
 
     @classmethod
-    def of(cls, host: Host) -> _Owners:
-        unit = host.unit(PROXY_UNIT) or {}
-        pid = unit.get("MainPID", "")
+    def of(cls, unit: dict[str, str] | None) -> _Owners:
+        """From the ``systemctl show`` properties of m4-proxy.service (None: systemd not asked)."""
+        pid = (unit or {}).get("MainPID", "")
         return cls(frozenset({0, os.geteuid()}), int(pid) if pid.isdigit() and int(pid) > 0 else None)
 
     def trusted(self, process: Process) -> bool:
@@ -193,7 +193,7 @@ def check_device(host: Host, options: Options) -> Finding:
         busy = True
     else:
         os.close(fd)
-    owners = _Owners.of(host)
+    owners = _Owners.of(host.unit(PROXY_UNIT))
     strangers = [process for process in host.holders(DEVICE)
                  if not _is_ours(process, owners) and not _is_virtual_m4(process, owners)]
     if strangers:
@@ -219,7 +219,7 @@ def check_proxy_running(host: Host, options: Options) -> Finding:
                         "systemctl disable --now the unit that starts /usr/bin/m4_proxy; "
                         f"systemctl enable --now {PROXY_UNIT}")
     unit = host.unit(PROXY_UNIT)
-    owners = _Owners.of(host)
+    owners = _Owners.of(unit)
     ours = [process for process in processes if _is_ours(process, owners)]
     if unit is not None and unit.get("ActiveState") not in ("active", "reloading"):
         return _problem("proxy", "running", f"{PROXY_UNIT} is {unit.get('ActiveState')} "
@@ -257,7 +257,7 @@ def _option(process: Process, flag: str) -> str | None:
 def _proxy_router_socket(host: Host, options: Options) -> str | None:
     """The router socket the proxy on --register-port was started with (its default when not
     named); None when no proxy of ours serves that port."""
-    owners = _Owners.of(host)
+    owners = _Owners.of(host.unit(PROXY_UNIT))
     for process in host.processes():
         port = _option(process, "--register-port") or "5000"
         if _is_ours(process, owners) and port == str(options.register_port):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +20,23 @@ import msgpack
 from tests.support.proxy import WAIT, m4_on_pty
 from x8manager.m4sim import VirtualM4
 from x8manager.proxy import M4Proxy, ProxyConfig
+from x8manager.proxy.routing import ProviderDone
+from x8manager.rpc.framing import Frame
 
-__all__ = ["Client", "client", "rig"]
+__all__ = ["Client", "FakeProvider", "client", "rig"]
+
+
+class FakeProvider:
+    """A provider for routing-table tests that is never called."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+
+    def call(self, frame: Frame, done: ProviderDone, *, wait: float) -> Callable[[], None]:
+        raise AssertionError("not called here")
+
+    def notify(self, frame: Frame) -> None:
+        raise AssertionError("not called here")
 
 
 class Client:

@@ -108,3 +108,45 @@ def test_tcp_router_front_and_socket_mode(tmp_path: Path) -> None:
             finally:
                 tcp.close()
     asyncio.run(scenario())
+
+
+def test_set_max_msg_size_caps_what_the_connection_is_sent(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with rig(tmp_path) as (_, m4, path), client(path) as small, client(path) as other:
+            assert await small.request(1, "$/setMaxMsgSize", 127) == \
+                [1, 1, [1, "invalid params: max message size must be greater than 127, got 127"], None]
+            assert await small.request(2, "$/setMaxMsgSize", "x") == \
+                [1, 2, [1, "invalid params: expected integer, got string"], None]
+            assert await small.request(3, "$/setMaxMsgSize") == \
+                [1, 3, [1, "invalid params: only one param is expected, got 0"], None]
+            assert await small.request(4, "$/setMaxMsgSize", 4096) == [1, 4, None, True]
+            small.writer.write(msgpack.packb([2, "$/setMaxMsgSize", [200]]))  # as RouterBridge sends it
+            assert await small.request(5, "$/register", "sink") == [1, 5, None, True]
+            # A request over its size: the caller gets the size error, the provider nothing.
+            assert await other.request(6, "sink", "x" * 300) == \
+                [1, 6, [6, "message size exceeds the limit of 200 bytes"], None]
+            other.writer.write(msgpack.packb([2, "sink", ["y" * 300]]) + msgpack.packb([2, "sink", ["fits"]]))
+            assert await small.next() == [2, "sink", ["fits"]]  # the big notification was dropped
+            # A reply to its own call over its size becomes the size error.
+            m4.bind("big", lambda: "z" * 220)
+            too_large = [6, "message size exceeds the limit of 200 bytes"]
+            assert await small.request(7, "big") == [1, 7, too_large, None]
+            assert await other.request(8, "big") == [1, 8, None, "z" * 220]  # others are not capped
+    asyncio.run(scenario())
+
+
+def test_invalid_params_name_the_type_as_arduino_routers_go_decoder_does(tmp_path: Path) -> None:
+    cases: list[tuple[bytes, str]] = [
+        (b"\x07", "int8"), (b"\xff", "int8"), (b"\xcc\xc8", "uint8"), (b"\xcd\x01\x2c", "uint16"),
+        (b"\xce\x00\x01\x00\x00", "uint32"), (b"\xd1\xff\x00", "int16"), (b"\xd3" + bytes(8), "int64"),
+        (b"\xca\x3f\xc0\x00\x00", "float32"), (msgpack.packb(1.5), "float64"), (b"\xc0", "<nil>"),
+        (b"\xc3", "bool"), (b"\xc4\x01x", "[]uint8"), (b"\x90", "[]interface {}"),
+        (b"\x81\xa1k\x01", "map[string]interface {}"), (b"\xd6\xff" + bytes(4), "time.Time")]
+
+    async def scenario() -> None:
+        async with rig(tmp_path) as (_, _, path), client(path) as a:
+            for msgid, (param, go_type) in enumerate(cases):
+                a.writer.write(b"\x94\x00" + bytes([msgid]) + b"\xaa$/register\x91" + param)
+                error = [1, f"invalid params: expected string, got {go_type}"]
+                assert await a.next() == [1, msgid, error, None]
+    asyncio.run(scenario())

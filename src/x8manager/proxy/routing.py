@@ -14,10 +14,11 @@ M4. A name has one provider at a time:
 - a router route is dropped by ``$/unregister``, ``$/reset`` or its connection ending.
 
 Dial-backs (:class:`Liveness`) cannot be turned against a live holder: a port is dialled once at a
-time, everybody who asks meanwhile shares the answer, which is kept for
-:data:`DIAL_BACK_REMEMBER` seconds, and at most :data:`MAX_DIAL_BACKS` run at once. Only a
-refused connection is "dead"; a dial-back that cannot be made (our descriptors are out, too many
-at once, a timeout, cancelled) says nothing, and the holder keeps its names.
+time, everybody who asks meanwhile shares the answer, a port is dialled at most
+:data:`DIAL_BACKS_PER_SECOND` times a second (past that its last answer stands), and at most
+:data:`MAX_DIAL_BACKS` run at once. Only a refused connection is "dead"; a dial-back that cannot
+be made (our descriptors are out, too many at once, a timeout, cancelled) says nothing, and the
+holder keeps its names.
 """
 
 from __future__ import annotations
@@ -49,8 +50,8 @@ log = logging.getLogger("x8manager.proxy.registry")
 
 # A dial-back to decide whether a legacy holder is alive waits this long.
 DIAL_BACK_TIMEOUT: Final = 0.5
-# A dial-back's answer is kept this long: a port is dialled at most about once a second.
-DIAL_BACK_REMEMBER: Final = 1.0
+# Dial-backs of one port per second at most; past that, its last answer stands.
+DIAL_BACKS_PER_SECOND: Final = 4
 # Dial-backs of holders (different ports) at once; past that the answer is "unknown".
 MAX_DIAL_BACKS: Final = 8
 # Route changes logged per LOG_EVERY seconds (apps starting log every name; a flood does not).
@@ -159,16 +160,18 @@ async def is_listening(port: int) -> bool | None:
 class Liveness:
     """Whether legacy ports accept connections, asked of :func:`is_listening` sparingly.
 
-    One dial-back per port at a time, its answer shared by every caller waiting meanwhile and
-    kept for :data:`DIAL_BACK_REMEMBER` seconds; at most :data:`MAX_DIAL_BACKS` ports dialled at
-    once (past that: ``None``, unknown). A flood of registrations thus costs a live service one
-    connection a second, and can never make a failed dial-back look like a dead service.
+    One dial-back per port at a time, its answer shared by every caller waiting meanwhile; at
+    most :data:`DIAL_BACKS_PER_SECOND` a second per port (past that the port's last answer
+    stands) and :data:`MAX_DIAL_BACKS` ports at once (past that: ``None``, unknown). A flood of
+    registrations thus costs a live service a few connections a second, and can never make a
+    failed dial-back look like a dead service; a registration now and then always dials afresh.
     """
 
     def __init__(self, probe: Callable[[int], Awaitable[bool | None]] = is_listening) -> None:
         self._probe = probe
         self._running: dict[int, asyncio.Task[bool | None]] = {}
-        self._known: dict[int, tuple[float, bool]] = {}  # port -> (when, alive)
+        # port -> (when its current second began, dial-backs in it, the last answer)
+        self._recent: dict[int, tuple[float, int, bool | None]] = {}
 
     @property
     def dialling(self) -> int:
@@ -177,14 +180,19 @@ class Liveness:
 
     async def alive(self, port: int) -> bool | None:
         """True: *port* accepts; False: it refuses (nobody listens); None: unknown."""
-        now = asyncio.get_running_loop().time()
-        known = self._known.get(port)
-        if known is not None and now - known[0] < DIAL_BACK_REMEMBER:
-            return known[1]
         running = self._running.get(port)
         if running is None:
+            now = asyncio.get_running_loop().time()
+            began, dials, last = self._recent.get(port, (now, 0, None))
+            if now - began >= 1.0:
+                began, dials = now, 0
+            if dials >= DIAL_BACKS_PER_SECOND:
+                return last
             if len(self._running) >= MAX_DIAL_BACKS:
                 return None
+            if len(self._recent) > 4 * MAX_DIAL_BACKS:  # forget ports not dialled this second
+                self._recent = {p: r for p, r in self._recent.items() if now - r[0] < 1.0}
+            self._recent[port] = (began, dials + 1, last)
             running = self._running[port] = asyncio.get_running_loop().create_task(self._dial(port))
         # Shielded: a waiter that goes away does not cancel the answer the others wait for.
         return await asyncio.shield(running)
@@ -196,12 +204,9 @@ class Liveness:
             alive = None
         finally:
             del self._running[port]
-        loop = asyncio.get_running_loop()
-        if alive is not None:
-            if len(self._known) > 4 * MAX_DIAL_BACKS:  # forget what is out of date
-                now = loop.time()
-                self._known = {p: k for p, k in self._known.items() if now - k[0] < DIAL_BACK_REMEMBER}
-            self._known[port] = (loop.time(), alive)
+        recent = self._recent.get(port)
+        if recent is not None:
+            self._recent[port] = (recent[0], recent[1], alive)
         return alive
 
     async def close(self) -> None:

@@ -51,7 +51,9 @@ def test_one_dial_back_per_port_answers_every_waiter() -> None:
         release.set()
         answers = await asyncio.gather(*waiters[1:])
         assert answers == [True] * 499 and dialled == [5005]
-        assert await liveness.alive(5005) is True and dialled == [5005]  # remembered a moment
+        for _ in range(50):  # one after another: a few dial-backs a second, then the last answer
+            assert await liveness.alive(5005) is True
+        assert len(dialled) < 50
     asyncio.run(scenario())
 
 

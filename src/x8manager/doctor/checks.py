@@ -381,13 +381,13 @@ def _expectations(host: Host, options: Options) -> dict[str, list[str]]:
     """Method -> who expects it bound: "--expect", or the apps whose compose files say so."""
     wanted: dict[str, list[str]] = {method: ["--expect"] for method in options.expect}
     try:
-        from x8manager.apps.yamlsource import YamlLoadError, load_compose_text  # noqa: PLC0415 - PyYAML
+        from x8manager.apps.yamlsource import YamlLoadError, load_compose_file  # noqa: PLC0415 - PyYAML
     except ImportError:
         return wanted
     for file in _compose_files(host, options):
         try:
-            document = load_compose_text(file.read_text()).document
-        except (OSError, UnicodeDecodeError, YamlLoadError):
+            document = load_compose_file(file).document
+        except (OSError, YamlLoadError):
             continue  # the apps layer reports unreadable compose files
         for service, methods in expected_methods(document).items():
             for method in methods:
@@ -437,14 +437,14 @@ def _compose_files(host: Host, options: Options) -> list[Path]:
 def check_apps(host: Host, options: Options) -> Finding:
     try:
         from x8manager.apps.rules import check_x8_rules  # noqa: PLC0415 - needs PyYAML
-        from x8manager.apps.yamlsource import YamlLoadError, load_compose_text  # noqa: PLC0415
+        from x8manager.apps.yamlsource import YamlLoadError, load_compose_file  # noqa: PLC0415
     except ImportError:
         return Finding("apps", "wiring", Status.SKIPPED, "x8-apps (PyYAML) is not installed")
     files = _compose_files(host, options)
     for file in files:
         try:
-            source = load_compose_text(file.read_text())
-        except (OSError, UnicodeDecodeError, YamlLoadError) as error:
+            source = load_compose_file(file)
+        except (OSError, YamlLoadError) as error:
             return Finding("apps", "wiring", Status.WARNING, f"{file}: cannot read: {error}",
                            f"x8-apps lint {file}")
         for finding in check_x8_rules(source, str(file)):

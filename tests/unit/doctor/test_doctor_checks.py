@@ -353,6 +353,15 @@ def test_apps_wiring_reuses_the_lint_rules(x8: tuple[Host, Commands, Path]) -> N
     assert "app weather" in finding.message and "5005" in finding.message
 
 
+def test_an_apps_oversized_compose_file_is_a_warning_not_read_whole(x8: tuple[Host, Commands, Path]) -> None:
+    host, _, root = x8
+    app = root / "var" / "sota" / "compose-apps" / "huge"
+    app.mkdir(parents=True)
+    (app / "docker-compose.yml").write_text("services:\n" + "#" * (1024 * 1024) + "\n")
+    finding = check_apps(host, Options())
+    assert finding.status is Status.WARNING and "KiB" in finding.message
+
+
 def test_diagnose_stops_at_the_first_broken_layer(x8: tuple[Host, Commands, Path]) -> None:
     host, _, root = x8
     (root / "proc" / "modules").write_text("")

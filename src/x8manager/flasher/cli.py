@@ -356,7 +356,7 @@ def _describe_status(status: Status, state: StateDir, lock: Path) -> list[str]:
         lines.append(f"  sketch: sha256 {latest.sketch.sha256 or '?'} ({latest.sketch.size} bytes)")
         if latest.health is not None:
             lines.append(f"  health: {'healthy' if latest.health.get('healthy') else 'FAILED'}")
-        if latest.result != "success" and latest.openocd_log_tail:
+        if latest.result not in ("success", "written") and latest.openocd_log_tail:
             lines.append("  openocd output (last lines):")
             lines.extend(f"    {line}" for line in latest.openocd_log_tail[-10:])
     else:

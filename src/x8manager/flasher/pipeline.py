@@ -63,6 +63,9 @@ class FlashResult(enum.Enum):
     INTERRUPTED = "interrupted"  # found afterwards: a flash was killed while it ran
     UNCHANGED = "unchanged"  # --if-changed: the running, verified sketch is this one; no chip write
     UNHEALTHY = "unhealthy"  # flashed, but failed its health check (the last good one is put back)
+    # Programmed and verified, its health check to come: the chip runs it, but it is no success
+    # until the check's verdict (recorded next) says so.
+    WRITTEN = "written"
 
 
 @dataclass(frozen=True)
@@ -297,7 +300,7 @@ class Flasher:
     async def _checked_locked(self, job: Job, check: HealthCheck, events: Events) -> Outcome:
         """Write *job*, check it, then keep it or put the last good sketch back."""
         written = await self._flash_locked(job, None, check=check, previous=self.state.last_good())
-        if not written.ok:
+        if written.result is not FlashResult.WRITTEN:
             return written
         # The marker says "health" from here until a verdict is recorded: a flasher killed now
         # is found by the next holder of the lock, which puts the last good sketch back.
@@ -551,10 +554,11 @@ class Flasher:
                 )
                 record.last_good_saved = False
         if result is FlashResult.SUCCESS and checked:
+            result = FlashResult.WRITTEN
             record.reason += "; its health check follows"
         outcome = self._finish(result, record.reason, record)
         try:
-            if result is FlashResult.SUCCESS and checked:
+            if result is FlashResult.WRITTEN:
                 # A health check follows: the transaction stays open (renamed over, never a moment
                 # without a marker) until its verdict, so a crash during the check is found and
                 # the last good sketch put back, instead of the unchecked one running as if good.
@@ -593,7 +597,8 @@ class Flasher:
             "FLASH_ATTEMPTS": record.attempts,
             "OPENOCD_EXIT": "" if record.openocd_exit is None else record.openocd_exit,
         }
-        level = logging.INFO if result in (FlashResult.SUCCESS, FlashResult.SUPERSEDED) else logging.ERROR
+        fine = (FlashResult.SUCCESS, FlashResult.SUPERSEDED, FlashResult.WRITTEN)
+        level = logging.INFO if result in fine else logging.ERROR
         args = (record.sketch.sha256[:12], result.value, record.reason)
         if result is FlashResult.REJECTED:
             # Files anyone may hand over, as fast as they like, that never reach the chip: at most

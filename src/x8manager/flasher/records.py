@@ -400,5 +400,6 @@ class Status:
                 return None
             if record.attempts == 0:
                 continue
-            return record.sketch.sha256 if record.result == "success" and record.sketch.sha256 else None
+            verified = record.result in ("success", "written")  # written: verified, check pending
+            return record.sketch.sha256 if verified and record.sketch.sha256 else None
         return None

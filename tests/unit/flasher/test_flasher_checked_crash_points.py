@@ -5,7 +5,8 @@ died at, once the next holder of the H7 lock has recovered:
 
 - the M4 runs the last good sketch, verified (the stand-in's chip), and last-good.json names it;
 - the checked sketch B is the last good one only if its check passed, and then its newest record
-  says "success" with a healthy check; otherwise A is, and B's newest record is never "success".
+  says "success" with a healthy check; otherwise A is, and no record of B says "success" (its
+  write is "written", its end "interrupted" or "unhealthy").
 """
 
 from __future__ import annotations
@@ -133,4 +134,5 @@ def test_a_checked_flash_killed_at_any_step_never_keeps_an_unchecked_sketch(
         else:
             assert last_good.sha256 == sha(GOOD), where
             assert not about_b or about_b[0].result in ("interrupted", "unhealthy"), (where, about_b[0])
+            assert all(record.result != "success" for record in about_b), (where, about_b)
     assert kill_at > 8, "the transaction wrote less than expected: are the kill points still wired?"

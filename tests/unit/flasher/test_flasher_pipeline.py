@@ -170,7 +170,7 @@ def test_a_flash_awaiting_its_health_check_keeps_the_transaction_open(
     flasher: Flasher, standin_env: Path
 ) -> None:
     assert _flash(flasher, GOOD).ok
-    assert _flash_awaiting_health(flasher, GOOD_2).ok
+    assert _flash_awaiting_health(flasher, GOOD_2).result is FlashResult.WRITTEN
     marker = flasher.state.read_marker()
     assert marker is not None and marker.awaiting_health and marker.openocd_pid is None
     assert json.loads(flasher.state.marker_path.read_text())["phase"] == "health"
@@ -190,7 +190,7 @@ def test_a_flash_awaiting_its_health_check_keeps_the_transaction_open(
 def test_a_health_check_left_open_without_a_last_good_sketch_says_what_runs(
     flasher: Flasher, standin_env: Path
 ) -> None:
-    assert _flash_awaiting_health(flasher, GOOD_2).ok
+    assert _flash_awaiting_health(flasher, GOOD_2).result is FlashResult.WRITTEN
     outcome = asyncio.run(flasher.recover())
     assert outcome is not None and outcome.result is FlashResult.FAILED
     assert f"the M4 runs sketch {hashlib.sha256(GOOD_2).hexdigest()[:12]}" in outcome.reason

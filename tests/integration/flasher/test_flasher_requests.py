@@ -254,3 +254,15 @@ def test_flash_wait_of_a_file_over_the_limit_says_too_large_not_broken_pipe(rig:
     assert reply["result"] == "error" and "too large" in reply["reason"], reply
     assert rig.runs() == []
     rig.stop()
+
+
+def test_health_bound_reads_the_real_rpclib_arity_and_not_found_texts(rig: Rig, m4: M4Stack) -> None:
+    rig.start()
+    proxy = ["--proxy", f"127.0.0.1:{m4.call_port}", "--health-timeout", "5"]
+    code, result, _ = _request(rig, _sketch(rig, GOOD), "--health-bound", "healthy", *proxy)
+    assert code == 0 and result["result"] == "success" and "healthy is bound" in result["reason"], result
+    code, result, _ = _request(rig, _sketch(rig, variant(31), "v31.elf"), "--health-bound", "absent", *proxy)
+    assert code == 1 and result["result"] == "unhealthy", result
+    assert "could not find function 'absent'" in result["reason"], result
+    assert rig.chip()["sha256"] == sha(GOOD) and rig.status()["last_good"]["sha256"] == sha(GOOD)
+    rig.stop()

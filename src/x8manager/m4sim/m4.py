@@ -10,7 +10,8 @@ section 15), not as we wish it did. The parts, each in its own module:
 - :mod:`~x8manager.m4sim.calls`: the sketch threads' ``RPC.call`` (one fixed msgid per thread, wait
   forever unless a timeout is set, errors seen as nil, ``.as<T>()`` halting on nil);
 - :mod:`~x8manager.m4sim.h7` and :mod:`~x8manager.m4sim.runner`: the 496-byte RPMsg cut, the H7's 4 KiB
-  ring that loses its oldest bytes, 128-byte chunks, and how a stream link stands for the device.
+  ring that loses its oldest bytes, 128-byte chunks, and how a stream link stands for the device;
+- :mod:`~x8manager.m4sim.serial`: SerialRPC (``tty`` in, ``tty`` notifications out).
 
 A halted M4 (:attr:`VirtualM4.halted`) reads and answers nothing until :meth:`VirtualM4.reset` or a
 new flash (:meth:`VirtualM4.boot`), as a real M4 after ``std::terminate``.

@@ -139,6 +139,14 @@ class VirtualM4:
     or through the ``m4-sim`` command.
     """
 
+    # No attributes beyond these: a test that sets a switch the M4 does not have (``m4.answer_calls``
+    # instead of ``m4.switches.answer_calls``) fails at once instead of testing nothing.
+    __slots__ = (
+        "_calls", "_counters", "_dispatcher", "_endpoint", "_halt_reason", "_link", "_link_runner",
+        "_pty_alias", "_received_changed", "_ring", "_runner", "_serial", "_tasks", "calls_received",
+        "raw_received", "rpc_running", "serial", "sketch", "switches",
+    )
+
     def __init__(self, *, demo: bool = True, serial: bool = True,
                  switches: SimSwitches | None = None) -> None:
         self.switches = switches or SimSwitches()

@@ -158,6 +158,8 @@ def test_daemon_killed_during_the_health_check_puts_the_last_good_sketch_back(ri
     assert latest["result"] == "success" and latest["source"] == "recovery", latest
     assert latest["sketch"]["sha256"] == sha(GOOD)
     assert interrupted["result"] == "interrupted" and interrupted["sketch"]["sha256"] == sha(unchecked)
+    about_unchecked = [e for e in rig.history() if e["sketch"].get("sha256") == sha(unchecked)]
+    assert [e["result"] for e in about_unchecked] == ["interrupted", "written"]  # never "success"
     assert "health check" in interrupted["reason"], interrupted["reason"]
     assert rig.status()["last_good"]["sha256"] == sha(GOOD)
     code, result, _ = _request(rig, _sketch(rig, GOOD), "--if-changed")

@@ -8,7 +8,7 @@ The layout is what `repo init` + `repo sync` of a Factory's lmp-manifest gives, 
 WORK/.repo/manifests is the Factory's lmp-manifest (LmP's or the partner's manifest at the kas pin,
 plus the <factory>.xml and conf/bblayers-factory.inc a new Factory starts with), every project of
 <factory>.xml is checked out at its path and pinned revision, and layers/meta-subscriber-overrides
-is the Factory's own layer as the factory template lays it out: conf/layer.conf and an empty
+is the Factory's own layer as the factory template lays it out: conf/layer.conf(.in) and an empty
 conf/machine/include/lmp-factory-custom.inc from check-layer.d/meta-subscriber-overrides/, and
 recipes-samples/images/lmp-factory-image.bb as Foundries' template has it, taken at check time from
 the copy Arduino's partner layer ships (meta-arduino-lmp, at the kas pin). Then the documented
@@ -209,8 +209,11 @@ def prepare(name: str, work: Path) -> None:
         cwd=arduino, check=True, capture_output=True, text=True,
     ).stdout)
     print(f"template: {IMAGE_RECIPE} from meta-arduino {arduino_commit} meta-arduino-lmp/")
-    layer_conf = overrides / "conf" / "layer.conf"
-    layer_conf.write_text(layer_conf.read_text().replace("@SERIES@", factory.series))
+    # Stored as layer.conf.in: a conf/layer.conf inside this layer is a second layer to
+    # yocto-check-layer's discovery.
+    template = overrides / "conf" / "layer.conf.in"
+    (overrides / "conf" / "layer.conf").write_text(template.read_text().replace("@SERIES@", factory.series))
+    template.unlink()
 
     # The documented steps, word for word.
     doc, steps = step_text()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import subprocess
 from pathlib import Path
 
 import bb.data
@@ -65,6 +66,18 @@ def test_layer_conf(bb_datastore: bb.data_smart.DataSmart) -> None:
     assert set(d.getVar("LAYERDEPENDS_x8-manager").split()) == {"core", "meta-python", "openembedded-layer"}
     assert d.getVar("BBFILE_PRIORITY_x8-manager").isdigit()
     assert (LAYER_ROOT / "README.md").is_file()
+
+
+def test_the_checkout_holds_one_layer() -> None:
+    """yocto-check-layer tests every conf/layer.conf it finds under the layer it is given: a
+    second one (a test fixture, a template) is a second layer, which fails its run."""
+    # What check-layer exports: the files git tracks or would track.
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=LAYER_ROOT, check=True, capture_output=True, text=True,
+    ).stdout.splitlines()
+    found = [name for name in listed if name == "conf/layer.conf" or name.endswith("/conf/layer.conf")]
+    assert found == ["conf/layer.conf"]
 
 
 def test_layer_conf_changes_no_other_recipe(bb_datastore: bb.data_smart.DataSmart) -> None:

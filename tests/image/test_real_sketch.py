@@ -64,6 +64,11 @@ class Sketch:
     def serial_println(self, text: str) -> None:
         self.control.request("serial_println", text)
 
+    def cut_messages(self) -> int:
+        """How many messages the M4 sent cut to their first 496 bytes (OpenAMP's cut)."""
+        count: int = self.control.request("stats")["cut_oversize_out"]
+        return count
+
     def rpc_print(self, text: str) -> None:
         """``RPC.print`` on the raw endpoint: one RPMsg message per byte."""
         self.control.request("print_raw", text)
@@ -169,7 +174,9 @@ def test_a_serial_line_cut_at_496_bytes_costs_only_itself(virtual_x8: VirtualX8,
         other_threads = two_threads_calling(sketch, (2, 3))
         sketch.serial_println("before")
         sketch.rpc_print("RPC.print between\r\n")
+        cut_before = sketch.cut_messages()
         sketch.serial_println(LONG_LINE)  # on the wire its first 496 bytes, then the "\r\n" message
+        assert sketch.cut_messages() == cut_before + 1
         sketch.serial_println("after")
         assert sketch.call(1, "answer", 1, 496) == ([1, 496], False)
         out = poll("the line after the long one on the monitor port",

@@ -81,6 +81,7 @@ from x8manager.rpc.framing import (
     pack_response,
     parse_message,
     replace_msgid,
+    unpackb,
 )
 
 __all__ = ["MAX_ROUTER_MESSAGE", "SYSTEMD_SOCKET_NAME", "RouterConnection", "RouterContext", "RouterFront",
@@ -375,7 +376,7 @@ class RouterConnection(asyncio.Protocol):
             self._send(result)  # no error: the M4's bytes as they came, with the caller's msgid
             return
         try:
-            reply = parse_message(_unpack(result))
+            reply = parse_message(unpackb(result))
         except (InvalidMessage, ValueError):  # pragma: no cover - the M4 port passes responses only
             self._reply(msgid, [ERR_GENERIC, "unusable reply from the M4"], None)
             return
@@ -510,10 +511,6 @@ def _not_started() -> None:
 def _packb(value: int) -> bytes:
     packed: bytes = msgpack.packb(value)
     return packed
-
-
-def _unpack(raw: bytes) -> Any:
-    return msgpack.unpackb(raw, raw=False, strict_map_key=False, unicode_errors="surrogateescape")
 
 
 # --- listening -------------------------------------------------------------------------------

@@ -128,6 +128,16 @@ def test_cut_messages_back_to_back_and_after_garbage() -> None:
         assert decoder.cut_messages == 3 and decoder.dropped_bytes > 3
 
 
+def test_print_text_whose_byte_announces_a_long_bin_is_no_cut_message() -> None:
+    # "ł" is c5 82: as msgpack, a bin16 of 33,293 bytes. RPC.print sends it byte by byte, so
+    # it starts at a message boundary, yet it is text, not a message: it costs only itself.
+    stream = PING + "ł\r\n".encode() + PONG + LINE
+    for pieces in every_feeding(stream):
+        decoder = m4_decoder()
+        assert decode(decoder, pieces) == [PING, PONG, LINE]
+        assert decoder.cut_messages == 0
+
+
 def test_a_clients_decoder_keeps_its_larger_limit() -> None:
     for pieces in every_feeding(PING + REPLY_600 + PONG):
         assert decode(StreamDecoder(), pieces) == [PING, REPLY_600, PONG]

@@ -28,11 +28,12 @@ class StreamDecoder:
 
     *max_message* is for a peer whose messages are never longer, but may arrive cut short with
     the next message right behind (the M4: OpenAMP sends the first 496 bytes of a longer send,
-    :data:`M4_MAX_SEND`). An object that cannot end within *max_message* bytes from a message
-    boundary is such a cut message: exactly those bytes are dropped (``cut_messages`` counts
-    them) and decoding resumes right after them, even when the bytes that follow would
-    complete it. This is decided as soon as a declared length or element count cannot fit,
-    else at byte *max_message*. No object longer than *max_message* is ever returned.
+    :data:`M4_MAX_SEND`). An array (every RPC message is one) that cannot end within
+    *max_message* bytes from a message boundary is such a cut message: exactly those bytes are
+    dropped (``cut_messages`` counts them) and decoding resumes right after them, even when the
+    bytes that follow would complete it. This is decided as soon as a declared length or element
+    count cannot fit, else at byte *max_message*. No object longer than *max_message* is ever
+    returned: any other object that long is garbage.
 
     Clean input goes through msgpack's C unpacker. After an error the decoder switches to a
     resynchronising scanner (:class:`~x8manager.rpc.framing.resync.Resync`) until its buffer is

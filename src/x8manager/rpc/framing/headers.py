@@ -13,6 +13,7 @@ from typing import Final
 from x8manager.rpc.framing.options import MAX_NESTING
 
 __all__ = [
+    "ARRAY_LEADS",
     "CONTAINER_LEADS",
     "CUT",
     "FAIL",
@@ -27,6 +28,7 @@ __all__ = [
 ]
 
 CONTAINER_LEADS: Final = frozenset([*range(0x80, 0xA0), 0xDC, 0xDD, 0xDE, 0xDF])
+ARRAY_LEADS: Final = frozenset([*range(0x90, 0xA0), 0xDC, 0xDD])
 MAP_LEADS: Final = frozenset([*range(0x80, 0x90), 0xDE, 0xDF])
 _NOT_CONTAINER_BYTES: Final = bytes(lead for lead in range(256) if lead not in CONTAINER_LEADS)
 
@@ -198,13 +200,13 @@ class Fit:
                     return CUT
                 if not children and pos + size > len(buf):
                     return SHORT  # a leaf that fits; its bytes are still coming
+                if children and len(stack) >= MAX_NESTING:
+                    return FAIL
                 if parent is not None:
                     parent[0] -= 1
                 self._needed = needed
                 pos += size
                 if children:
-                    if len(stack) >= MAX_NESTING:
-                        return FAIL
                     stack.append([children, lead in MAP_LEADS])
                     self._needed += children
                     continue

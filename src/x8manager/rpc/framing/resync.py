@@ -12,7 +12,17 @@ import logging
 from collections import deque
 from typing import Any
 
-from x8manager.rpc.framing.headers import CONTAINER_LEADS, CUT, FAIL, MAP_LEADS, OK, SHORT, Fit, header
+from x8manager.rpc.framing.headers import (
+    ARRAY_LEADS,
+    CONTAINER_LEADS,
+    CUT,
+    FAIL,
+    MAP_LEADS,
+    OK,
+    SHORT,
+    Fit,
+    header,
+)
 from x8manager.rpc.framing.messages import DecodedObject
 from x8manager.rpc.framing.options import MAX_NESTING, unpackb
 
@@ -41,10 +51,11 @@ class Resync:
     Offsets are indexes into ``_buffer``; consumed bytes are cut off from time to time.
 
     With *max_message* (the M4 link) no object longer than that is emitted, and where the
-    scanner is in step (where it started, after an object, after a cut message) an object that
+    scanner is in step (where it started, after an array, after a cut message) an array that
     cannot end within *max_message* bytes is a cut message: those bytes go at once
-    (``cut_messages``), and ``skip`` says how many of them are still to come. Out of step, an
-    object longer than *max_message* is garbage like any other.
+    (``cut_messages``), and ``skip`` says how many of them are still to come. Any other object
+    that long (a byte of ``RPC.print`` text such as ``c5``, which announces a long bin) and,
+    out of step, any object that long is garbage like any other.
     """
 
     def __init__(self, buffered: bytearray, max_buffer: int, options: dict[str, Any], *,
@@ -88,7 +99,7 @@ class Resync:
     def feed(self, chunk: bytes, out: list[DecodedObject]) -> None:
         self._buffer += chunk
         while self._head < len(self._buffer):
-            if self.in_step and self._max_message is not None:
+            if self.in_step and self._max_message is not None and self._buffer[self._head] in ARRAY_LEADS:
                 verdict = self._fits()
                 if verdict == CUT:
                     self._cut()

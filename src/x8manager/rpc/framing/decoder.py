@@ -6,7 +6,7 @@ import logging
 
 import msgpack
 
-from x8manager.rpc.framing.headers import SHORT, Fit, count_containers, nesting_exceeds
+from x8manager.rpc.framing.headers import SHORT, Fit, count_containers, fits_surely, nesting_exceeds
 from x8manager.rpc.framing.messages import DecodedObject, Frame, InvalidMessage, parse_message, shorten
 from x8manager.rpc.framing.options import DEFAULT_MAX_BUFFER, MAX_ITEMS, MAX_NESTING, unpack_options
 from x8manager.rpc.framing.resync import Resync
@@ -189,6 +189,8 @@ class StreamDecoder:
     def _partial_may_fit(self) -> bool:
         """Whether the partial object can still end within max_message bytes (checked as its
         bytes arrive, where the last check stopped)."""
+        if self._max_message and fits_surely(self._buffer, self._max_message):
+            return True  # the usual small message split across reads: nothing to walk
         if self._fit is None:
             self._fit = Fit(0, self._max_message or 0)
         return self._fit.check(self._buffer) == SHORT

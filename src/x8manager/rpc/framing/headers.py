@@ -23,6 +23,7 @@ __all__ = [
     "Fit",
     "count_containers",
     "declared_length",
+    "fits_surely",
     "header",
     "nesting_exceeds",
 ]
@@ -31,6 +32,9 @@ CONTAINER_LEADS: Final = frozenset([*range(0x80, 0xA0), 0xDC, 0xDD, 0xDE, 0xDF])
 ARRAY_LEADS: Final = frozenset([*range(0x90, 0xA0), 0xDC, 0xDD])
 MAP_LEADS: Final = frozenset([*range(0x80, 0x90), 0xDE, 0xDF])
 _NOT_CONTAINER_BYTES: Final = bytes(lead for lead in range(256) if lead not in CONTAINER_LEADS)
+# Headers with a length or count field: bin, ext, str8/16/32, array and map 16/32.
+_NOT_LENGTH_BYTES: Final = bytes(lead for lead in range(256)
+                                 if not (0xC4 <= lead <= 0xC9 or 0xD9 <= lead <= 0xDF))
 
 # Outcomes of scanning from one start offset.
 OK: Final = 0  # a complete object
@@ -99,9 +103,17 @@ def header(buf: bytes | bytearray, pos: int, max_len: int, max_items: int) -> tu
     return OK, 1 + a, b * count
 
 
-def count_containers(data: bytes) -> int:
+def count_containers(data: bytes | bytearray) -> int:
     """Bytes of *data* that could be container headers (an upper bound on its nesting)."""
     return len(data.translate(None, _NOT_CONTAINER_BYTES))
+
+
+def fits_surely(data: bytes | bytearray, limit: int) -> bool:
+    """Whether the object *data* starts (complete or not) surely ends within *limit* bytes, by a
+    cheap bound: without length fields, a leaf is at most 32 bytes (fixstr) and an open
+    container awaits at most 30 children (fixmap), one byte each at the least."""
+    return (len(data) + 32 + 30 * count_containers(data) <= limit
+            and not data.translate(None, _NOT_LENGTH_BYTES))
 
 
 def nesting_exceeds(raw: bytes, limit: int = MAX_NESTING) -> bool:

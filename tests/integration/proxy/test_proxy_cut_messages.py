@@ -34,7 +34,7 @@ async def calls_taken(m4: VirtualM4, count: int) -> dict[str, int]:
 def test_a_600_byte_reply_cut_at_496_costs_only_its_own_call(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with running_proxy(tmp_path, call_timeout=CALL_TIMEOUT) as (proxy, m4):
-            m4.answer_calls = False  # the replies below are written by hand
+            m4.switches.answer_calls = False  # the replies below are written by hand
             lines: list[bytes] = []
             async with serving(proxy, tty=lines.append):
                 big = asyncio.create_task(exchange(proxy.call_port, msgpack.packb([0, 0, "big", []])))
@@ -54,7 +54,7 @@ def test_a_600_byte_reply_cut_at_496_costs_only_its_own_call(tmp_path: Path) -> 
 def test_a_600_byte_serial_print_cut_at_496_costs_only_itself(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with running_proxy(tmp_path) as (proxy, m4):
-            m4.answer_calls = False
+            m4.switches.answer_calls = False
             lines: list[bytes] = []
             async with serving(proxy, tty=lines.append):
                 call = asyncio.create_task(exchange(proxy.call_port, msgpack.packb([0, 0, "value", []])))

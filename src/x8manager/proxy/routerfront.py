@@ -55,7 +55,7 @@ from x8manager import __version__
 from x8manager.common.net import unix_socket_listening
 from x8manager.common.systemd import ListenFd, ListenFdsError, adopt_socket
 from x8manager.proxy.link import StartupError
-from x8manager.proxy.m4port import M4CallFailed, M4Port, TooLarge
+from x8manager.proxy.m4port import ROUTER_FRONT, M4CallFailed, M4Port, TooLarge
 from x8manager.proxy.ratelimit import RateLimitedLog
 from x8manager.proxy.routing import (
     ERR_FAILED_TO_SEND,
@@ -328,7 +328,7 @@ class RouterConnection(asyncio.Protocol):
             else:
                 withdraw = self._context.m4.call(
                     frame.raw, lambda result: self._m4_done(method, msgid, result),
-                    timeout=self._context.call_timeout, front="router front", app=self.label)
+                    timeout=self._context.call_timeout, front=ROUTER_FRONT, app=self.label)
         except M4CallFailed:
             self._calls.pop(msgid, None)
             raise
@@ -454,7 +454,7 @@ class RouterConnection(asyncio.Protocol):
         if provider is not None:
             provider.notify(frame)
         else:
-            self._context.m4.notify(frame.raw, f"router: {method!r} from {self.label}")
+            self._context.m4.notify(frame.raw, front=ROUTER_FRONT, app=self.label)
 
     def _on_response(self, response: Response, frame: Frame) -> None:
         forwarded = self._served.pop(response.msgid, None)

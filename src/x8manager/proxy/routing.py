@@ -20,7 +20,7 @@ import asyncio
 import json
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Final, Protocol
 
 from x8manager.proxy.services import ServiceCallFailed, ServiceLink
@@ -111,15 +111,10 @@ class LegacyService:
             else:
                 done(result)
 
-        self.link.start_call(frame, frame.message.msgid, wait=wait, done=finished)
-        return _nothing
+        return self.link.start_call(frame, wait=wait, done=finished)
 
     def notify(self, frame: Frame) -> None:
         self.link.notify(frame.raw)
-
-
-def _nothing() -> None:
-    """Withdrawing a legacy call: the service link's own timeout ends it."""
 
 
 async def is_listening(port: int) -> bool:
@@ -209,6 +204,8 @@ class RoutingTable:
         self._checks: set[asyncio.Task[None]] = set()
         self._unheard: set[int] = set()  # registered ports found not listening (logged once)
         self._file = RegistryFile(registry_file) if registry_file is not None else None
+        # Told each name that gains a provider, on either front (the M4's held calls wait for it).
+        self.on_route_added: list[Callable[[str], None]] = []
         if self._file is not None:
             self._ports = self._file.load()
             if self._ports:
@@ -272,7 +269,13 @@ class RoutingTable:
             self._save()
             if accepted:
                 self._check_soon(port, sorted(accepted), peer)
+                self._added(accepted)
         return refused
+
+    def _added(self, names: Iterable[str]) -> None:
+        for name in names:
+            for callback in self.on_route_added:
+                callback(name)
 
     @property
     def checks_pending(self) -> int:
@@ -324,6 +327,7 @@ class RoutingTable:
             raise RouteExists(name, self._routes[name].label)
         self._routes[name] = provider
         log.info("router: %s provides '%s'", provider.label, name)
+        self._added((name,))
 
     def remove_route(self, name: str, provider: Provider) -> bool:
         """``$/unregister``; False if *provider* does not hold *name*."""

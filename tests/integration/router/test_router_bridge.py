@@ -189,10 +189,12 @@ def test_client_killed_mid_call(tmp_path: Path, socket_dir: Path, bridge_py: Pat
                 await app.provide("linux_hang", "hang")
                 pending = asyncio.create_task(m4.call("linux_hang", reply_timeout=WAIT))
                 await app.wait_event("hanging")
+                replies = m4.stats.replies_from_linux
                 await app.kill()
-                with pytest.raises(LinuxCallError) as failed:
-                    await pending
-                assert failed.value.error[0] == 3 and "disconnected" in failed.value.error[1]
+                # No error reply (it would halt a real sketch): the sketch's own timeout decides.
+                await wait_for(lambda: proxy.stats.failed == 1, what="the call failed")
+                assert not pending.done() and m4.stats.replies_from_linux == replies
+                pending.cancel()
                 await wait_for(lambda: nothing_left(proxy), what="nothing left of the killed client")
                 assert not proxy.routes.routes()
     asyncio.run(scenario())

@@ -1,0 +1,287 @@
+"""The M4's calls to Linux as a real sketch makes them (issue 19 items 2 and 3, issue 20 item 8).
+
+Arduino's RPC library gives every call of a sketch thread that thread's id as msgid, call after
+call, and a thread whose ``RPC.setTimeout`` ran out simply calls again with the same id. Each test
+fails on 38a432d: there a late reply answered the thread's next call, a call for a method nobody
+provided yet was dropped, and one app that never answered starved every other app's M4 calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+from proxy_harness import M4_THREAD_ID, WAIT, running_proxy, serving, wait_for
+
+from tests.support.bridge import bridge_app, bridge_python
+from x8manager.proxy.dispatch import MAX_CALLS_PER_PROVIDER
+
+OTHER_THREAD = M4_THREAD_ID + 0x800
+
+
+@pytest.fixture
+def socket_dir() -> Iterator[Path]:
+    # UNIX socket paths are limited to 108 bytes: pytest's tmp_path can be longer.
+    with tempfile.TemporaryDirectory(prefix="x8m4") as path:
+        yield Path(path)
+
+
+def answer_of(reply: Any) -> Any:
+    kind, _msgid, error, result = msgpack.unpackb(reply.raw)
+    assert kind == 1 and error is None, reply
+    return result
+
+
+async def give_up(call: asyncio.Task[Any]) -> None:
+    """The sketch thread's RPC.setTimeout ran out: it stops waiting (and will call again)."""
+    call.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await call
+
+
+class RawRouterApp:
+    """A router-front client that provides methods and answers their calls when the test says."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader, self._writer = reader, writer
+        self._unpacker = msgpack.Unpacker(raw=False)
+
+    async def next(self) -> list[Any]:
+        async with asyncio.timeout(WAIT):
+            while True:
+                for value in self._unpacker:
+                    return list(value)
+                data = await self._reader.read(65536)
+                if not data:
+                    raise ConnectionError("closed by the proxy")
+                self._unpacker.feed(data)
+
+    async def provide(self, name: str) -> None:
+        self._writer.write(msgpack.packb([0, 1, "$/register", [name]]))
+        assert await self.next() == [1, 1, None, True]
+
+    async def request(self) -> list[Any]:
+        """The next request the proxy forwards (cancellations of earlier ones are skipped)."""
+        while True:
+            message = await self.next()
+            if message[0] == 0:
+                return message
+
+    def answer(self, msgid: int, result: Any) -> None:
+        self._writer.write(msgpack.packb([1, msgid, None, result]))
+
+
+@contextlib.asynccontextmanager
+async def raw_router_app(path: Path) -> AsyncIterator[RawRouterApp]:
+    reader, writer = await asyncio.open_unix_connection(str(path))
+    try:
+        yield RawRouterApp(reader, writer)
+    finally:
+        writer.close()
+
+
+# --- one call per msgid (issue 19 item 2) ---------------------------------------------------------
+
+def test_a_thread_that_gave_up_gets_its_own_reply_not_the_late_one_from_a_legacy_service(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario() -> None:
+        release_first, second_taken, release_second = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+        async def first() -> str:
+            await release_first.wait()
+            return "the late reply to the first call"
+
+        async def second() -> str:
+            second_taken.set()
+            await release_second.wait()
+            return "the second call's own reply"
+
+        async with running_proxy(tmp_path) as (proxy, m4), serving(proxy, first=first, second=second):
+            gave_up = asyncio.create_task(m4.call_raw("first", msgid=M4_THREAD_ID))
+            await wait_for(lambda: proxy.stats.m4_calls == 1, what="the first call sent")
+            await give_up(gave_up)
+            again = asyncio.create_task(m4.call_raw("second", msgid=M4_THREAD_ID))
+            await asyncio.wait_for(second_taken.wait(), WAIT)
+            with caplog.at_level(logging.INFO, logger="x8manager.proxy.services"):
+                release_first.set()  # the service answers the call the thread gave up on, first
+                await wait_for(lambda: again.done() or "nobody waits for" in caplog.text,
+                               what="the late reply handled")
+            release_second.set()
+            assert answer_of(await again) == "the second call's own reply"
+            assert proxy.stats.abandoned == 1
+    asyncio.run(scenario())
+
+
+def test_a_thread_that_gave_up_gets_its_own_reply_not_the_late_one_from_a_router_client(
+        tmp_path: Path, socket_dir: Path) -> None:
+    async def scenario() -> None:
+        path = socket_dir / "router.sock"
+        async with running_proxy(tmp_path, router_socket=str(path)) as (proxy, m4), \
+                raw_router_app(path) as app:
+            await app.provide("lookup")
+            gave_up = asyncio.create_task(m4.call_raw("lookup", "first", msgid=M4_THREAD_ID))
+            first = await app.request()
+            await give_up(gave_up)
+            again = asyncio.create_task(m4.call_raw("lookup", "second", msgid=M4_THREAD_ID))
+            second = await app.request()
+            assert first[3] == ["first"] and second[3] == ["second"]
+            app.answer(first[1], "the late reply to the first call")
+            app.answer(second[1], "the second call's own reply")
+            assert answer_of(await again) == "the second call's own reply"
+            assert proxy.stats.abandoned == 1
+    asyncio.run(scenario())
+
+
+def test_two_threads_with_fixed_ids_for_10000_calls_get_every_answer_right(tmp_path: Path) -> None:
+    """Two sketch threads, 5,000 calls each, one msgid each. Every 250th call the thread gives up;
+    its next call is still in flight when the service answers the one it gave up on."""
+    calls_per_thread, give_up_every = 5000, 250
+
+    async def scenario() -> None:
+        events: dict[tuple[str, int], asyncio.Event] = {}
+
+        def event(kind: str, tag: int) -> asyncio.Event:
+            return events.setdefault((kind, tag), asyncio.Event())
+
+        async def slow(tag: int) -> str:
+            event("slow taken", tag).set()
+            await event("slow released", tag).wait()
+            return f"late {tag}"
+
+        async def after(tag: int) -> str:
+            event("after taken", tag).set()
+            await event("after released", tag).wait()
+            return f"after {tag}"
+
+        async def thread(msgid: int) -> None:
+            for n in range(calls_per_thread):
+                if n % give_up_every != give_up_every - 1:
+                    assert answer_of(await m4.call_raw("double", n, msgid=msgid)) == 2 * n, (msgid, n)
+                    continue
+                tag = msgid + n
+                late = asyncio.create_task(m4.call_raw("slow", tag, msgid=msgid))
+                await asyncio.wait_for(event("slow taken", tag).wait(), WAIT)
+                await give_up(late)
+                following = asyncio.create_task(m4.call_raw("after", tag, msgid=msgid))
+                await asyncio.wait_for(event("after taken", tag).wait(), WAIT)
+                event("slow released", tag).set()  # the late reply is written first
+                event("after released", tag).set()
+                assert answer_of(await following) == f"after {tag}", (msgid, n)
+
+        async with running_proxy(tmp_path) as (proxy, m4), \
+                serving(proxy, double=lambda n: 2 * n, slow=slow, after=after):
+            await asyncio.gather(thread(M4_THREAD_ID), thread(OTHER_THREAD))
+            assert proxy.stats.m4_calls == 2 * calls_per_thread + 2 * (calls_per_thread // give_up_every)
+            assert proxy.stats.abandoned == 2 * (calls_per_thread // give_up_every)
+    asyncio.run(scenario())
+
+
+# --- held while nobody provides the method yet (issue 19 item 3) ----------------------------------
+
+def test_a_call_is_held_until_a_service_registers_the_method_on_the_register_port(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_proxy(tmp_path) as (proxy, m4):
+            waiting = asyncio.create_task(m4.call_raw("late_start", 20, msgid=M4_THREAD_ID))
+            await wait_for(lambda: proxy.stats.unroutable == 1, what="the call came before any provider")
+            async with serving(proxy, late_start=lambda n: n + 1):
+                assert answer_of(await waiting) == 21
+            assert proxy.stats.held_delivered == 1
+    asyncio.run(scenario())
+
+
+def test_a_call_is_held_until_a_bridge_app_provides_the_method_on_the_router_front(
+        tmp_path: Path, socket_dir: Path) -> None:
+    python = bridge_python()
+
+    async def scenario() -> None:
+        path = socket_dir / "router.sock"
+        async with running_proxy(tmp_path, router_socket=str(path)) as (proxy, m4):
+            waiting = asyncio.create_task(m4.call_raw("late_start", 20, msgid=M4_THREAD_ID))
+            await wait_for(lambda: proxy.stats.unroutable == 1, what="the call came before any provider")
+            async with bridge_app(python, f"unix://{path}") as app:
+                await app.provide("late_start", "echo")
+                assert answer_of(await waiting) == [20]
+            assert proxy.stats.held_delivered == 1
+    asyncio.run(scenario())
+
+
+def test_a_held_call_whose_thread_calls_again_is_replaced_by_the_new_call(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_proxy(tmp_path) as (proxy, m4):
+            gave_up = asyncio.create_task(m4.call_raw("late_start", 1, msgid=M4_THREAD_ID))
+            await wait_for(lambda: proxy.stats.held == 1, what="the first call held")
+            await give_up(gave_up)
+            again = asyncio.create_task(m4.call_raw("late_start", 2, msgid=M4_THREAD_ID))
+            await wait_for(lambda: proxy.stats.held == 2, what="the second call held")
+            assert proxy.dispatch is not None and proxy.dispatch.held == 1
+            seen: list[int] = []
+
+            def late_start(n: int) -> int:
+                seen.append(n)
+                return n * 10
+
+            async with serving(proxy, late_start=late_start):
+                assert answer_of(await again) == 20
+            assert seen == [2] and proxy.stats.abandoned == 1
+    asyncio.run(scenario())
+
+
+def test_a_method_nobody_ever_provides_gets_no_reply_and_is_counted(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_proxy(tmp_path, hold_calls=0.2) as (proxy, m4):
+            replies = m4.stats.replies_from_linux
+            waiting = asyncio.create_task(m4.call_raw("never_provided", msgid=M4_THREAD_ID))
+            await wait_for(lambda: proxy.stats.held_expired == 1, what="the hold ran out")
+            # The proxy's silence is the answer; one more call shows the link is still in order.
+            async with serving(proxy, ping=lambda: "pong"):
+                assert answer_of(await m4.call_raw("ping", msgid=OTHER_THREAD)) == "pong"
+            assert not waiting.done() and m4.stats.replies_from_linux == replies
+            await give_up(waiting)
+            assert proxy.dispatch is not None
+            unprovided = proxy.dispatch.unprovided()
+            assert list(unprovided) == ["never_provided"]
+            assert unprovided["never_provided"]["calls"] == 1
+            assert unprovided["never_provided"]["unanswered"] == 1
+            assert unprovided["never_provided"]["held"] == 0
+    asyncio.run(scenario())
+
+
+def test_the_legacy_switch_still_answers_a_missing_method_with_an_error_at_once(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_proxy(tmp_path, m4_error_replies=True) as (proxy, m4):
+            reply = msgpack.unpackb((await m4.call_raw("nobody", msgid=M4_THREAD_ID)).raw)
+            assert reply[2] == "m4-proxy: no service registered for 'nobody'"
+            assert proxy.stats.held == 0
+    asyncio.run(scenario())
+
+
+# --- a limit per provider (issue 20 item 8) -----------------------------------------------------
+
+def test_an_app_that_never_answers_does_not_starve_the_m4_calls_to_another_app(
+        tmp_path: Path, socket_dir: Path) -> None:
+    python = bridge_python()
+    hung_calls = 70
+
+    async def scenario() -> None:
+        path = socket_dir / "router.sock"
+        address = f"unix://{path}"
+        async with running_proxy(tmp_path, router_socket=str(path)) as (proxy, m4), \
+                bridge_app(python, address) as hung, bridge_app(python, address) as other:
+            await hung.provide("stuck", "hang")
+            await other.provide("lively", "add")
+            stuck = [asyncio.create_task(m4.call_raw("stuck", msgid=M4_THREAD_ID + n))
+                     for n in range(hung_calls)]
+            await wait_for(lambda: proxy.stats.m4_calls == hung_calls, what="the calls to the hung app")
+            assert proxy.stats.over_limit == hung_calls - MAX_CALLS_PER_PROVIDER
+            assert answer_of(await m4.call_raw("lively", 2, 3, msgid=OTHER_THREAD)) == 5
+            for call in stuck:
+                await give_up(call)
+    asyncio.run(scenario())
+

@@ -225,8 +225,14 @@ class M4Dispatcher:
         tap = self._m4.tap
         if tap is not None:
             tap.m4_request(call.frame, request, front_of(provider), provider.label, held=held)
-        withdraw = provider.call(call.frame, lambda result: self._done(call, result),
-                                 wait=self._policy.service_timeout)
+        try:
+            withdraw = provider.call(call.frame, lambda result: self._done(call, result),
+                                     wait=self._policy.service_timeout)
+        except Exception:  # a provider's bug must not keep the call counted against it forever
+            log.exception("M4 call %r: %s could not take it", request.method, provider.label)
+            if call.state == _SENT:
+                self._release(call)
+            return
         if call.state == _SENT:  # a provider may fail at once
             call.withdraw = withdraw
 

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 from x8manager.proxy import M4Proxy, ProxyConfig
 from x8manager.proxy.cli import build_parser
-from x8manager.proxy.listeners import make_listeners
 from x8manager.proxy.link import Backoff, StartupError, parse_link_spec
+from x8manager.proxy.listeners import make_listeners
 from x8manager.proxy.pending import PendingCalls
 from x8manager.proxy.registry import RegisterContext, handle_register_message
 from x8manager.proxy.routing import RoutingTable

@@ -140,6 +140,10 @@ def test_cli_flags_and_defaults() -> None:
         build_parser().parse_args(["--call-port", "70000"])
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--call-timeout", "0"])
+    assert args.hold_calls == 30.0 and build_parser().parse_args(["--hold-calls", "0"]).hold_calls == 0
+    for bad in ("-1", "nan", "inf"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["--hold-calls", bad])
 
 
 def test_link_specs_and_one_backoff() -> None:

@@ -58,7 +58,7 @@ def test_pull_requests_run_the_readme_test_command() -> None:
     # YAML 1.1 reads the key "on" as True.
     assert "pull_request" in workflow[True]
     readme = (LAYER_ROOT / "README.md").read_text()
-    assert "    scripts/test            #" in readme
+    assert "\nscripts/test            #" in readme
     assert any(line.strip().startswith("scripts/test 2>&1") for line in runs(workflow).splitlines())
     uploads = using(workflow, "actions/upload-artifact")
     assert uploads and all(step["if"] == "failure()" for step in uploads)

@@ -1,11 +1,12 @@
 """Test rig for the proxy: the virtual M4 on a raw pty, and the proxy in-process.
 
-The M4 is :class:`x8manager.m4sim.VirtualM4`, the one stand-in M4 of every test, on a pty
-the proxy opens through a symlink (so ``await m4.replug_pty()`` can swap in a fresh pty at the
-same path, as a re-enumerated device would). Its test switches: ``raw_received`` (every object
-the M4 got, byte for byte), ``answer_calls`` (an M4 that takes calls and never replies),
+The M4 is :class:`x8manager.m4sim.VirtualM4`, the one stand-in M4 of every test, behaving as
+Arduino's real RPC library does, on a pty the proxy opens through a symlink (so ``await
+m4.replug_pty()`` can swap in a fresh pty at the same path, as a re-enumerated device would).
+Its test switches live in ``m4.switches`` (``answer_calls``: an M4 that takes calls and never
+replies; ``chunk_size``; ...); ``raw_received`` records every message the M4 got, byte for byte;
 ``send_raw`` (any bytes toward Linux), ``call_raw`` (an ``RPC.call`` as any thread id, the reply
-byte for byte) and ``bind(..., replace=True)``.
+byte for byte) and ``bind(..., replace=True)`` are the test-only actions.
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ Procedure = Callable[..., Any]
 
 
 def bare_m4() -> VirtualM4:
-    """A bare sketch: no demo procedures, no SerialRPC, slow procedures answer out of order."""
-    return VirtualM4(demo=False, serial=False, concurrent_dispatch=True)
+    """A bare sketch: no demo procedures, no SerialRPC; procedures run one at a time, as on the M4."""
+    return VirtualM4(demo=False, serial=False)
 
 
 async def m4_on_pty(tmp_path: Path) -> tuple[VirtualM4, str]:

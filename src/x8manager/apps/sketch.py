@@ -1,6 +1,6 @@
 """Apps that ship their M4 sketch: how a compose file declares it, and what lint checks of it.
 
-The contract (``x8-apps new --template m4-sketch`` writes it; README "Ship a sketch with your app"):
+The contract (``x8-apps new --template m4-sketch`` writes it; docs/flasher.md, "Ship a sketch with your app"):
 
 - a *sketch service* runs the app's own image with ``x8manager.flasher.client`` as its command and
   ``X8_SKETCH`` (the ELF's path in the image) in its environment, optional ``X8_SKETCH_HEALTH_METHOD``,
@@ -187,8 +187,8 @@ def check_sketch_services(services: dict[str, Any], app_folder: Path, *,
         if not elf.is_file():
             problems.append(SketchProblem(
                 "X8115", env_where, f"{source} is not in the app folder: build the sketch first "
-                "(arduino-cli compile -b arduino:mbed_portenta:portenta_x8 ...; README \"Ship a sketch "
-                "with your app\")", sidecar.name))
+                "(arduino-cli compile -b arduino:mbed_portenta:portenta_x8 ...; docs/flasher.md, "
+                "\"Ship a sketch with your app\")", sidecar.name))
         bound = _bound_in_sources(elf.parent)
         if bound is None:
             continue  # no source beside the ELF: nothing to read the bindings from

@@ -326,10 +326,21 @@ def check_last_flash(host: Host, options: Options) -> Finding:
 
 def check_sketch_answers(host: Host, options: Options) -> Finding:
     outcome = probe.call(options.host, options.call_port, probe.PROBE_METHOD, [], options.timeout)
-    if not outcome.answered or probe.NOT_FOUND not in str(outcome.error):
-        why = outcome.reason or f"the answer was {outcome.error!r}"
-        return _problem("sketch", "rpc", f"the M4 does not answer RPC ({why}): no sketch is running, or it "
-                                         "never calls RPC.begin()",
+    if not outcome.answered:
+        # A sketch that answered before and stopped has most likely halted: Arduino's RPC library
+        # rethrows a msgpack type_error (a call with wrong argument types) and .as<T>() throws on
+        # the nil an error reply gives; either ends in std::terminate, and the M4 is silent.
+        return _problem("sketch", "rpc",
+                        f"the M4 does not answer RPC ({outcome.reason}): no sketch is running, it never "
+                        "calls RPC.begin(), or it has halted (on the M4 a call with wrong argument types, "
+                        "or an unchecked .as<T>() on the nil an error reply gives, ends the sketch until "
+                        "reset)",
+                        "reset the M4 or flash the sketch again (m4-flasher status); check the argument "
+                        "types apps send and that the sketch checks RPC.call results; a sketch calls "
+                        "RPC.begin() in setup()")
+    if probe.NOT_FOUND not in str(outcome.error):
+        return _problem("sketch", "rpc", f"the M4 answers RPC oddly (the answer was {outcome.error!r}): "
+                                         "is it running an RPC sketch?",
                         "flash a sketch that calls RPC.begin() in setup(); m4-flasher status")
     return _ok("sketch", "rpc", "a sketch answers RPC (rpclib's \"could not find function\" to a probe)")
 

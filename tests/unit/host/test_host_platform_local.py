@@ -1,4 +1,4 @@
-"""The platform.local.txt snippet of the README: its upload pattern, expanded as the IDE expands it,
+"""The platform.local.txt snippet of docs/tools.md: its upload pattern, expanded as the IDE expands it,
 runs x8 upload, and the IDE gets x8's exit code (3 for a sketch the flasher's check refuses)."""
 
 from __future__ import annotations
@@ -43,10 +43,10 @@ def upload_command(build_path: Path, project: str) -> list[str]:
     return shlex.split(expand(props[f"tools.{tool}.upload.pattern"], values))
 
 
-def test_the_readme_shows_the_tested_snippet() -> None:
-    readme = (ROOT / "README.md").read_text()
+def test_the_docs_show_the_tested_snippet() -> None:
+    page = (ROOT / "docs" / "tools.md").read_text()
     for line in SNIPPET.read_text().splitlines():
-        assert f"    {line}\n" in readme, line
+        assert f"\n{line}\n" in page, line
 
 
 def run_as_the_ide(tmp_path: Path, elf: str) -> subprocess.CompletedProcess[str]:

@@ -24,6 +24,10 @@ from tests.support.bridge import bridge_app, bridge_python
 from x8manager.proxy.dispatch import MAX_CALLS_PER_PROVIDER
 
 OTHER_THREAD = M4_THREAD_ID + 0x800
+# A sketch thread's RPC.setTimeout where the test wants it to give up on a call.
+GIVE_UP_MS = 100
+# ... and where it should get its answer: long enough for any loaded machine, so a lost reply fails.
+PATIENT_MS = int(WAIT * 1000)
 
 
 @pytest.fixture
@@ -104,17 +108,18 @@ def test_a_thread_that_gave_up_gets_its_own_reply_not_the_late_one_from_a_legacy
             return "the second call's own reply"
 
         async with running_proxy(tmp_path) as (proxy, m4), serving(proxy, first=first, second=second):
-            gave_up = asyncio.create_task(m4.call_raw("first", msgid=M4_THREAD_ID))
-            await wait_for(lambda: proxy.stats.m4_calls == 1, what="the first call sent")
-            await give_up(gave_up)
-            again = asyncio.create_task(m4.call_raw("second", msgid=M4_THREAD_ID))
+            thread = m4.thread(0)
+            thread.set_timeout(GIVE_UP_MS)
+            assert await thread.call("first") is None and thread.timed_out
+            thread.set_timeout(None)
+            again = asyncio.create_task(thread.call("second"))
             await asyncio.wait_for(second_taken.wait(), WAIT)
             with caplog.at_level(logging.INFO, logger="x8manager.proxy.services"):
                 release_first.set()  # the service answers the call the thread gave up on, first
                 await wait_for(lambda: again.done() or "nobody waits for" in caplog.text,
                                what="the late reply handled")
             release_second.set()
-            assert answer_of(await again) == "the second call's own reply"
+            assert await asyncio.wait_for(again, WAIT) == "the second call's own reply"
             assert proxy.stats.abandoned == 1
     asyncio.run(scenario())
 
@@ -126,15 +131,18 @@ def test_a_thread_that_gave_up_gets_its_own_reply_not_the_late_one_from_a_router
         async with running_proxy(tmp_path, router_socket=str(path)) as (proxy, m4), \
                 raw_router_app(path) as app:
             await app.provide("lookup")
-            gave_up = asyncio.create_task(m4.call_raw("lookup", "first", msgid=M4_THREAD_ID))
+            thread = m4.thread(0)
+            thread.set_timeout(GIVE_UP_MS)
+            gave_up = asyncio.create_task(thread.call("lookup", "first"))
             first = await app.request()
-            await give_up(gave_up)
-            again = asyncio.create_task(m4.call_raw("lookup", "second", msgid=M4_THREAD_ID))
+            assert await gave_up is None and thread.timed_out
+            thread.set_timeout(None)
+            again = asyncio.create_task(thread.call("lookup", "second"))
             second = await app.request()
             assert first[3] == ["first"] and second[3] == ["second"]
             app.answer(first[1], "the late reply to the first call")
             app.answer(second[1], "the second call's own reply")
-            assert answer_of(await again) == "the second call's own reply"
+            assert await asyncio.wait_for(again, WAIT) == "the second call's own reply"
             assert proxy.stats.abandoned == 1
     asyncio.run(scenario())
 
@@ -160,24 +168,27 @@ def test_two_threads_with_fixed_ids_for_10000_calls_get_every_answer_right(tmp_p
             await event("after released", tag).wait()
             return f"after {tag}"
 
-        async def thread(msgid: int) -> None:
+        async def calls(index: int) -> None:
+            thread = m4.thread(index)
+            thread.set_timeout(PATIENT_MS)
             for n in range(calls_per_thread):
                 if n % give_up_every != give_up_every - 1:
-                    assert answer_of(await m4.call_raw("double", n, msgid=msgid)) == 2 * n, (msgid, n)
+                    assert await thread.call("double", n) == 2 * n, (thread, n)
                     continue
-                tag = msgid + n
-                late = asyncio.create_task(m4.call_raw("slow", tag, msgid=msgid))
+                tag = index * calls_per_thread + n
+                thread.set_timeout(GIVE_UP_MS)
+                assert await thread.call("slow", tag) is None and thread.timed_out
+                thread.set_timeout(PATIENT_MS)
                 await asyncio.wait_for(event("slow taken", tag).wait(), WAIT)
-                await give_up(late)
-                following = asyncio.create_task(m4.call_raw("after", tag, msgid=msgid))
+                following = asyncio.create_task(thread.call("after", tag))
                 await asyncio.wait_for(event("after taken", tag).wait(), WAIT)
                 event("slow released", tag).set()  # the late reply is written first
                 event("after released", tag).set()
-                assert answer_of(await following) == f"after {tag}", (msgid, n)
+                assert await asyncio.wait_for(following, WAIT) == f"after {tag}", (thread, n)
 
         async with running_proxy(tmp_path) as (proxy, m4), \
                 serving(proxy, double=lambda n: 2 * n, slow=slow, after=after):
-            await asyncio.gather(thread(M4_THREAD_ID), thread(OTHER_THREAD))
+            await asyncio.gather(calls(0), calls(1))
             assert proxy.stats.m4_calls == 2 * calls_per_thread + 2 * (calls_per_thread // give_up_every)
             assert proxy.stats.abandoned == 2 * (calls_per_thread // give_up_every)
     asyncio.run(scenario())
@@ -188,10 +199,10 @@ def test_two_threads_with_fixed_ids_for_10000_calls_get_every_answer_right(tmp_p
 def test_a_call_is_held_until_a_service_registers_the_method_on_the_register_port(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with running_proxy(tmp_path) as (proxy, m4):
-            waiting = asyncio.create_task(m4.call_raw("late_start", 20, msgid=M4_THREAD_ID))
+            waiting = asyncio.create_task(m4.thread(0).call("late_start", 20))  # waits forever
             await wait_for(lambda: proxy.stats.unroutable == 1, what="the call came before any provider")
             async with serving(proxy, late_start=lambda n: n + 1):
-                assert answer_of(await waiting) == 21
+                assert await asyncio.wait_for(waiting, WAIT) == 21
             assert proxy.stats.held_delivered == 1
     asyncio.run(scenario())
 
@@ -203,11 +214,11 @@ def test_a_call_is_held_until_a_bridge_app_provides_the_method_on_the_router_fro
     async def scenario() -> None:
         path = socket_dir / "router.sock"
         async with running_proxy(tmp_path, router_socket=str(path)) as (proxy, m4):
-            waiting = asyncio.create_task(m4.call_raw("late_start", 20, msgid=M4_THREAD_ID))
+            waiting = asyncio.create_task(m4.thread(0).call("late_start", 20))  # waits forever
             await wait_for(lambda: proxy.stats.unroutable == 1, what="the call came before any provider")
             async with bridge_app(python, f"unix://{path}") as app:
                 await app.provide("late_start", "echo")
-                assert answer_of(await waiting) == [20]
+                assert await asyncio.wait_for(waiting, WAIT) == [20]
             assert proxy.stats.held_delivered == 1
     asyncio.run(scenario())
 
@@ -215,12 +226,12 @@ def test_a_call_is_held_until_a_bridge_app_provides_the_method_on_the_router_fro
 def test_a_held_call_whose_thread_calls_again_is_replaced_by_the_new_call(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with running_proxy(tmp_path) as (proxy, m4):
-            gave_up = asyncio.create_task(m4.call_raw("late_start", 1, msgid=M4_THREAD_ID))
-            await wait_for(lambda: proxy.stats.held == 1, what="the first call held")
-            await give_up(gave_up)
-            again = asyncio.create_task(m4.call_raw("late_start", 2, msgid=M4_THREAD_ID))
-            await wait_for(lambda: proxy.stats.held == 2, what="the second call held")
-            assert proxy.dispatch is not None and proxy.dispatch.held == 1
+            thread = m4.thread(0)
+            thread.set_timeout(GIVE_UP_MS)
+            assert await thread.call("late_start", 1) is None and thread.timed_out
+            thread.set_timeout(None)
+            again = asyncio.create_task(thread.call("late_start", 2))
+            await wait_for(lambda: proxy.stats.unroutable == 2, what="the second call taken")
             seen: list[int] = []
 
             def late_start(n: int) -> int:
@@ -228,8 +239,9 @@ def test_a_held_call_whose_thread_calls_again_is_replaced_by_the_new_call(tmp_pa
                 return n * 10
 
             async with serving(proxy, late_start=late_start):
-                assert answer_of(await again) == 20
-            assert seen == [2] and proxy.stats.abandoned == 1
+                assert await asyncio.wait_for(again, WAIT) == 20
+            assert seen == [2]
+            assert (proxy.stats.held, proxy.stats.abandoned, proxy.stats.held_delivered) == (2, 1, 1)
     asyncio.run(scenario())
 
 
@@ -237,12 +249,12 @@ def test_a_method_nobody_ever_provides_gets_no_reply_and_is_counted(tmp_path: Pa
     async def scenario() -> None:
         async with running_proxy(tmp_path, hold_calls=0.2) as (proxy, m4):
             replies = m4.stats.replies_from_linux
-            waiting = asyncio.create_task(m4.call_raw("never_provided", msgid=M4_THREAD_ID))
+            waiting = asyncio.create_task(m4.thread(0).call("never_provided"))  # waits forever
             await wait_for(lambda: proxy.stats.held_expired == 1, what="the hold ran out")
             # The proxy's silence is the answer; one more call shows the link is still in order.
             async with serving(proxy, ping=lambda: "pong"):
-                assert answer_of(await m4.call_raw("ping", msgid=OTHER_THREAD)) == "pong"
-            assert not waiting.done() and m4.stats.replies_from_linux == replies
+                assert await asyncio.wait_for(m4.thread(1).call("ping"), WAIT) == "pong"
+            assert not waiting.done() and m4.stats.replies_from_linux == replies + 1  # the ping's
             await give_up(waiting)
             assert proxy.dispatch is not None
             unprovided = proxy.dispatch.unprovided()
@@ -279,8 +291,8 @@ def test_an_app_that_never_answers_does_not_starve_the_m4_calls_to_another_app(
             stuck = [asyncio.create_task(m4.call_raw("stuck", msgid=M4_THREAD_ID + n))
                      for n in range(hung_calls)]
             await wait_for(lambda: proxy.stats.m4_calls == hung_calls, what="the calls to the hung app")
-            assert proxy.stats.over_limit == hung_calls - MAX_CALLS_PER_PROVIDER
             assert answer_of(await m4.call_raw("lively", 2, 3, msgid=OTHER_THREAD)) == 5
+            assert proxy.stats.over_limit == hung_calls - MAX_CALLS_PER_PROVIDER
             for call in stuck:
                 await give_up(call)
     asyncio.run(scenario())

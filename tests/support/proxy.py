@@ -52,13 +52,17 @@ async def m4_on_pty(tmp_path: Path) -> tuple[VirtualM4, str]:
 
 
 @contextlib.asynccontextmanager
-async def running_proxy(tmp_path: Path, reader: ReaderMode = "auto",
+async def running_proxy(tmp_path: Path, reader: ReaderMode = "auto", m4: VirtualM4 | None = None,
                         **options: Any) -> AsyncIterator[tuple[M4Proxy, VirtualM4]]:
     """The proxy in-process on loopback with ephemeral ports, and the virtual M4 behind it.
 
-    ``reader="thread"`` reads the pty the way the proxy reads x8h7_ui (no poll method).
+    ``reader="thread"`` reads the pty the way the proxy reads x8h7_ui (no poll method); *m4*
+    replaces the bare sketch.
     """
-    m4, path = await m4_on_pty(tmp_path)
+    if m4 is None:
+        m4, path = await m4_on_pty(tmp_path)
+    else:
+        path = await m4.start_on_pty(alias=tmp_path / "x8h7_ui")
     config = ProxyConfig(device=path, bind="127.0.0.1", register_port=0, call_port=0,
                          device_reader=reader, **options)
     proxy = M4Proxy(config)
@@ -118,3 +122,8 @@ async def serving(proxy: M4Proxy, **procedures: Procedure) -> AsyncIterator[RpcS
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await service.close()
+
+
+def monitor_rig(tmp_path: Path) -> contextlib.AbstractAsyncContextManager[tuple[M4Proxy, VirtualM4]]:
+    """The proxy with its monitor port on 127.0.0.1, and a virtual M4 whose SerialRPC binds tty."""
+    return running_proxy(tmp_path, m4=VirtualM4(demo=False), monitor_listen="127.0.0.1:0")

@@ -24,6 +24,7 @@ import msgpack
 
 from x8manager.proxy.link import LinkDown, M4Link
 from x8manager.proxy.pending import PendingCalls
+from x8manager.proxy.ratelimit import RateLimitedLog
 from x8manager.rpc.framing import (
     M4_MAX_MESSAGE,
     Frame,
@@ -40,6 +41,8 @@ __all__ = ["CALL_PORT", "MONITOR", "REGISTER_PORT", "ROUTER_FRONT", "M4CallFaile
            "TooLarge"]
 
 log = logging.getLogger(__name__)
+# Lines a Linux peer's messages can cause (a notification lost while the M4 does not read).
+limited_log = RateLimitedLog(log)
 
 # The M4 link carries ≤ ~496 bytes per RPMsg message; a larger partial object is garbage.
 M4_DECODER_BUFFER: Final = 8 * 1024
@@ -302,8 +305,8 @@ class M4Port:
     def notify(self, raw: bytes, *, front: str = CALL_PORT, app: str = "") -> None:
         """Send a raw notification; *front* and *app* name its sender (trace, and the log if lost)."""
         if len(raw) > self.max_message:
-            log.warning("%s: notification is %d bytes, over the M4 link limit of %d; dropped",
-                        _sender(front, app), len(raw), self.max_message)
+            limited_log.warning("m4-too-large", "%s: notification is %d bytes, over the M4 link limit of %d; "
+                                "dropped", _sender(front, app), len(raw), self.max_message)
             if self.tap is not None:
                 self.tap.notification_sent(raw, front, app, "over the M4 link limit: dropped")
             return
@@ -312,7 +315,7 @@ class M4Port:
         try:
             written = self.link.send(raw)
         except LinkDown as exc:
-            log.warning("%s: notification lost: %s", _sender(front, app), exc)
+            limited_log.warning("m4-lost", "%s: notification lost: %s", _sender(front, app), exc)
             return
         if written is not None:
             written.add_done_callback(
@@ -325,7 +328,7 @@ class M4Port:
         try:
             written = self.link.send(raw)
         except LinkDown as exc:
-            log.warning("reply to the M4 lost: %s", exc)
+            limited_log.warning("m4-lost", "reply to the M4 lost: %s", exc)
             return
         if written is not None:
             written.add_done_callback(lambda done: _log_lost(done, "reply to the M4 lost"))
@@ -409,4 +412,4 @@ def _sender(front: str, app: str) -> str:
 
 def _log_lost(done: asyncio.Future[None], what: str) -> None:
     if not done.cancelled() and done.exception() is not None:
-        log.warning("%s: %s", what, done.exception())
+        limited_log.warning("m4-lost", "%s: %s", what, done.exception())

@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import tempfile
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ import pytest
 from proxy_harness import M4_THREAD_ID, WAIT, running_proxy, serving, wait_for
 
 from tests.support.bridge import bridge_app, bridge_python
+from tests.support.router import Client, client, rig
 from x8manager.proxy.dispatch import MAX_CALLS_PER_PROVIDER
 
 OTHER_THREAD = M4_THREAD_ID + 0x800
@@ -28,13 +27,6 @@ OTHER_THREAD = M4_THREAD_ID + 0x800
 GIVE_UP_MS = 100
 # ... and where it should get its answer: long enough for any loaded machine, so a lost reply fails.
 PATIENT_MS = int(WAIT * 1000)
-
-
-@pytest.fixture
-def socket_dir() -> Iterator[Path]:
-    # UNIX socket paths are limited to 108 bytes: pytest's tmp_path can be longer.
-    with tempfile.TemporaryDirectory(prefix="x8m4") as path:
-        yield Path(path)
 
 
 def answer_of(reply: Any) -> Any:
@@ -50,45 +42,16 @@ async def give_up(call: asyncio.Task[Any]) -> None:
         await call
 
 
-class RawRouterApp:
-    """A router-front client that provides methods and answers their calls when the test says."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._reader, self._writer = reader, writer
-        self._unpacker = msgpack.Unpacker(raw=False)
-
-    async def next(self) -> list[Any]:
-        async with asyncio.timeout(WAIT):
-            while True:
-                for value in self._unpacker:
-                    return list(value)
-                data = await self._reader.read(65536)
-                if not data:
-                    raise ConnectionError("closed by the proxy")
-                self._unpacker.feed(data)
-
-    async def provide(self, name: str) -> None:
-        self._writer.write(msgpack.packb([0, 1, "$/register", [name]]))
-        assert await self.next() == [1, 1, None, True]
-
-    async def request(self) -> list[Any]:
-        """The next request the proxy forwards (cancellations of earlier ones are skipped)."""
-        while True:
-            message = await self.next()
-            if message[0] == 0:
-                return message
-
-    def answer(self, msgid: int, result: Any) -> None:
-        self._writer.write(msgpack.packb([1, msgid, None, result]))
+async def forwarded_request(app: Client) -> list[Any]:
+    """The next request the proxy forwards to a router client (cancellations are skipped)."""
+    while True:
+        message = await app.next()
+        if message[0] == 0:
+            return list(message)
 
 
-@contextlib.asynccontextmanager
-async def raw_router_app(path: Path) -> AsyncIterator[RawRouterApp]:
-    reader, writer = await asyncio.open_unix_connection(str(path))
-    try:
-        yield RawRouterApp(reader, writer)
-    finally:
-        writer.close()
+def answer(app: Client, msgid: int, result: Any) -> None:
+    app.writer.write(msgpack.packb([1, msgid, None, result]))
 
 
 # --- one call per msgid (issue 19 item 2) ---------------------------------------------------------
@@ -125,23 +88,21 @@ def test_a_thread_that_gave_up_gets_its_own_reply_not_the_late_one_from_a_legacy
 
 
 def test_a_thread_that_gave_up_gets_its_own_reply_not_the_late_one_from_a_router_client(
-        tmp_path: Path, socket_dir: Path) -> None:
+        tmp_path: Path) -> None:
     async def scenario() -> None:
-        path = socket_dir / "router.sock"
-        async with running_proxy(tmp_path, router_socket=str(path)) as (proxy, m4), \
-                raw_router_app(path) as app:
-            await app.provide("lookup")
+        async with rig(tmp_path) as (proxy, m4, path), client(path) as app:
+            assert await app.request(1, "$/register", "lookup") == [1, 1, None, True]
             thread = m4.thread(0)
             thread.set_timeout(GIVE_UP_MS)
             gave_up = asyncio.create_task(thread.call("lookup", "first"))
-            first = await app.request()
+            first = await forwarded_request(app)
             assert await gave_up is None and thread.timed_out
             thread.set_timeout(None)
             again = asyncio.create_task(thread.call("lookup", "second"))
-            second = await app.request()
+            second = await forwarded_request(app)
             assert first[3] == ["first"] and second[3] == ["second"]
-            app.answer(first[1], "the late reply to the first call")
-            app.answer(second[1], "the second call's own reply")
+            answer(app, first[1], "the late reply to the first call")
+            answer(app, second[1], "the second call's own reply")
             assert await asyncio.wait_for(again, WAIT) == "the second call's own reply"
             assert proxy.stats.abandoned == 1
     asyncio.run(scenario())
@@ -207,13 +168,11 @@ def test_a_call_is_held_until_a_service_registers_the_method_on_the_register_por
     asyncio.run(scenario())
 
 
-def test_a_call_is_held_until_a_bridge_app_provides_the_method_on_the_router_front(
-        tmp_path: Path, socket_dir: Path) -> None:
+def test_a_call_is_held_until_a_bridge_app_provides_the_method_on_the_router_front(tmp_path: Path) -> None:
     python = bridge_python()
 
     async def scenario() -> None:
-        path = socket_dir / "router.sock"
-        async with running_proxy(tmp_path, router_socket=str(path)) as (proxy, m4):
+        async with rig(tmp_path) as (proxy, m4, path):
             waiting = asyncio.create_task(m4.thread(0).call("late_start", 20))  # waits forever
             await wait_for(lambda: proxy.stats.unroutable == 1, what="the call came before any provider")
             async with bridge_app(python, f"unix://{path}") as app:
@@ -276,16 +235,13 @@ def test_the_legacy_switch_still_answers_a_missing_method_with_an_error_at_once(
 
 # --- a limit per provider (issue 20 item 8) -----------------------------------------------------
 
-def test_an_app_that_never_answers_does_not_starve_the_m4_calls_to_another_app(
-        tmp_path: Path, socket_dir: Path) -> None:
+def test_an_app_that_never_answers_does_not_starve_the_m4_calls_to_another_app(tmp_path: Path) -> None:
     python = bridge_python()
     hung_calls = 70
 
     async def scenario() -> None:
-        path = socket_dir / "router.sock"
-        address = f"unix://{path}"
-        async with running_proxy(tmp_path, router_socket=str(path)) as (proxy, m4), \
-                bridge_app(python, address) as hung, bridge_app(python, address) as other:
+        async with rig(tmp_path) as (proxy, m4, path), \
+                bridge_app(python, f"unix://{path}") as hung, bridge_app(python, f"unix://{path}") as other:
             await hung.provide("stuck", "hang")
             await other.provide("lively", "add")
             stuck = [asyncio.create_task(m4.call_raw("stuck", msgid=M4_THREAD_ID + n))

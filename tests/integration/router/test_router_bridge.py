@@ -54,7 +54,7 @@ async def rig(tmp_path: Path, socket_dir: Path,
 
 def nothing_left(proxy: M4Proxy) -> bool:
     assert proxy.router is not None
-    return not proxy.router.context.connections and not proxy.routes.routes() and not len(proxy.m4.pending)
+    return not proxy.router.connections and not proxy.routes.routes() and not len(proxy.m4.pending)
 
 
 def test_call_notify_provide_unprovide(tmp_path: Path, socket_dir: Path, bridge_py: Path) -> None:

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 
 import msgpack
 import pytest
 
+from tests.support.router import FakeProvider
 from x8manager.m4sim import wire
 from x8manager.proxy.ratelimit import RateLimitedLog
 from x8manager.proxy.routerfront import bridge_error, m4_error_for_bridge
-from x8manager.proxy.routing import ProviderDone, RouteExists, RoutingTable
-from x8manager.rpc.framing import Frame, Incomplete, InvalidMessage, ObjectCutter, first_object
+from x8manager.proxy.routing import RouteExists, RoutingTable
+from x8manager.rpc.framing import Incomplete, InvalidMessage, ObjectCutter, first_object
 
 
 def test_rpclib_errors_become_bridge_codes() -> None:
@@ -52,24 +52,13 @@ def test_rate_limited_log_says_how_many_it_held_back(caplog: pytest.LogCaptureFi
     assert caplog.messages == ["bad input 0", "another kind"]
 
 
-class FakeClient:
-    def __init__(self, label: str) -> None:
-        self.label = label
-
-    def call(self, frame: Frame, done: ProviderDone, *, wait: float) -> Callable[[], None]:
-        raise AssertionError("not called here")
-
-    def notify(self, frame: Frame) -> None:
-        raise AssertionError("not called here")
-
-
 def test_one_table_router_routes_and_legacy_names() -> None:
     async def dead(port: int) -> bool:
         return False
 
     async def scenario() -> None:
         table = RoutingTable(live=dead)
-        a, b = FakeClient("a"), FakeClient("b")
+        a, b = FakeProvider("a"), FakeProvider("b")
         await table.add_route("x", a)
         with pytest.raises(RouteExists, match="route already exists: x"):
             await table.add_route("x", b)

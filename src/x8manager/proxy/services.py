@@ -22,6 +22,7 @@ import logging
 from collections.abc import Callable
 from typing import Final, cast
 
+from x8manager.proxy.ratelimit import RateLimitedLog
 from x8manager.rpc.framing import MAX_MSGID, Frame, InvalidMessage, Response, StreamDecoder, replace_msgid
 
 __all__ = ["CallDone", "ServiceCallFailed", "ServiceLink"]
@@ -54,8 +55,9 @@ class _Connection(asyncio.Protocol):
     ``data_received`` directly, with no reader task to wake per read.
     """
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, limited_log: RateLimitedLog) -> None:
         self.port = port
+        self._limited_log = limited_log
         loop = asyncio.get_running_loop()
         self.waiting: dict[int, asyncio.Future[Frame]] = {}
         self.last_used = loop.time()
@@ -81,8 +83,9 @@ class _Connection(asyncio.Protocol):
             if future is not None and not future.done():
                 future.set_result(frame)
             else:
-                log.info("service on port %d answered msgid %d, which nobody waits for",
-                         self.port, frame.message.msgid)
+                # A reply to a call its caller gave up on (or a service's own garbage).
+                self._limited_log.info("late", "service on port %d answered msgid %d, which nobody waits for",
+                                       self.port, frame.message.msgid)
 
     def eof_received(self) -> bool:
         return False  # the service closed its side: close ours too
@@ -188,6 +191,7 @@ class ServiceLink:
         self._tasks: set[asyncio.Task[None]] = set()  # calls that had to wait for a connection
         self._closed = False
         self._next_id = 1
+        self._limited_log = RateLimitedLog(log)  # the service's traffic can cause these lines
 
     async def _connect(self) -> tuple[_Connection, bool]:
         """The open connection, or a new one; the flag says whether it is new."""
@@ -197,9 +201,9 @@ class ServiceLink:
                 return current, False
             if current is not None:
                 current.close()
-            port = self.port
+            port, limited_log = self.port, self._limited_log
             _, connection = await asyncio.get_running_loop().create_connection(
-                lambda: _Connection(port), SERVICE_HOST, port)
+                lambda: _Connection(port, limited_log), SERVICE_HOST, port)
             self._connection = connection
             return connection, True
 
@@ -317,7 +321,8 @@ class ServiceLink:
         try:
             self._notifications.put_nowait(raw)
         except asyncio.QueueFull:
-            log.warning("service on port %d is not keeping up: notification dropped", self.port)
+            self._limited_log.warning("behind", "service on port %d is not keeping up: notification dropped",
+                                      self.port)
 
     async def _deliver_notifications(self) -> None:
         while True:
@@ -335,8 +340,8 @@ class ServiceLink:
                     break
                 except OSError as exc:
                     if fresh or attempt == 2:
-                        log.warning("notification to service on port %d lost: %s",
-                                    self.port, exc.strerror or exc)
+                        self._limited_log.warning("lost", "notification to service on port %d lost: %s",
+                                                  self.port, exc.strerror or exc)
                         break
 
     def _close_if_idle(self) -> None:

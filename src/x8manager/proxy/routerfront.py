@@ -297,7 +297,7 @@ class RouterConnection(asyncio.Protocol):
         for forwarded in served.values():
             forwarded.timer.cancel()
             forwarded.done(ProviderFailed(
-                ERR_FAILED_TO_SEND, f"failed to send request: {self.label} disconnected", answer_m4=True))
+                ERR_FAILED_TO_SEND, f"failed to send request: {self.label} disconnected"))
         for task in self._tasks:
             task.cancel()
 
@@ -635,7 +635,7 @@ class RouterConnection(asyncio.Protocol):
         if not self._fits(frame.raw):
             assert self.max_message is not None
             code, text = _too_large(self.max_message)
-            done(ProviderFailed(code, text, answer_m4=True))
+            done(ProviderFailed(code, text))
             return _not_started
         msgid = self._new_id()
         raw, caller_msgid = replace_msgid(frame.raw, _packb(msgid))
@@ -644,8 +644,7 @@ class RouterConnection(asyncio.Protocol):
         def timed_out() -> None:
             if self._served.pop(msgid, None) is not None:
                 self._send(pack_notification("$/cancelRequest", [msgid]))
-                done(ProviderFailed(ERR_GENERIC, f"no reply from {self.label} within {wait:g} s",
-                                    answer_m4=True))
+                done(ProviderFailed(ERR_GENERIC, f"no reply from {self.label} within {wait:g} s"))
 
         self._served[msgid] = _Forwarded(caller_msgid, done, loop.call_later(wait, timed_out))
         self._send(raw)

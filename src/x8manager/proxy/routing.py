@@ -78,12 +78,10 @@ ERR_OVER_SIZE_LIMIT: Final = 6
 class ProviderFailed(Exception):
     """A provider gave no reply: it is gone, unreachable or too slow. ``code`` is the router's."""
 
-    def __init__(self, code: int, text: str, *, answer_m4: bool) -> None:
+    def __init__(self, code: int, text: str) -> None:
         super().__init__(text)
         self.code = code
         self.text = text
-        # Router semantics answer every call; the legacy path answers only with --m4-error-replies.
-        self.answer_m4 = answer_m4
 
 
 # Gets the provider's response (its raw bytes carry the caller's msgid) or why there is none.
@@ -124,7 +122,7 @@ class LegacyService:
 
         def finished(result: Frame | ServiceCallFailed) -> None:
             if isinstance(result, ServiceCallFailed):
-                done(ProviderFailed(ERR_FAILED_TO_SEND, str(result), answer_m4=False))
+                done(ProviderFailed(ERR_FAILED_TO_SEND, str(result)))
             else:
                 done(result)
 

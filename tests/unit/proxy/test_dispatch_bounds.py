@@ -102,9 +102,9 @@ def test_every_call_sent_is_released_answered_failed_or_abandoned() -> None:
         _, late_done = busy.calls[0]
         late_done(Frame(None, b"late"))  # type: ignore[arg-type]  # a reply after the withdrawal
         for _, done in busy.calls[1:]:
-            done(ProviderFailed(3, "gone", answer_m4=True))
+            done(ProviderFailed(3, "gone"))
         _, done = other.calls[0]
-        done(ProviderFailed(3, "gone", answer_m4=True))
+        done(ProviderFailed(3, "gone"))
         assert dispatch.in_flight == 0
         assert m4.replies == []  # nothing the proxy itself would say reaches the M4
     asyncio.run(scenario())

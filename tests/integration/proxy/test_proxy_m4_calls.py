@@ -11,15 +11,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import msgpack
 import pytest
-from proxy_harness import M4_THREAD_ID, WAIT, running_proxy, serving, wait_for
+from proxy_harness import M4_THREAD_ID, WAIT, m4_on_pty, running_proxy, serving, wait_for
 
 from tests.support.bridge import bridge_app, bridge_python
 from tests.support.router import Client, client, rig
+from x8manager.proxy import M4Proxy, ProxyConfig
 from x8manager.proxy.dispatch import MAX_CALLS_PER_PROVIDER
 
 OTHER_THREAD = M4_THREAD_ID + 0x800
@@ -253,3 +255,36 @@ def test_an_app_that_never_answers_does_not_starve_the_m4_calls_to_another_app(t
                 await give_up(call)
     asyncio.run(scenario())
 
+
+
+def test_a_call_made_while_the_proxy_restarts_under_a_bridge_app_is_held_until_it_provides_again(
+        tmp_path: Path) -> None:
+    python = bridge_python()
+
+    async def scenario() -> None:
+        m4, device = await m4_on_pty(tmp_path)
+        with tempfile.TemporaryDirectory(prefix="x8m4") as directory:
+            path = Path(directory) / "router.sock"
+
+            def config() -> ProxyConfig:
+                return ProxyConfig(device=device, bind="127.0.0.1", register_port=0, call_port=0,
+                                   router_socket=str(path))
+
+            proxy = M4Proxy(config())
+            await proxy.start()
+            try:
+                async with bridge_app(python, f"unix://{path}") as app:
+                    await app.provide("linux_echo", "echo")
+                    await proxy.stop()
+                    proxy = M4Proxy(config())
+                    await proxy.start()
+                    # The sketch calls before the Bridge has reconnected (it retries every 3 s).
+                    waiting = asyncio.create_task(m4.thread(0).call("linux_echo", 2))
+                    await wait_for(lambda: proxy.stats.m4_calls == 1, what="the call taken")
+                    assert proxy.stats.held == 1 and "linux_echo" not in proxy.routes.routes()
+                    assert await asyncio.wait_for(waiting, WAIT * 2) == [2]
+                    assert proxy.stats.held_delivered == 1
+            finally:
+                await proxy.stop()
+                await m4.stop()
+    asyncio.run(scenario())

@@ -27,6 +27,7 @@ from x8manager.proxy.pending import PendingCalls
 from x8manager.proxy.ratelimit import RateLimitedLog
 from x8manager.rpc.framing import (
     M4_MAX_MESSAGE,
+    M4_MAX_SEND,
     Frame,
     InvalidMessage,
     Response,
@@ -225,7 +226,7 @@ class M4Port:
         self.call_timeout = call_timeout
         self.stats = M4Stats()
         self.pending = PendingCalls()
-        self._decoder = StreamDecoder(M4_DECODER_BUFFER)
+        self._decoder = StreamDecoder(M4_DECODER_BUFFER, max_message=M4_MAX_SEND)
         self._last_data = 0.0
         self._on_frame: FrameHandler | None = None
         self._loop: asyncio.AbstractEventLoop | None = None

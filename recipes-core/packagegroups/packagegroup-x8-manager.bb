@@ -9,7 +9,9 @@ SECTION = "base"
 
 inherit packagegroup
 
+# x8-manager-conf: the services' /etc/default files (an integrator's M4_PROXY_ARGS land there).
 RDEPENDS:${PN} = "x8-manager-apps \
+                  x8-manager-conf \
                   x8-manager-doctor \
                   x8-manager-flasher \
                   x8-manager-proxy"

@@ -11,15 +11,14 @@ LICENSE = "MIT"
 LIC_FILES_CHKSUM = "file://LICENSE;md5=ec647bce7b51f91a5b9105b8b98a096d"
 
 # The Python project lives at the top of this layer (pyproject.toml + src/): no network fetch of our
-# own code and no AUTOREV. SRC_URI names each source file under src/ (x8_manager_sources below), so
-# the fetcher checksums exactly the package's sources: an edit there changes do_fetch's signature
-# and rebuilds the recipe, while what a developer's host leaves beside them (the editable install's
-# src/*.egg-info, __pycache__, editor files) changes nothing.
+# own code and no AUTOREV. SRC_URI names each source file under src/ (x8_manager_sources.bbclass),
+# so an edit there rebuilds the recipe while host leftovers beside the sources change nothing.
 # nooelint: oelint.vars.fileextrapaths - the source is this layer's own checkout, two levels up
 FILESEXTRAPATHS:prepend := "${THISDIR}/../..:"
 
 # subdir=${BP} puts the tree in the default S on every release (${WORKDIR}/${BP} up to scarthgap,
-# ${UNPACKDIR}/${BP} later), so the recipe needs neither S nor UNPACKDIR.
+# ${UNPACKDIR}/${BP} from styhead on), so the recipe needs neither S nor UNPACKDIR. The
+# /etc/default files come from x8-manager-conf, so an integrator's arguments rebuild only that.
 SRC_URI = "file://pyproject.toml;subdir=${BP} \
            file://README.md;subdir=${BP} \
            file://LICENSE;subdir=${BP} \
@@ -27,40 +26,9 @@ SRC_URI = "file://pyproject.toml;subdir=${BP} \
            file://m4-proxy.service;subdir=${BP}/units \
            file://m4-proxy.socket;subdir=${BP}/units \
            file://m4-flasher.service;subdir=${BP}/units \
-           file://m4-proxy.default;subdir=${BP}/units \
-           file://m4-flasher.default;subdir=${BP}/units \
            file://x8-manager-proxy.sysusers.conf;subdir=${BP}/units"
 
-# Host leftovers beside the sources: skipped by name, never fetched.
-X8_MANAGER_SOURCES_SKIP_DIRS = "__pycache__ *.egg-info .*"
-X8_MANAGER_SOURCES_SKIP_FILES = "*.pyc *.pyo .* *~"
-X8_MANAGER_SOURCES_SKIP_DIRS[doc] = "Directory names (globs) under src/ that are not package sources."
-X8_MANAGER_SOURCES_SKIP_FILES[doc] = "File names (globs) under src/ that are not package sources."
-
-# One file:// entry per source file under the layer's src/, sorted, relative to the layer top (the
-# fetcher recreates the path under subdir). Every directory walked is a parse dependency: a file
-# added or removed there changes the directory's mtime, so BitBake re-parses and the list follows.
-def x8_manager_sources(d):
-    import fnmatch
-    import os
-    top = os.path.normpath(os.path.join(os.path.dirname(d.getVar("FILE")), "..", ".."))
-    skip_dirs = (d.getVar("X8_MANAGER_SOURCES_SKIP_DIRS") or "").split()
-    skip_files = (d.getVar("X8_MANAGER_SOURCES_SKIP_FILES") or "").split()
-    def skipped(name, patterns):
-        return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
-    entries = []
-    for root, dirs, files in os.walk(os.path.join(top, "src")):
-        dirs[:] = sorted(name for name in dirs if not skipped(name, skip_dirs))
-        bb.parse.mark_dependency(d, root)
-        for name in sorted(files):
-            if not skipped(name, skip_files):
-                relative = os.path.relpath(os.path.join(root, name), top)
-                entries.append("file://%s;subdir=${BP}" % relative)
-    if not entries:
-        bb.fatal("x8-manager: no Python sources under %s/src" % top)
-    return " ".join(entries)
-
-inherit python_setuptools_build_meta systemd
+inherit python_setuptools_build_meta systemd x8_manager_sources
 
 # cve-check: match CVEs filed against this project only, not a like-named CPE.
 CVE_PRODUCT = "x8-manager"
@@ -78,8 +46,6 @@ do_install:append() {
         sed -i -e 's|@BINDIR@|${bindir}|g' -e 's|@SYSCONFDIR@|${sysconfdir}|g' \
             ${D}${systemd_system_unitdir}/${unit}
     done
-    install -D -m 0644 ${S}/units/m4-proxy.default ${D}${sysconfdir}/default/m4-proxy
-    install -D -m 0644 ${S}/units/m4-flasher.default ${D}${sysconfdir}/default/m4-flasher
     install -D -m 0644 ${S}/units/x8-manager-proxy.sysusers.conf ${D}${nonarch_libdir}/sysusers.d/x8-manager-proxy.conf
     # x8manager.qemu drives a virtual X8 from a host (pip extra "qemu"): no device payload.
     rm -rf ${D}${X8_SITE}/qemu
@@ -104,12 +70,10 @@ FILES:${PN}-proxy += "${bindir}/m4-proxy \
                       ${X8_SITE}/proxy \
                       ${systemd_system_unitdir}/m4-proxy.service \
                       ${systemd_system_unitdir}/m4-proxy.socket \
-                      ${nonarch_libdir}/sysusers.d/x8-manager-proxy.conf \
-                      ${sysconfdir}/default/m4-proxy"
+                      ${nonarch_libdir}/sysusers.d/x8-manager-proxy.conf"
 FILES:${PN}-flasher += "${bindir}/m4-flasher \
                         ${X8_SITE}/flasher \
-                        ${systemd_system_unitdir}/m4-flasher.service \
-                        ${sysconfdir}/default/m4-flasher"
+                        ${systemd_system_unitdir}/m4-flasher.service"
 FILES:${PN}-apps += "${bindir}/x8-apps \
                      ${X8_SITE}/apps"
 FILES:${PN}-doctor += "${bindir}/x8-doctor \
@@ -120,9 +84,6 @@ FILES:${PN}-sim += "${bindir}/m4-sim \
                     ${X8_SITE}/m4sim"
 FILES:${PN} += "${X8_SITE} \
                 ${PYTHON_SITEPACKAGES_DIR}/x8manager-${PV}.dist-info"
-
-CONFFILES:${PN}-proxy = "${sysconfdir}/default/m4-proxy"
-CONFFILES:${PN}-flasher = "${sysconfdir}/default/m4-flasher"
 
 # Standard-library parts of python3 that each package imports, mapped to oe-core's scarthgap
 # python3-manifest.json packages (python3-core and what it pulls in are not repeated).
@@ -140,6 +101,10 @@ RDEPENDS:${PN}-sim = "${PN} python3-fcntl python3-terminal"
 # The doctor reads the apps' compose files with x8-apps' rules when x8-manager-apps is installed.
 RDEPENDS:${PN}-doctor = "${PN}"
 RRECOMMENDS:${PN}-doctor = "${PN}-apps"
+# /etc/default/m4-proxy and /etc/default/m4-flasher, the units' optional EnvironmentFile=s, come
+# from x8-manager-conf (the defaults hold without them; packagegroup-x8-manager installs them).
+RRECOMMENDS:${PN}-proxy = "x8-manager-conf"
+RRECOMMENDS:${PN}-flasher = "x8-manager-conf"
 # Arduino's client library for the router front (/var/run/arduino-router.sock): apps written for
 # the UNO Q run unchanged on the device; x8manager.rpc stays for legacy port-5000/5001 apps.
 RRECOMMENDS:${PN} = "python3-arduino-router-bridge"

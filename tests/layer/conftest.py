@@ -3,8 +3,10 @@ package bitbake-setup ships) applied to this layer's metadata without openembedd
 
 Without oe-core there is no bitbake.conf and none of its classes. The recipes are therefore
 evaluated on top of `SCARTHGAP_BASE`, the few directory variables of oe-core scarthgap's
-bitbake.conf (with usrmerge, as LmP sets it) that our recipes use, and every class we inherit
-from oe-core is an empty stand-in file, so the recipe's own statements are what gets evaluated.
+bitbake.conf (with usrmerge, as LmP sets it) that our recipes use, or of wrynose's
+(`SERIES_BASE`: from styhead on sources unpack into UNPACKDIR and S is under it), and every class
+we inherit from oe-core is an empty stand-in file, so the recipe's own statements are what gets
+evaluated.
 """
 
 from __future__ import annotations
@@ -72,6 +74,13 @@ SCARTHGAP_BASE = {
     "FILESEXTRAPATHS": "__default:",
 }
 
+# The LAYERSERIES_COMPAT series and where each one's bitbake.conf unpacks sources and puts S.
+SERIES_BASE = {
+    "scarthgap": SCARTHGAP_BASE,
+    # oe-core wrynose meta/conf/bitbake.conf: UNPACKDIR ??= "${WORKDIR}/sources", S = "${UNPACKDIR}/${BP}".
+    "wrynose": {**SCARTHGAP_BASE, "UNPACKDIR": "${WORKDIR}/sources", "S": "${UNPACKDIR}/${BP}"},
+}
+
 
 def copy_python_project(target: Path) -> Path:
     """The Python project of this checkout (pyproject.toml, README.md, LICENSE, src/) copied to
@@ -132,15 +141,16 @@ def oe_core_standin_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def new_datastore(standin_dir: Path) -> bb.data_smart.DataSmart:
-    """A fresh BitBake datastore with the stand-in classes and this layer on BBPATH."""
+def new_datastore(standin_dir: Path, series: str = "scarthgap") -> bb.data_smart.DataSmart:
+    """A fresh BitBake datastore with the stand-in classes and this layer on BBPATH, with the
+    directory variables of the series' bitbake.conf."""
     logging.getLogger("BitBake").setLevel(logging.WARNING)
     d = bb.data.init()
     d.setVar("BBPATH", f"{standin_dir}:{LAYER_ROOT}")
     d.setVar("__bbclasstype", "recipe")
     d.setVar("DISTRO_FEATURES", "systemd usrmerge")
     d.setVar("OVERRIDES", "")
-    for name, value in SCARTHGAP_BASE.items():
+    for name, value in SERIES_BASE[series].items():
         d.setVar(name, value)
     # The cooker's signature generator; unconfigured it is BitBake's "noop" one.
     bb.parse.siggen = bb.siggen.init(d)  # type: ignore[attr-defined]

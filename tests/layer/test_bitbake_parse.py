@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import subprocess
 from pathlib import Path
 
 import bb.data
@@ -60,10 +61,23 @@ def test_bitbake_reads_every_statement(path: Path) -> None:
 def test_layer_conf(bb_datastore: bb.data_smart.DataSmart) -> None:
     d = parse_layer_conf(bb_datastore)
     assert d.getVar("BBFILE_COLLECTIONS").split() == ["x8-manager"]
-    assert d.getVar("LAYERSERIES_COMPAT_x8-manager").split() == ["scarthgap"]
+    # Yocto 5.0 (LmP v95-v97, Arduino's X8 images) and 6.0 (LmP main), from one branch.
+    assert d.getVar("LAYERSERIES_COMPAT_x8-manager").split() == ["scarthgap", "wrynose"]
     assert set(d.getVar("LAYERDEPENDS_x8-manager").split()) == {"core", "meta-python", "openembedded-layer"}
     assert d.getVar("BBFILE_PRIORITY_x8-manager").isdigit()
     assert (LAYER_ROOT / "README.md").is_file()
+
+
+def test_the_checkout_holds_one_layer() -> None:
+    """yocto-check-layer tests every conf/layer.conf it finds under the layer it is given: a
+    second one (a test fixture, a template) is a second layer, which fails its run."""
+    # What check-layer exports: the files git tracks or would track.
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=LAYER_ROOT, check=True, capture_output=True, text=True,
+    ).stdout.splitlines()
+    found = [name for name in listed if name == "conf/layer.conf" or name.endswith("/conf/layer.conf")]
+    assert found == ["conf/layer.conf"]
 
 
 def test_layer_conf_changes_no_other_recipe(bb_datastore: bb.data_smart.DataSmart) -> None:
@@ -149,11 +163,41 @@ def test_src_uri_names_only_files_of_this_checkout(bb_datastore: bb.data_smart.D
 def test_packagegroup(bb_datastore: bb.data_smart.DataSmart) -> None:
     d = parse_recipe(bb_datastore, LAYER_ROOT / "recipes-core/packagegroups/packagegroup-x8-manager.bb")
     assert set(d.getVar("RDEPENDS:packagegroup-x8-manager").split()) == {
+        "x8-manager-conf",
         "x8-manager-proxy",
         "x8-manager-flasher",
         "x8-manager-apps",
         "x8-manager-doctor",
     }
+
+
+def test_the_source_listing_is_a_class_not_recipe_python(bb_datastore: bb.data_smart.DataSmart) -> None:
+    """The inline Python that lists src/ lives in classes-recipe/x8_manager_sources.bbclass."""
+    recipe = LAYER_ROOT / "recipes-python/x8-manager/x8-manager_0.1.0.bb"
+    assert not re.search(r"^def ", recipe.read_text(), re.MULTILINE)
+    d = parse_recipe(bb_datastore, recipe)
+    assert str(LAYER_ROOT / "classes-recipe/x8_manager_sources.bbclass") in d.getVar("BBINCLUDED").split()
+    assert "file://src/x8manager/__init__.py;subdir=x8-manager-0.1.0" in d.getVar("SRC_URI").split()
+
+
+def test_the_service_configuration_is_a_recipe_of_its_own(bb_datastore: bb.data_smart.DataSmart) -> None:
+    """/etc/default/m4-proxy and m4-flasher come from x8-manager-conf (as meta-rauc's rauc-conf),
+    not from the Python package: an integrator's M4_PROXY_ARGS rebuild only the small recipe."""
+    python = parse_recipe(
+        bb.data.createCopy(bb_datastore), LAYER_ROOT / "recipes-python/x8-manager/x8-manager_0.1.0.bb"
+    )
+    assert "/etc/default" not in " ".join(
+        python.getVar(f"FILES:{package}") or "" for package in python.getVar("PACKAGES").split()
+    )
+    assert "M4_PROXY_ARGS" not in python.getVar("do_install")
+    for package in ("x8-manager-proxy", "x8-manager-flasher"):
+        assert "x8-manager-conf" in python.getVar(f"RRECOMMENDS:{package}").split()
+    d = parse_recipe(bb_datastore, LAYER_ROOT / "recipes-python/x8-manager/x8-manager-conf_1.0.bb")
+    assert d.getVar("CONFFILES:x8-manager-conf").split() == [
+        "/etc/default/m4-proxy",
+        "/etc/default/m4-flasher",
+    ]
+    assert d.getVar("M4_PROXY_ARGS") == "" and d.getVar("M4_FLASHER_ARGS") == ""
 
 
 APPENDS = {

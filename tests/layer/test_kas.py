@@ -1,5 +1,7 @@
 """The kas files: valid against kas's own JSON schema, every repository pinned to a full commit,
-a distro set, this layer and the opt-in switch present in every buildable configuration."""
+a distro set, this layer and the opt-in switch present in every buildable configuration; one
+series file per LAYERSERIES_COMPAT series, pinned to that series' lmp-manifest branch, and machine
+files that take their pins from their series."""
 
 from __future__ import annotations
 
@@ -17,7 +19,21 @@ from .conftest import LAYER_ROOT
 pytestmark = pytest.mark.layer
 
 KAS_FILES = sorted((LAYER_ROOT / "kas").glob("*.yml"))
-BUILDABLE = [path for path in KAS_FILES if path.stem != "lmp-scarthgap"]
+# The shared part (kas/lmp.yml) and one file of pins per series; neither names a machine.
+SHARED = LAYER_ROOT / "kas" / "lmp.yml"
+# series -> (its foundriesio/lmp-manifest branch, the commit of that branch the pins come from)
+SERIES = {
+    "scarthgap": ("scarthgap", "542654a850c2984675515a8816110c2911d2df64"),
+    "wrynose": ("main", "4c38e3363014c73df582f0d48e2ae0c8ff68e8e8"),
+}
+SERIES_FILES = {series: LAYER_ROOT / "kas" / f"lmp-{series}.yml" for series in SERIES}
+# machine file -> the series whose pins it takes
+MACHINE_FILES = {
+    "qemuarm64-secureboot.yml": "scarthgap",
+    "portenta-x8.yml": "scarthgap",
+    "qemuarm64-secureboot-wrynose.yml": "wrynose",
+}
+BUILDABLE = [path for path in KAS_FILES if path.name in MACHINE_FILES]
 FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
 # The highest format every kas 5.x reads (kas 5.0 and 5.1 stop at 20).
 KAS_5_FORMAT = 20
@@ -49,8 +65,73 @@ def merged(path: Path) -> dict[str, Any]:
     return merge(config, data)
 
 
-def test_there_are_the_three_configurations() -> None:
-    assert {path.stem for path in KAS_FILES} >= {"lmp-scarthgap", "portenta-x8", "qemuarm64-secureboot"}
+def test_there_are_the_configurations_of_both_series() -> None:
+    series_files = {path.name for path in SERIES_FILES.values()}
+    assert {path.name for path in KAS_FILES} == {"lmp.yml", *series_files, *MACHINE_FILES}
+
+
+def layer_series() -> list[str]:
+    [line] = [
+        line
+        for line in (LAYER_ROOT / "conf" / "layer.conf").read_text().splitlines()
+        if line.startswith("LAYERSERIES_COMPAT_x8-manager")
+    ]
+    return line.split("=", 1)[1].strip().strip('"').split()
+
+
+def test_a_series_file_for_every_series_the_layer_declares() -> None:
+    assert layer_series() == list(SERIES) == ["scarthgap", "wrynose"]
+    for path in SERIES_FILES.values():
+        assert load(path)["header"]["includes"] == ["kas/lmp.yml"], path.name
+
+
+@pytest.mark.parametrize("series", SERIES)
+def test_series_pins_come_from_the_series_lmp_manifest_branch(series: str) -> None:
+    """The series file pins every repository the shared part names, and the lmp-manifest pin is
+    the commit of the branch that tracks the series (scarthgap: branch scarthgap; wrynose: main)."""
+    branch, commit = SERIES[series]
+    path = SERIES_FILES[series]
+    comments = " ".join(line.lstrip("# ") for line in path.read_text().splitlines() if line.startswith("#"))
+    assert f'foundriesio/lmp-manifest branch "{branch}" (commit {commit}' in comments, (
+        f"{path.name}: say which lmp-manifest branch and commit the pins come from"
+    )
+    config = merged(path)
+    assert config["repos"]["lmp-manifest"]["commit"] == commit
+    shared = set(load(SHARED)["repos"])
+    for name in shared - {"meta-x8-manager"}:
+        assert FULL_SHA.match(config["repos"][name].get("commit", "")), f"{path.name}: {name} not pinned"
+    assert not any(repo and "commit" in repo for repo in load(SHARED)["repos"].values()), "lmp.yml: no pins"
+
+
+def test_the_series_pin_different_commits() -> None:
+    scarthgap, wrynose = (merged(SERIES_FILES[series])["repos"] for series in SERIES)
+    for name in ("bitbake", "openembedded-core", "meta-openembedded", "meta-lmp", "lmp-manifest"):
+        assert scarthgap[name]["commit"] != wrynose[name]["commit"], name
+    # LmP main dropped meta-clang and meta-parsec from its base layers.
+    assert "meta-clang" in scarthgap and "meta-clang" not in wrynose
+    assert "meta-parsec" in scarthgap["meta-security"]["layers"]
+    assert "meta-parsec" not in wrynose["meta-security"]["layers"]
+
+
+@pytest.mark.parametrize("name", sorted(MACHINE_FILES))
+def test_machine_files_take_their_series_pins(name: str) -> None:
+    """A machine file includes its series file and overrides none of the series' base pins except
+    where it follows another manifest (portenta-x8: Arduino's)."""
+    series = MACHINE_FILES[name]
+    data = load(LAYER_ROOT / "kas" / name)
+    assert data["header"]["includes"] == [f"kas/lmp-{series}.yml"]
+    if name != "portenta-x8.yml":
+        base = merged(SERIES_FILES[series])["repos"]
+        config = merged(LAYER_ROOT / "kas" / name)["repos"]
+        assert {key: config[key] for key in base} == base
+
+
+def test_the_qemu_machine_files_of_both_series_differ_only_in_pins() -> None:
+    scarthgap = merged(LAYER_ROOT / "kas" / "qemuarm64-secureboot.yml")
+    wrynose = merged(LAYER_ROOT / "kas" / "qemuarm64-secureboot-wrynose.yml")
+    for key in ("distro", "machine", "target", "local_conf_header"):
+        assert scarthgap[key] == wrynose[key], key
+    assert scarthgap["repos"]["meta-arm"]["layers"] == wrynose["repos"]["meta-arm"]["layers"]
 
 
 @pytest.mark.parametrize("path", KAS_FILES, ids=lambda path: path.name)

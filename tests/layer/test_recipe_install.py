@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import fnmatch
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -46,11 +47,13 @@ HOST_SITE = f"${{libdir}}/python{sys.version_info.major}.{sys.version_info.minor
 Installed = tuple[bb.data_smart.DataSmart, Path, dict[str, set[str]]]
 
 
-def unpack(d: bb.data_smart.DataSmart, workdir: Path) -> None:
-    """file:// entries of SRC_URI copied to WORKDIR/<subdir>/<path as written>, searched like
-    FILESPATH does (BitBake's unpack recreates an entry's intermediate directories)."""
-    search = [Path(p) for p in d.getVar("FILESEXTRAPATHS").split(":") if p and p != "__default"]
-    search.append(RECIPE.parent / "files")
+def unpack(d: bb.data_smart.DataSmart, workdir: Path, recipe: Path = RECIPE) -> None:
+    """file:// entries of SRC_URI copied to WORKDIR/<subdir>/<path as written> (UNPACKDIR from
+    styhead on), searched like FILESPATH does (BitBake's unpack recreates an entry's intermediate
+    directories)."""
+    workdir = Path(d.getVar("UNPACKDIR") or workdir)
+    search = [Path(p) for p in (d.getVar("FILESEXTRAPATHS") or "").split(":") if p and p != "__default"]
+    search.append(recipe.parent / "files")
     for entry in d.getVar("SRC_URI").split():
         name, *params = entry.removeprefix("file://").split(";")
         subdir = dict(param.split("=", 1) for param in params).get("subdir", "")
@@ -188,7 +191,6 @@ def test_units_and_config_are_installed_with_real_paths(installed: Installed) ->
         ("x8-manager-flasher", "m4-flasher.service", "m4-flasher"),
     ):
         assert f"{unitdir}/{unit}" in packages[package]
-        assert f"/etc/default/{program}" in packages[package]
         text = (image / unitdir.lstrip("/") / unit).read_text()
         assert "@BINDIR@" not in text and "@SYSCONFDIR@" not in text
         assert f"ExecStart={d.getVar('bindir')}/{program}" in text
@@ -348,3 +350,71 @@ def test_proxy_brings_the_router_socket_group(installed: Installed) -> None:
 def test_the_library_recommends_arduinos_bridge(installed: Installed) -> None:
     d, _, _ = installed
     assert "python3-arduino-router-bridge" in d.getVar("RRECOMMENDS:x8-manager").split()
+
+
+CONF_RECIPE = LAYER_ROOT / "recipes-python" / "x8-manager" / "x8-manager-conf_1.0.bb"
+
+
+def install_conf(
+    tmp: Path, standin_dir: Path, series: str, appends: list[Path]
+) -> tuple[Path, dict[str, str]]:
+    """x8-manager-conf unpacked and installed as the series' bitbake.conf lays the work
+    directory out; returns the image directory and the text of each installed file."""
+    d = new_datastore(standin_dir, series)
+    d.setVar("WORKDIR", str(tmp / "work"))
+    d.setVar("D", str(tmp / "image"))
+    d = parse_recipe(d, CONF_RECIPE, appends)
+    unpack(d, Path(d.getVar("WORKDIR")), CONF_RECIPE)
+    run_shell_task(d, "do_install")
+    image = Path(d.getVar("D"))
+    files = {"/" + str(p.relative_to(image)): p.read_text() for p in image.rglob("*") if p.is_file()}
+    claimed = claim(sorted(files), d.getVar("FILES:x8-manager-conf").split(), image)
+    assert claimed == set(files)
+    assert set(d.getVar("CONFFILES:x8-manager-conf").split()) == set(files)
+    return image, files
+
+
+@pytest.mark.parametrize("series", ["scarthgap", "wrynose"])
+def test_the_service_defaults_come_from_x8_manager_conf(
+    series: str, tmp_path: Path, oe_core_standin_dir: Path
+) -> None:
+    """The /etc/default files m4-proxy.service and m4-flasher.service read (EnvironmentFile=-),
+    from their own recipe, unpacked into S on both series (WORKDIR up to scarthgap, UNPACKDIR
+    from styhead on); the same files the offline twin image installs."""
+    _, files = install_conf(tmp_path, oe_core_standin_dir, series, [])
+    assert set(files) == {"/etc/default/m4-proxy", "/etc/default/m4-flasher"}
+    for program in ("m4-proxy", "m4-flasher"):
+        default = RECIPE.parent / "files" / f"{program}.default"
+        assert files[f"/etc/default/{program}"] == default.read_text()
+
+
+def test_an_integrator_sets_m4_proxy_args_in_a_bbappend(tmp_path: Path, oe_core_standin_dir: Path) -> None:
+    """M4_PROXY_ARGS in x8-manager-conf.bbappend lands in /etc/default/m4-proxy; the Python
+    package's recipe does not read it, so it is not rebuilt."""
+    append = tmp_path / "x8-manager-conf_%.bbappend"
+    append.write_text('M4_PROXY_ARGS = "--call-timeout 5 --log-level debug"\n')
+    _, files = install_conf(tmp_path, oe_core_standin_dir, "wrynose", [append])
+    lines = files["/etc/default/m4-proxy"].splitlines()
+    assert lines[-1] == 'M4_PROXY_ARGS="--call-timeout 5 --log-level debug"'
+    assert "M4_FLASHER_ARGS=" not in files["/etc/default/m4-flasher"].replace("#M4_FLASHER_ARGS=", "")
+    python = parse_recipe(new_datastore(oe_core_standin_dir), RECIPE)
+    assert not any("M4_PROXY_ARGS" in (python.getVar(name) or "") for name in ("do_install", "do_configure"))
+
+
+@pytest.mark.parametrize("series", ["scarthgap", "wrynose"])
+def test_sources_unpack_into_s_on_both_series(series: str, oe_core_standin_dir: Path) -> None:
+    """Every file:// entry of our recipes unpacks below S on both series, so no recipe needs
+    S, WORKDIR or UNPACKDIR (S = "${WORKDIR}" is an error from styhead on). Nor does a recipe set
+    UNPACKDIR as a scarthgap fallback: BitBake lets a recipe's `UNPACKDIR ??= "${WORKDIR}"` (or
+    `?=`) override bitbake.conf's own weak default, so wrynose would unpack into WORKDIR again."""
+    for recipe in (RECIPE, CONF_RECIPE):
+        d = parse_recipe(new_datastore(oe_core_standin_dir, series), recipe)
+        unpackdir = d.getVar("UNPACKDIR") or d.getVar("WORKDIR")
+        source = d.getVar("S")
+        assert source != d.getVar("WORKDIR")
+        for entry in d.getVar("SRC_URI").split():
+            params = dict(param.split("=", 1) for param in entry.split(";")[1:])
+            assert f"{unpackdir}/{params.get('subdir', '')}".startswith(source), (recipe.name, entry)
+        lines = recipe.read_text().splitlines()
+        text = "\n".join(line for line in lines if not line.lstrip().startswith("#"))
+        assert "${WORKDIR}" not in text and not re.search(r"^(S|UNPACKDIR)\s*\S*=", text, re.MULTILINE)

@@ -64,12 +64,24 @@ def test_pull_requests_run_the_readme_test_command() -> None:
     assert uploads and all(step["if"] == "failure()" for step in uploads)
 
 
-def test_lmp_job_builds_the_kas_image_and_tests_it() -> None:
+def test_lmp_job_builds_the_kas_image_of_each_series_and_tests_it() -> None:
     workflow = load("lmp-image.yml")
     assert {"workflow_dispatch", "schedule"} <= set(workflow[True])
+    [job] = workflow["jobs"].values()
+    # One build per series of LAYERSERIES_COMPAT, from that series' qemuarm64-secureboot kas file.
+    matrix = {entry["series"]: entry["kas-file"] for entry in job["strategy"]["matrix"]["include"]}
+    layer_conf = (LAYER_ROOT / "conf" / "layer.conf").read_text()
+    [compat] = [line for line in layer_conf.splitlines() if line.startswith("LAYERSERIES_COMPAT_x8-manager")]
+    assert set(matrix) == set(compat.split("=", 1)[1].strip().strip('"').split())
+    assert matrix == {
+        "scarthgap": "kas/qemuarm64-secureboot.yml",
+        "wrynose": "kas/qemuarm64-secureboot-wrynose.yml",
+    }
+    assert all((LAYER_ROOT / kas_file).is_file() for kas_file in matrix.values())
+    assert job["env"]["KAS_FILE"] == "${{ matrix.kas-file }}"
     script = runs(workflow)
-    assert "kas build kas/qemuarm64-secureboot.yml" in script
-    assert (LAYER_ROOT / "kas" / "qemuarm64-secureboot.yml").is_file()
+    assert 'kas build "$KAS_FILE"' in script
+    assert "${{ matrix.series }}" in str(job["steps"])  # caches and log artifacts kept apart per series
     assert "scripts/test tests/image --x8-profile lmp --lmp-image" in script
     assert "--lmp-bios" in script and "--x8-console-log out/test-logs/" in script
     cached = {step["with"]["path"] for step in using(workflow, "actions/cache")}

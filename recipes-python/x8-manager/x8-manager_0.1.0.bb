@@ -29,7 +29,8 @@ SRC_URI = "file://pyproject.toml;subdir=${BP} \
            file://m4-flasher.service;subdir=${BP}/units \
            file://m4-proxy.default;subdir=${BP}/units \
            file://m4-flasher.default;subdir=${BP}/units \
-           file://x8-manager-proxy.sysusers.conf;subdir=${BP}/units"
+           file://x8-manager-proxy.sysusers.conf;subdir=${BP}/units \
+           file://x8-manager-proxy.udev.rules;subdir=${BP}/units"
 
 # Host leftovers beside the sources: skipped by name, never fetched.
 X8_MANAGER_SOURCES_SKIP_DIRS = "__pycache__ *.egg-info .*"
@@ -81,6 +82,7 @@ do_install:append() {
     install -D -m 0644 ${S}/units/m4-proxy.default ${D}${sysconfdir}/default/m4-proxy
     install -D -m 0644 ${S}/units/m4-flasher.default ${D}${sysconfdir}/default/m4-flasher
     install -D -m 0644 ${S}/units/x8-manager-proxy.sysusers.conf ${D}${nonarch_libdir}/sysusers.d/x8-manager-proxy.conf
+    install -D -m 0644 ${S}/units/x8-manager-proxy.udev.rules ${D}${nonarch_base_libdir}/udev/rules.d/60-x8-manager-proxy.rules
     # x8manager.qemu drives a virtual X8 from a host (pip extra "qemu"): no device payload.
     rm -rf ${D}${X8_SITE}/qemu
     # The laptop's x8 CLI (x8manager.host, pip extra "host") runs on the developer's machine, not here.
@@ -105,6 +107,7 @@ FILES:${PN}-proxy += "${bindir}/m4-proxy \
                       ${systemd_system_unitdir}/m4-proxy.service \
                       ${systemd_system_unitdir}/m4-proxy.socket \
                       ${nonarch_libdir}/sysusers.d/x8-manager-proxy.conf \
+                      ${nonarch_base_libdir}/udev/rules.d/60-x8-manager-proxy.rules \
                       ${sysconfdir}/default/m4-proxy"
 FILES:${PN}-flasher += "${bindir}/m4-flasher \
                         ${X8_SITE}/flasher \

@@ -7,6 +7,7 @@ m4-proxy, docker and x8-apps answer. The SWD probe is the openocd stand-in (hard
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -94,6 +95,17 @@ def test_doctor_passes_on_the_device_s_answer(x8: X8, guest_ssh: GuestSsh) -> No
         assert result.returncode == 1 and "has no x8-doctor" in result.stderr
     else:
         assert result.returncode == guest_ssh.run("x8-doctor").returncode
+
+
+def test_doctor_options_reach_the_device_s_doctor(x8: X8, guest_ssh: GuestSsh) -> None:
+    # x8 doctor --json failed with "x8: error: unrecognized arguments" (exit 2).
+    if guest_ssh.run("command -v x8-doctor").returncode != 0:
+        pytest.skip("this image has no x8-doctor")
+    result = x8("doctor", "--json", "--timeout", "5")
+    assert result.returncode == guest_ssh.run("x8-doctor --json --timeout 5").returncode, result.stderr
+    assert set(json.loads(result.stdout)) >= {"healthy", "broken_layer", "findings", "not_checked"}
+    usage = x8("doctor", "--help")
+    assert usage.returncode == 0 and usage.stdout.startswith("usage: x8-doctor"), usage.stdout
 
 
 @pytest.fixture

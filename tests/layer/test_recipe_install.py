@@ -140,12 +140,6 @@ def installed_without_arduino(
     return install_recipe(tmp_path_factory.mktemp("recipe-install-plain"), oe_core_standin_dir, [])
 
 
-def test_the_project_version_is_the_recipe_version(installed: Installed) -> None:
-    d, _, _ = installed
-    project = tomllib.loads((LAYER_ROOT / "pyproject.toml").read_text())["project"]
-    assert d.getVar("PV") == project["version"], "rename the recipe to x8-manager_<pyproject version>.bb"
-
-
 @pytest.mark.parametrize("build", ["installed", "installed_without_arduino"])
 def test_every_installed_file_is_packaged(build: str, request: pytest.FixtureRequest) -> None:
     _, _, packages = request.getfixturevalue(build)

@@ -1,11 +1,12 @@
 """Test rig for the proxy: the virtual M4 on a raw pty, and the proxy in-process.
 
-The M4 is :class:`x8manager.m4sim.VirtualM4`, the one stand-in M4 of every test, on a pty
-the proxy opens through a symlink (so ``await m4.replug_pty()`` can swap in a fresh pty at the
-same path, as a re-enumerated device would). Its test switches: ``raw_received`` (every object
-the M4 got, byte for byte), ``answer_calls`` (an M4 that takes calls and never replies),
+The M4 is :class:`x8manager.m4sim.VirtualM4`, the one stand-in M4 of every test, behaving as
+Arduino's real RPC library does, on a pty the proxy opens through a symlink (so ``await
+m4.replug_pty()`` can swap in a fresh pty at the same path, as a re-enumerated device would).
+Its test switches live in ``m4.switches`` (``answer_calls``: an M4 that takes calls and never
+replies; ``chunk_size``; ...); ``raw_received`` records every message the M4 got, byte for byte;
 ``send_raw`` (any bytes toward Linux), ``call_raw`` (an ``RPC.call`` as any thread id, the reply
-byte for byte) and ``bind(..., replace=True)``.
+byte for byte) and ``bind(..., replace=True)`` are the test-only actions.
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ Procedure = Callable[..., Any]
 
 
 def bare_m4() -> VirtualM4:
-    """A bare sketch: no demo procedures, no SerialRPC, slow procedures answer out of order."""
-    return VirtualM4(demo=False, serial=False, concurrent_dispatch=True)
+    """A bare sketch: no demo procedures, no SerialRPC; procedures run one at a time, as on the M4."""
+    return VirtualM4(demo=False, serial=False)
 
 
 async def m4_on_pty(tmp_path: Path) -> tuple[VirtualM4, str]:
@@ -51,13 +52,17 @@ async def m4_on_pty(tmp_path: Path) -> tuple[VirtualM4, str]:
 
 
 @contextlib.asynccontextmanager
-async def running_proxy(tmp_path: Path, reader: ReaderMode = "auto",
+async def running_proxy(tmp_path: Path, reader: ReaderMode = "auto", m4: VirtualM4 | None = None,
                         **options: Any) -> AsyncIterator[tuple[M4Proxy, VirtualM4]]:
     """The proxy in-process on loopback with ephemeral ports, and the virtual M4 behind it.
 
-    ``reader="thread"`` reads the pty the way the proxy reads x8h7_ui (no poll method).
+    ``reader="thread"`` reads the pty the way the proxy reads x8h7_ui (no poll method); *m4*
+    replaces the bare sketch.
     """
-    m4, path = await m4_on_pty(tmp_path)
+    if m4 is None:
+        m4, path = await m4_on_pty(tmp_path)
+    else:
+        path = await m4.start_on_pty(alias=tmp_path / "x8h7_ui")
     config = ProxyConfig(device=path, bind="127.0.0.1", register_port=0, call_port=0,
                          device_reader=reader, **options)
     proxy = M4Proxy(config)
@@ -117,3 +122,8 @@ async def serving(proxy: M4Proxy, **procedures: Procedure) -> AsyncIterator[RpcS
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await service.close()
+
+
+def monitor_rig(tmp_path: Path) -> contextlib.AbstractAsyncContextManager[tuple[M4Proxy, VirtualM4]]:
+    """The proxy with its monitor port on 127.0.0.1, and a virtual M4 whose SerialRPC binds tty."""
+    return running_proxy(tmp_path, m4=VirtualM4(demo=False), monitor_listen="127.0.0.1:0")

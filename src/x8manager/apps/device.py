@@ -382,11 +382,17 @@ def sketch_status_lines(app: App, status_path: Path) -> list[str]:
     if compose is None:
         return []
     try:
-        import yaml  # noqa: PLC0415 - the apps extra; status works without it for apps without sketch
-
-        document = yaml.safe_load(compose.read_text(encoding="utf-8")[:256 * 1024])
-    except (OSError, ImportError, ValueError):
+        # lint's bounded loader (PyYAML, the apps extra): an alias bomb in an app's compose file
+        # costs status a refusal, not minutes and gigabytes.
+        from .yamlsource import YamlLoadError, load_compose_file  # noqa: PLC0415
+    except ImportError:
         return []
+    try:
+        document = load_compose_file(compose).document
+    except OSError:
+        return []
+    except YamlLoadError as error:  # lint says more; status says why it cannot tell
+        return [f"   sketch: unknown, {compose.name} not read: {error.message}"]
     services = document.get("services") if isinstance(document, dict) else None
     if not isinstance(services, dict) or not sketch_services(services):
         return []

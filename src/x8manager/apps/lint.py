@@ -18,16 +18,23 @@ from typing import Any
 from .findings import Finding
 from .rules import RULES, check_x8_rules
 from .schema import schema_problems
-from .yamlsource import YamlLimitError, YamlLoadError, YamlTagError, load_compose_text
+from .sketch import check_sketch_code
+from .yamlsource import (
+    MAX_FILE_BYTES,
+    ComposeSource,
+    YamlLimitError,
+    YamlLoadError,
+    YamlTagError,
+    load_compose_file,
+    load_compose_text,
+)
 
 __all__ = ["COMPOSE_FILE_NAMES", "MAX_FILE_BYTES", "LintReport", "UnreadableInput", "find_compose_files",
-           "lint_file", "lint_paths"]
+           "lint_file", "lint_paths", "lint_sketch_code"]
 
 # docker compose's own search order; FoundriesFactory apps use docker-compose.yml.
 COMPOSE_FILE_NAMES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
 
-# Compose files are a few KiB; past this one is not read at all.
-MAX_FILE_BYTES = 256 * 1024
 LIMIT_RULE = "X8003"
 
 
@@ -87,16 +94,15 @@ def _finding(path: str, rule_id: str, line: int, message: str) -> Finding:
     return Finding(path, line, rule.rule, rule.name, rule.severity, message)
 
 
-def lint_text(text: str, path: str, schema: dict[str, Any]) -> list[Finding]:
-    """Every finding for one compose file's text; *path* is only used to label them."""
-    try:
-        source = load_compose_text(text)
-    except YamlLimitError as error:
-        return [_finding(path, LIMIT_RULE, error.line, error.message)]
-    except YamlTagError as error:
-        return [_finding(path, "X8004", error.line, error.message)]
-    except YamlLoadError as error:
-        return [_finding(path, "X8000", error.line, error.message)]
+def _load_finding(path: str, error: YamlLoadError) -> Finding:
+    if isinstance(error, YamlLimitError):
+        return _finding(path, LIMIT_RULE, error.line, error.message)
+    if isinstance(error, YamlTagError):
+        return _finding(path, "X8004", error.line, error.message)
+    return _finding(path, "X8000", error.line, error.message)
+
+
+def _lint_source(source: ComposeSource, path: str, schema: dict[str, Any]) -> list[Finding]:
     findings = [
         _finding(path, "X8001", duplicate.line,
                  f"key {duplicate.key!r} appears again (first on line {duplicate.first_line})")
@@ -111,22 +117,29 @@ def lint_text(text: str, path: str, schema: dict[str, Any]) -> list[Finding]:
     return findings
 
 
+def lint_text(text: str, path: str, schema: dict[str, Any]) -> list[Finding]:
+    """Every finding for one compose file's text; *path* is only used to label them."""
+    try:
+        source = load_compose_text(text)
+    except YamlLoadError as error:
+        return [_load_finding(path, error)]
+    return _lint_source(source, path, schema)
+
+
 def lint_file(path: Path, schema: dict[str, Any]) -> list[Finding]:
     try:
-        with path.open("rb") as file:
-            raw = file.read(MAX_FILE_BYTES + 1)
+        source = load_compose_file(path)
     except OSError as error:
         raise UnreadableInput(f"{path}: cannot read: {error.strerror}") from error
-    if len(raw) > MAX_FILE_BYTES:
-        return [_finding(str(path), LIMIT_RULE, 0,
-                         f"larger than {MAX_FILE_BYTES // 1024} KiB; lint reads compose files up to that "
-                         "size and did not check this one")]
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = raw[: error.start].count(b"\n") + 1
-        return [_finding(str(path), "X8000", line, f"not UTF-8 text (byte {error.start})")]
-    return lint_text(text, str(path), schema)
+    except YamlLoadError as error:
+        return [_load_finding(str(path), error)]
+    return _lint_source(source, str(path), schema)
+
+
+def lint_sketch_code(app_folder: Path) -> list[Finding]:
+    """The findings in the app's own M4 sketch (``sketch/*.ino``), each on its file and line."""
+    return [_finding(str(problem.path), problem.rule, problem.line, problem.message)
+            for problem in check_sketch_code(app_folder)]
 
 
 def lint_paths(paths: Sequence[Path], schema: dict[str, Any], ignore: Iterable[str] = ()) -> LintReport:
@@ -146,5 +159,6 @@ def lint_paths(paths: Sequence[Path], schema: dict[str, Any], ignore: Iterable[s
                 report.unreadable.append(str(error))
                 continue
             report.files.append(str(file))
+            findings.extend(lint_sketch_code(file.parent))
             report.findings.extend(f for f in findings if f.rule not in ignored and f.name not in ignored)
     return report

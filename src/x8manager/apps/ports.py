@@ -10,8 +10,8 @@ __all__ = ["PortMapping", "PortSyntaxError", "parse_port_entry"]
 
 _RANGE = r"\d+(?:-\d+)?"
 _SHORT = re.compile(
-    rf"^(?:(?P<ip>\[[0-9a-fA-F:.]+\]|\d+\.\d+\.\d+\.\d+|localhost):)?"
-    rf"(?:(?P<host>{_RANGE})?:)?(?P<container>{_RANGE})(?:/(?P<protocol>[a-z]+))?$"
+    rf"(?:(?P<ip>\[[0-9a-fA-F:.]+\]|\d+\.\d+\.\d+\.\d+|localhost):)?"
+    rf"(?:(?P<host>{_RANGE})?:)?(?P<container>{_RANGE})(?:/(?P<protocol>[a-z]+))?"
 )
 
 
@@ -59,7 +59,7 @@ def parse_port_entry(entry: Any) -> list[PortMapping]:
         raise PortSyntaxError(f"bad port {entry!r}")
     if is_interpolated(entry):
         return []
-    match = _SHORT.match(entry.strip())
+    match = _SHORT.fullmatch(entry.strip())
     if match is None:
         raise PortSyntaxError(f"cannot read port mapping {entry!r}")
     ip = (match.group("ip") or "").strip("[]") or None

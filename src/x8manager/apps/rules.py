@@ -45,7 +45,8 @@ _ROUTER_SOCKET_PATHS = (ROUTER_SOCKET, "/run/arduino-router.sock")
 # An app folder's code or build files that name the Bridge (import path or distribution name).
 _BRIDGE_USE = re.compile(r"\barduino\.router_bridge\b|\barduino[-_]router[-_]bridge\b")
 _BRIDGE_SCAN_LIMIT = (200, 1024 * 1024)  # files, bytes per file
-FACTORY_IMAGE = re.compile(r"^hub\.foundries\.io/\$\{FACTORY\}/(?P<repository>[a-z0-9._-]+)(?::[\w.-]+)?$")
+# Patterns of whole values are used with fullmatch: "$" would also match before a final "\n".
+FACTORY_IMAGE = re.compile(r"hub\.foundries\.io/\$\{FACTORY\}/(?P<repository>[a-z0-9._-]+)(?::[\w.-]+)?")
 
 
 @dataclass(frozen=True)
@@ -101,28 +102,34 @@ RULES: dict[str, Rule] = {
              "a sketch service has a restart policy: it must run once (restart: \"no\")"),
         Rule("X8119", "sketch-not-awaited", Severity.WARNING,
              "no service waits for the sketch service (depends_on: service_completed_successfully)"),
+        Rule("X8120", "sketch-outside-folder", Severity.ERROR,
+             "the Dockerfile copies the sketch from outside the app folder, where docker build cannot reach"),
+        Rule("X8121", "sketch-waits-for-serial", Severity.ERROR,
+             "the sketch waits with while (!Serial), which never ends on an X8's M4"),
+        Rule("X8122", "sketch-serial-without-serialrpc", Severity.ERROR,
+             "the sketch uses Serial without #include <SerialRPC.h> (and <RPC.h>)"),
     )
 }
 
 # Device nodes a Portenta X8 (i.MX8M Mini, x8h7 drivers, USB host/gadget) can have.
 _X8_DEVICES = re.compile(
-    r"^/dev/("
+    r"/dev/("
     r"i2c-\d+|gpiochip\d+|tee0|teepriv0|ttyGS\d+|ttymxc[0-3]|ttyX\d+|spidev\d+\.\d+|"
     r"video\d+|media\d+|v4l-subdev\d+|dri(/.*)?|snd(/.*)?|galcore|mxc_hantro(_h1)?|mxc_hantro_vc8000e|ion|"
     r"dma_heap(/.*)?|ttyUSB\d+|ttyACM\d+|cdc-wdm\d+|bus/usb(/.*)?|input(/.*)?|hidraw\d+|uinput|"
     r"mmcblk\d+(p\d+|boot\d+|rpmb)?|sd[a-z]+\d*|watchdog\d*|rtc\d*|iio:device\d+|net/tun|fuse|"
     r"null|zero|full|random|urandom|tty|console|ptmx|pts(/.*)?|shm|cpu_dma_latency|fb\d+|loop\d+|"
     r"loop-control|mtd\d+|mtdblock\d+|serial/by-(id|path)/.+|gpio/.+|x8h7_ui"
-    r")$"
+    r")"
 )
 # Devices people copy from other boards' examples, with what the X8 has instead.
 _FOREIGN_DEVICES: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"^/dev/ttyAMA\d+$"), "a Raspberry Pi UART; the X8's UARTs are /dev/ttymxc0..3"),
-    (re.compile(r"^/dev/ttyS\d+$"), "a PC-style UART; the X8's UARTs are /dev/ttymxc0..3"),
-    (re.compile(r"^/dev/ttyTHS\d+$"), "a Jetson UART; the X8's UARTs are /dev/ttymxc0..3"),
-    (re.compile(r"^/dev/(gpiomem|vchiq|vcsm.*|vcio)$"), "a Raspberry Pi device; use /dev/gpiochipN"),
-    (re.compile(r"^/dev/nvidia.*$"), "an NVIDIA GPU device; the X8's GPU is /dev/galcore"),
-    (re.compile(r"^/dev/kvm$"), "KVM is not available to apps on the X8"),
+    (re.compile(r"/dev/ttyAMA\d+"), "a Raspberry Pi UART; the X8's UARTs are /dev/ttymxc0..3"),
+    (re.compile(r"/dev/ttyS\d+"), "a PC-style UART; the X8's UARTs are /dev/ttymxc0..3"),
+    (re.compile(r"/dev/ttyTHS\d+"), "a Jetson UART; the X8's UARTs are /dev/ttymxc0..3"),
+    (re.compile(r"/dev/(gpiomem|vchiq|vcsm.*|vcio)"), "a Raspberry Pi device; use /dev/gpiochipN"),
+    (re.compile(r"/dev/nvidia.*"), "an NVIDIA GPU device; the X8's GPU is /dev/galcore"),
+    (re.compile(r"/dev/kvm"), "KVM is not available to apps on the X8"),
 )
 _BROAD_CAPABILITIES = {"SYS_ADMIN", "SYS_MODULE", "SYS_RAWIO", "SYS_PTRACE", "SYS_BOOT", "NET_ADMIN",
                        "DAC_READ_SEARCH", "MAC_ADMIN", "SYS_TIME", "BPF", "PERFMON"}
@@ -183,7 +190,7 @@ def _extra_hosts(service: dict[str, Any]) -> dict[str, tuple[str, int | str]]:
         for index, item in enumerate(hosts):
             text = str(item)
             # "name:address" (classic) or "name=address" (compose >= 2.24, allows IPv6 without brackets).
-            split = re.match(r"^([^:=]+)[:=](.*)$", text)
+            split = re.fullmatch(r"([^:=]+)[:=](.*)", text, re.DOTALL)
             if split:
                 result[split.group(1).strip()] = (split.group(2).strip().strip("[]"), index)
     return result
@@ -400,14 +407,14 @@ def _check_devices(check: _Checker, name: str, service: dict[str, Any], base: Pa
                          "proxy (m4-proxy:5001 to call, m4-proxy:5000 to register) instead", name)
             continue
         for pattern, hint in _FOREIGN_DEVICES:
-            if pattern.match(device):
+            if pattern.fullmatch(device):
                 check.report("X8108", where, f"{device} does not exist on the Portenta X8: {hint}", name)
                 break
         else:
             if device == "/dev":
                 check.report("X8109", where, "passes every host device; list the devices the app uses",
                              name)
-            elif not _X8_DEVICES.match(device):
+            elif not _X8_DEVICES.fullmatch(device):
                 check.report("X8108", where, f"{device} is not a device of the Portenta X8", name)
     for source, where in _bind_sources(service, base):
         if source == PROXY_DEVICE:
@@ -468,7 +475,7 @@ def _folder_uses_bridge(app_folder: FilePath) -> bool:
 
 def _built_here(service: dict[str, Any], app_folder: FilePath) -> bool:
     image = service.get("image")
-    match = FACTORY_IMAGE.match(image) if isinstance(image, str) else None
+    match = FACTORY_IMAGE.fullmatch(image) if isinstance(image, str) else None
     return "build" in service or (match is not None and match.group("repository") == app_folder.name)
 
 
@@ -505,7 +512,7 @@ def _check_factory_image(check: _Checker, name: str, service: dict[str, Any], ba
                          app_folder: FilePath) -> None:
     """FoundriesFactory builds ``<folder>/Dockerfile`` of containers.git as ``.../${FACTORY}/<folder>``."""
     image = service.get("image")
-    match = FACTORY_IMAGE.match(image) if isinstance(image, str) else None
+    match = FACTORY_IMAGE.fullmatch(image) if isinstance(image, str) else None
     if match is None:
         return
     built_by = app_folder.parent / match.group("repository")
@@ -521,7 +528,8 @@ def check_x8_rules(source: ComposeSource, path: str) -> list[Finding]:
     document = source.document
     services = document.get("services") if isinstance(document, dict) else None
     # An app folder with a Dockerfile is a containers.git checkout (on a device there is none).
-    app_folder = FilePath(path).parent
+    # Absolute: the folder's name and its neighbours matter, also for "x8-apps lint ." inside it.
+    app_folder = FilePath(path).absolute().parent
     in_containers_git = (app_folder / "Dockerfile").is_file()
     if isinstance(services, dict):
         try:

@@ -46,7 +46,7 @@ BRIDGE_DISTRIBUTION = "arduino-router-bridge"
 # The group of m4-proxy's router socket (/var/run/arduino-router.sock, mode 0660), created with this
 # GID by the recipe's x8-manager-proxy package (X8_ROUTER_GID); Bridge apps join it (group_add).
 ROUTER_GROUP_GID = 871
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")  # fullmatch: "$" would match before a "\n"
 _TOKEN = re.compile(r"@@[A-Z_]+@@")
 
 
@@ -159,7 +159,7 @@ def vendor_bridge(target: Path, *, as_installed: bool = False) -> None:
 
 
 def _validate(name: str, template: Template, port: int | None) -> int | None:
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise ScaffoldError(
             f"app name {name!r}: use lower-case letters, digits, '-' and '_' (it becomes the folder, "
             "the compose service and the image name)"

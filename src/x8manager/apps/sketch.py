@@ -10,10 +10,16 @@ The contract (``x8-apps new --template m4-sketch`` writes it; docs/flasher.md, "
 - the app's M4-facing services ``depends_on`` it with ``condition: service_completed_successfully``,
   so they never start next to a sketch that failed (and the target fails, so aktualizr-lite rolls
   back the containers, whose sketch service then puts the old sketch back).
+
+The sketch's own source (``sketch/*.ino``, one sketch as arduino-cli joins them) is checked for what
+Arduino's examples do and an X8's M4 does not survive: ``while (!Serial) {}`` waits forever there (the
+RPC library never marks itself ready on the M4), and ``Serial`` is the RPC library's ``SerialRPC``
+only with ``#include <SerialRPC.h>``. Comments and string literals are not read as code.
 """
 
 from __future__ import annotations
 
+import posixpath
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,8 +28,10 @@ from typing import Any
 
 __all__ = [
     "FLASHER_SOCKET_DIR",
+    "CodeProblem",
     "SketchProblem",
     "SketchService",
+    "check_sketch_code",
     "check_sketch_services",
     "sketch_services",
 ]
@@ -34,6 +42,14 @@ _FLASHER_SOCKET = f"{FLASHER_SOCKET_DIR}/request.sock"
 _RPC_BIND = re.compile(r"""\bRPC\s*\.\s*bind\s*\(\s*"([^"\\]+)\"""")
 _SOURCE_SUFFIXES = (".ino", ".cpp", ".c", ".h", ".hpp")
 _SOURCE_LIMIT = (100, 512 * 1024)  # files, bytes per file
+# In code with comments and string literals blanked out (_code_only).
+_WAIT_FOR_READY = re.compile(r"\bwhile\s*\(\s*!\s*(Serial|SerialRPC|RPC)\s*\)")
+_SERIAL_USE = re.compile(r"\bSerial\s*\.\s*\w+\s*\(")
+_SERIAL_RPC_INCLUDE = re.compile(r"#\s*include\s*[<\"]SerialRPC\.h[>\"]")
+# Comments, and string or character literals (with their escapes), in C++ source; an #include's
+# "file" is kept (the first alternative).
+_NOT_CODE = re.compile(r"""(?P<include>\#[ \t]*include[ \t]*"[^"\n]*")|//[^\n]*|/\*.*?(?:\*/|\Z)"""
+                       r"""|"(?:\\.|[^"\\\n])*"?|'(?:\\.|[^'\\\n])*'?""", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -135,6 +151,13 @@ def _sketch_source_in_folder(app_folder: Path, image_path: str) -> str | None:
     return None
 
 
+def _in_build_context(source: str) -> str | None:
+    """A COPY source as a path inside the build context (docker reads a leading "/" as the
+    context's root), or None when it leads out of it ("../x")."""
+    relative = posixpath.normpath(source.lstrip("/") or ".")
+    return None if relative == ".." or relative.startswith("../") else relative
+
+
 def _bound_in_sources(folder: Path) -> set[str] | None:
     """Names the sketch's source binds with RPC.bind, or None when the folder has no source."""
     if not folder.is_dir():
@@ -152,7 +175,7 @@ def _bound_in_sources(folder: Path) -> set[str] | None:
 
 def check_sketch_services(services: dict[str, Any], app_folder: Path, *,
                           in_containers_git: bool) -> list[SketchProblem]:
-    """X8115-X8119 for every sketch service of the file."""
+    """X8115-X8120 for every sketch service of the file."""
     problems: list[SketchProblem] = []
     for sidecar in sketch_services(services):
         service = services[sidecar.name]
@@ -183,12 +206,22 @@ def check_sketch_services(services: dict[str, Any], app_folder: Path, *,
             continue
         if source == _FROM_STAGE:
             continue  # compiled while the image is built: nothing in the folder to check
-        elf = app_folder / source
+        inside = _in_build_context(source)
+        if inside is None:
+            problems.append(SketchProblem(
+                "X8120", env_where, f"the Dockerfile copies {source} from outside the app folder, which is "
+                "the build context (the Factory builds the folder alone): docker build cannot reach it; "
+                f"put the sketch in the folder (sketch/{sidecar.name.removesuffix('-sketch')}.elf) and "
+                "COPY it from there", sidecar.name))
+            continue
+        elf = app_folder / inside
         if not elf.is_file():
             problems.append(SketchProblem(
-                "X8115", env_where, f"{source} is not in the app folder: build the sketch first "
+                "X8115", env_where, f"{inside} is not in the app folder: build the sketch first "
                 "(arduino-cli compile -b arduino:mbed_portenta:portenta_x8 ...; docs/flasher.md, "
                 "\"Ship a sketch with your app\")", sidecar.name))
+        if not elf.parent.resolve().is_relative_to(app_folder.resolve()):
+            continue  # a symbolic link out of the folder: docker copies the link, not what it names
         bound = _bound_in_sources(elf.parent)
         if bound is None:
             continue  # no source beside the ELF: nothing to read the bindings from
@@ -199,4 +232,58 @@ def check_sketch_services(services: dict[str, Any], app_folder: Path, *,
                     "X8116", env_where, f"the health check needs {name}(), which the sketch's source in "
                     f"{elf.parent.relative_to(app_folder)}/ never binds (RPC.bind(\"{name}\", ...))",
                     sidecar.name))
+    return problems
+
+
+@dataclass(frozen=True)
+class CodeProblem:
+    """A finding in a sketch's source for lint to report: rule id, file, 1-based line, message."""
+
+    rule: str
+    path: Path
+    line: int
+    message: str
+
+
+def _code_only(text: str) -> str:
+    """*text* with comments and literals blanked, newlines kept so that lines still count."""
+    def blank(match: re.Match[str]) -> str:
+        found = match.group(0)
+        if match.group("include"):
+            return found
+        return "".join("\n" if char == "\n" else " " for char in found)
+    return _NOT_CODE.sub(blank, text)
+
+
+def check_sketch_code(app_folder: Path) -> list[CodeProblem]:
+    """X8121 and X8122 for the sketch in the app folder's ``sketch/*.ino``."""
+    max_files, max_bytes = _SOURCE_LIMIT
+    try:
+        files = [path for path in sorted((app_folder / "sketch").glob("*.ino")) if path.is_file()][:max_files]
+    except OSError:
+        return []
+    sources: list[tuple[Path, str]] = []
+    for path in files:
+        try:
+            with path.open(encoding="utf-8", errors="replace") as handle:
+                sources.append((path, _code_only(handle.read(max_bytes))))
+        except OSError:
+            continue
+    problems: list[CodeProblem] = []
+    for path, code in sources:
+        for match in _WAIT_FOR_READY.finditer(code):
+            problems.append(CodeProblem(
+                "X8121", path, code.count("\n", 0, match.start()) + 1,
+                f"while (!{match.group(1)}) never ends on an X8's M4: the RPC library never marks itself "
+                "ready there, so the sketch stops here: remove the wait"))
+    # arduino-cli joins a sketch's .ino files into one: an include in any of them counts.
+    if not any(_SERIAL_RPC_INCLUDE.search(code) for _, code in sources):
+        for path, code in sources:
+            use = _SERIAL_USE.search(code)
+            if use is not None:
+                problems.append(CodeProblem(
+                    "X8122", path, code.count("\n", 0, use.start()) + 1,
+                    "Serial on an X8's M4 is the RPC library's SerialRPC (what x8 monitor shows): "
+                    "add #include <RPC.h> and #include <SerialRPC.h> at the top of the sketch"))
+                break
     return problems

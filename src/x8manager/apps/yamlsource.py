@@ -16,12 +16,14 @@ never silently read as plain values.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path as FilePath
 from typing import Any
 
 import yaml
 
-__all__ = ["MAX_DEPTH", "MAX_NODES", "MAX_VALUES", "ComposeSource", "DuplicateKey", "Path", "YamlLimitError",
-           "YamlLoadError", "YamlTagError", "key_text", "load_compose_text"]
+__all__ = ["MAX_DEPTH", "MAX_FILE_BYTES", "MAX_NODES", "MAX_VALUES", "ComposeSource", "DuplicateKey", "Path",
+           "YamlLimitError", "YamlLoadError", "YamlTagError", "key_text", "load_compose_file",
+           "load_compose_text"]
 
 Path = tuple[str | int, ...]
 
@@ -32,6 +34,8 @@ MAX_DEPTH = 32
 MAX_NODES = 20_000
 # Values built, counting every expansion of an alias or merge key.
 MAX_VALUES = 50_000
+# Compose files are a few KiB; past this one is not read at all.
+MAX_FILE_BYTES = 256 * 1024
 
 # libyaml when PyYAML has it: the same events and marks, an order of magnitude faster.
 _LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -251,3 +255,21 @@ def load_compose_text(text: str) -> ComposeSource:
     finally:
         source.values_built = builder.values
     return source
+
+
+def load_compose_file(path: FilePath) -> ComposeSource:
+    """Read and parse a compose file within the limits; OSError when it cannot be read,
+    :class:`YamlLimitError` past :data:`MAX_FILE_BYTES`, :class:`YamlLoadError` when not UTF-8 YAML.
+    Every reader of compose files (lint, ``x8-apps status``, ``x8 apps push``) comes through here
+    or :func:`load_compose_text`."""
+    with path.open("rb") as file:
+        raw = file.read(MAX_FILE_BYTES + 1)
+    if len(raw) > MAX_FILE_BYTES:
+        raise YamlLimitError(f"larger than {MAX_FILE_BYTES // 1024} KiB; compose files are read up to that "
+                             "size, and this one was not", 0)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise YamlLoadError(f"not UTF-8 text (byte {error.start})",
+                            raw[: error.start].count(b"\n") + 1) from error
+    return load_compose_text(text)

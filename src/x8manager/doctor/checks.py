@@ -122,8 +122,30 @@ def check_firmware(host: Host, options: Options) -> Finding:
     return _ok("h7", "firmware", f"H7 firmware {running!r}" + ("" if expected else " (no image to compare)"))
 
 
+@dataclass(frozen=True)
+class _Owners:
+    """Who may run the proxy: root, the doctor's own user (a proxy you started yourself), and
+    whatever user systemd runs m4-proxy.service's main process as. Any user can name a process
+    m4_proxy or m4-proxy, so the name alone says nothing."""
+
+    uids: frozenset[int]
+    unit_pid: int | None
+
+    @classmethod
+    def of(cls, unit: dict[str, str] | None) -> _Owners:
+        """From the ``systemctl show`` properties of m4-proxy.service (None: systemd not asked)."""
+        pid = (unit or {}).get("MainPID", "")
+        return cls(frozenset({0, os.geteuid()}), int(pid) if pid.isdigit() and int(pid) > 0 else None)
+
+    def trusted(self, process: Process) -> bool:
+        return process.pid == self.unit_pid or (process.uid is not None and process.uid in self.uids)
+
+
 def _runs(process: Process, script: str, *modules: str) -> bool:
-    """Whether *process* is the console script *script* or ``python -m`` one of *modules*."""
+    """Whether *process* is the Python console script *script* or ``python -m`` one of *modules*:
+    the executable (when readable) is a Python interpreter, whatever the process calls itself."""
+    if process.exe and not os.path.basename(process.exe).startswith("python"):
+        return False
     if process.comm == script:
         return True
     args = process.cmdline
@@ -132,19 +154,26 @@ def _runs(process: Process, script: str, *modules: str) -> bool:
                             or (len(args) > 2 and args[1] == "-m" and args[2] in modules))
 
 
-def _is_ours(process: Process) -> bool:
+def _is_ours(process: Process, owners: _Owners) -> bool:
     # x8manager.proxy.daemon is what the m4-proxy console script runs (it keeps ssl unloaded).
-    return _runs(process, "m4-proxy", "x8manager.proxy.daemon", "x8manager.proxy.cli")
+    return owners.trusted(process) and _runs(process, "m4-proxy", "x8manager.proxy.daemon",
+                                             "x8manager.proxy.cli")
 
 
-def _is_virtual_m4(process: Process) -> bool:
+def _is_virtual_m4(process: Process, owners: _Owners) -> bool:
     # m4-sim, the stand-in M4 of tests and the virtual X8, keeps its pty's slave open: it is the
     # device's far end, not a second reader on the Linux side.
-    return _runs(process, "m4-sim", "x8manager.m4sim.cli")
+    return owners.trusted(process) and _runs(process, "m4-sim", "x8manager.m4sim.cli")
 
 
 def _is_arduino_proxy(process: Process) -> bool:
-    return process.comm == "m4_proxy" or os.path.basename(process.exe) == "m4_proxy"
+    """Arduino's Go proxy: root's /usr/bin/m4_proxy. When the doctor may not read root's
+    /proc/PID/exe (not run as root), a root process named m4_proxy: only root names root's processes."""
+    if process.uid != 0:
+        return False
+    if process.exe:
+        return os.path.basename(process.exe) == "m4_proxy"
+    return process.comm == "m4_proxy"
 
 
 def check_device(host: Host, options: Options) -> Finding:
@@ -164,8 +193,9 @@ def check_device(host: Host, options: Options) -> Finding:
         busy = True
     else:
         os.close(fd)
+    owners = _Owners.of(host.unit(PROXY_UNIT))
     strangers = [process for process in host.holders(DEVICE)
-                 if not _is_ours(process) and not _is_virtual_m4(process)]
+                 if not _is_ours(process, owners) and not _is_virtual_m4(process, owners)]
     if strangers:
         names = "; ".join(process.description for process in strangers)
         return _problem("h7", "device", f"{DEVICE} is held by another process: {names}; two readers split "
@@ -189,7 +219,8 @@ def check_proxy_running(host: Host, options: Options) -> Finding:
                         "systemctl disable --now the unit that starts /usr/bin/m4_proxy; "
                         f"systemctl enable --now {PROXY_UNIT}")
     unit = host.unit(PROXY_UNIT)
-    ours = [process for process in processes if _is_ours(process)]
+    owners = _Owners.of(unit)
+    ours = [process for process in processes if _is_ours(process, owners)]
     if unit is not None and unit.get("ActiveState") not in ("active", "reloading"):
         return _problem("proxy", "running", f"{PROXY_UNIT} is {unit.get('ActiveState')} "
                                             f"(result {unit.get('Result', '?')})",
@@ -226,9 +257,10 @@ def _option(process: Process, flag: str) -> str | None:
 def _proxy_router_socket(host: Host, options: Options) -> str | None:
     """The router socket the proxy on --register-port was started with (its default when not
     named); None when no proxy of ours serves that port."""
+    owners = _Owners.of(host.unit(PROXY_UNIT))
     for process in host.processes():
         port = _option(process, "--register-port") or "5000"
-        if _is_ours(process) and port == str(options.register_port):
+        if _is_ours(process, owners) and port == str(options.register_port):
             named = _option(process, "--router-socket")
             return DEFAULT_ROUTER_SOCKET if named is None else named
     return None
@@ -326,10 +358,21 @@ def check_last_flash(host: Host, options: Options) -> Finding:
 
 def check_sketch_answers(host: Host, options: Options) -> Finding:
     outcome = probe.call(options.host, options.call_port, probe.PROBE_METHOD, [], options.timeout)
-    if not outcome.answered or probe.NOT_FOUND not in str(outcome.error):
-        why = outcome.reason or f"the answer was {outcome.error!r}"
-        return _problem("sketch", "rpc", f"the M4 does not answer RPC ({why}): no sketch is running, or it "
-                                         "never calls RPC.begin()",
+    if not outcome.answered:
+        # A sketch that answered before and stopped has most likely halted: Arduino's RPC library
+        # rethrows a msgpack type_error (a call with wrong argument types) and .as<T>() throws on
+        # the nil an error reply gives; either ends in std::terminate, and the M4 is silent.
+        return _problem("sketch", "rpc",
+                        f"the M4 does not answer RPC ({outcome.reason}): no sketch is running, it never "
+                        "calls RPC.begin(), or it has halted (on the M4 a call with wrong argument types, "
+                        "or an unchecked .as<T>() on the nil an error reply gives, ends the sketch until "
+                        "reset)",
+                        "reset the M4 or flash the sketch again (m4-flasher status); check the argument "
+                        "types apps send and that the sketch checks RPC.call results; a sketch calls "
+                        "RPC.begin() in setup()")
+    if probe.NOT_FOUND not in str(outcome.error):
+        return _problem("sketch", "rpc", f"the M4 answers RPC oddly (the answer was {outcome.error!r}): "
+                                         "is it running an RPC sketch?",
                         "flash a sketch that calls RPC.begin() in setup(); m4-flasher status")
     return _ok("sketch", "rpc", "a sketch answers RPC (rpclib's \"could not find function\" to a probe)")
 
@@ -338,13 +381,13 @@ def _expectations(host: Host, options: Options) -> dict[str, list[str]]:
     """Method -> who expects it bound: "--expect", or the apps whose compose files say so."""
     wanted: dict[str, list[str]] = {method: ["--expect"] for method in options.expect}
     try:
-        from x8manager.apps.yamlsource import YamlLoadError, load_compose_text  # noqa: PLC0415 - PyYAML
+        from x8manager.apps.yamlsource import YamlLoadError, load_compose_file  # noqa: PLC0415 - PyYAML
     except ImportError:
         return wanted
     for file in _compose_files(host, options):
         try:
-            document = load_compose_text(file.read_text()).document
-        except (OSError, UnicodeDecodeError, YamlLoadError):
+            document = load_compose_file(file).document
+        except (OSError, YamlLoadError):
             continue  # the apps layer reports unreadable compose files
         for service, methods in expected_methods(document).items():
             for method in methods:
@@ -394,14 +437,14 @@ def _compose_files(host: Host, options: Options) -> list[Path]:
 def check_apps(host: Host, options: Options) -> Finding:
     try:
         from x8manager.apps.rules import check_x8_rules  # noqa: PLC0415 - needs PyYAML
-        from x8manager.apps.yamlsource import YamlLoadError, load_compose_text  # noqa: PLC0415
+        from x8manager.apps.yamlsource import YamlLoadError, load_compose_file  # noqa: PLC0415
     except ImportError:
         return Finding("apps", "wiring", Status.SKIPPED, "x8-apps (PyYAML) is not installed")
     files = _compose_files(host, options)
     for file in files:
         try:
-            source = load_compose_text(file.read_text())
-        except (OSError, UnicodeDecodeError, YamlLoadError) as error:
+            source = load_compose_file(file)
+        except (OSError, YamlLoadError) as error:
             return Finding("apps", "wiring", Status.WARNING, f"{file}: cannot read: {error}",
                            f"x8-apps lint {file}")
         for finding in check_x8_rules(source, str(file)):

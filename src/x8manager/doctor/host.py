@@ -42,9 +42,10 @@ def run_command(argv: Sequence[str]) -> Command:
 @dataclass(frozen=True)
 class Process:
     pid: int
-    comm: str
-    exe: str  # the executable's path, "" when unreadable
+    comm: str  # any process can set its own name: only the executable and owner tell who it is
+    exe: str  # the executable's path (without " (deleted)"), "" when unreadable (another user's, not root)
     cmdline: tuple[str, ...]
+    uid: int | None = None  # the real user id from /proc/PID/status, None when unreadable
 
     @property
     def description(self) -> str:
@@ -87,7 +88,7 @@ class Host:
             except OSError:
                 continue  # gone meanwhile, or not ours to read
             try:
-                exe = os.readlink(self.path(f"{base}/exe"))
+                exe = os.readlink(self.path(f"{base}/exe")).removesuffix(" (deleted)")
             except OSError:
                 exe = ""
             # NUL-terminated arguments; an empty one (--router-socket '') is kept.
@@ -95,7 +96,19 @@ class Host:
             if parts and not parts[-1]:
                 parts.pop()
             cmdline = tuple(part.decode(errors="replace") for part in parts)
-            yield Process(pid, comm, exe, cmdline)
+            yield Process(pid, comm, exe, cmdline, self._uid(base))
+
+    def _uid(self, base: str) -> int | None:
+        """The real uid on the ``Uid:`` line of /proc/PID/status (real, effective, saved, fs)."""
+        try:
+            status = self.read(f"{base}/status") or ""
+        except OSError:
+            return None
+        for line in status.splitlines():
+            if line.startswith("Uid:"):
+                fields = line.split()
+                return int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else None
+        return None
 
     def holders(self, device: str) -> list[Process]:
         """Processes with *device* open (their /proc/PID/fd links point at it)."""
@@ -147,7 +160,7 @@ class Host:
     def unit(self, name: str) -> dict[str, str] | None:
         """``systemctl show`` properties of a unit; None when systemd cannot be asked."""
         done = self.run(["systemctl", "show", name, "--no-pager",
-                         "-p", "LoadState,ActiveState,SubState,Result,ExecMainStatus"])
+                         "-p", "LoadState,ActiveState,SubState,Result,ExecMainStatus,MainPID"])
         if done.returncode != 0:
             return None
         properties = dict(line.partition("=")[::2] for line in done.stdout.splitlines() if "=" in line)

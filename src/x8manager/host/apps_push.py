@@ -73,7 +73,9 @@ class PushPlan:
 
 def plan_push(app_dir: Path, factory: str | None = None) -> PushPlan:
     try:
-        import yaml  # noqa: PLC0415 - only apps push needs it (the host extra installs it)
+        # The device tools' bounded loader (PyYAML; the host extra installs it): an alias bomb in a
+        # compose file is refused, not expanded for minutes into gigabytes.
+        from x8manager.apps.yamlsource import YamlLoadError, load_compose_file  # noqa: PLC0415
     except ImportError as error:
         raise AppError("x8 apps push reads the compose file with PyYAML: pip install 'x8manager[host]'") \
             from error
@@ -83,9 +85,12 @@ def plan_push(app_dir: Path, factory: str | None = None) -> PushPlan:
     if compose_file is None:
         raise AppError(f"{app_dir} has no compose file ({', '.join(COMPOSE_NAMES)})")
     try:
-        compose = yaml.safe_load(compose_file.read_text())
-    except (OSError, yaml.YAMLError) as error:
-        raise AppError(f"{compose_file}: {error}") from error
+        compose = load_compose_file(compose_file).document
+    except OSError as error:
+        raise AppError(f"{compose_file}: cannot read: {error.strerror or error}") from error
+    except YamlLoadError as error:
+        where = f"{compose_file}:{error.line}" if error.line else str(compose_file)
+        raise AppError(f"{where}: {error.message}") from error
     if not isinstance(compose, dict):
         raise AppError(f"{compose_file}: not a compose file (a mapping at the top)")
     factory = factory or os.environ.get("FACTORY") or DEFAULT_FACTORY

@@ -5,9 +5,13 @@
   x8 notify METHOD [ARG...]   the same without waiting for a result
   x8 apps push APP_DIR        copy a compose app, build it on the device, start it, show its logs
   x8 status                   the proxy, the flasher and the apps
-  x8 doctor                   the device's own x8-doctor, its exit code passed on
+  x8 doctor [ARG...]          the device's own x8-doctor, its exit code passed on
   x8 monitor                  the M4's Serial both ways (the proxy's monitor port)
-  x8 trace [--method M --app A --json]  every message on the M4 link, live (the device's x8-trace, as root)
+  x8 trace [ARG...]           every message on the M4 link, live (the device's x8-trace, as root)
+
+Everything after doctor or trace goes to the device's tool unchanged, options included
+(x8 doctor --json, x8 trace --method add; x8 doctor --help shows x8-doctor's own help); a "--"
+right after the command is dropped.
 
 The device: --device adb[:SERIAL] or ssh://[USER@]HOST[:PORT] (default $X8_DEVICE); with SSH, keys and
 host aliases come from your ssh configuration, or --ssh-config FILE ($X8_SSH_CONFIG).
@@ -34,6 +38,10 @@ EXIT_USAGE = 2
 EXIT_REJECTED = 3
 CALL_PORT = 5001  # the proxy's port for calls into the M4 (x8manager.rpc.DEFAULT_CALL_PORT)
 MISSING_COMMAND = 127  # sh's exit code for a command that is not installed
+# Commands that hand every argument after them to the device's own tool.
+PASS_THROUGH = ("doctor", "trace")
+# x8's own options that take a value, as they may come before the command.
+_VALUE_OPTIONS = ("--device", "--ssh-config")
 
 
 def say(message: str) -> None:
@@ -139,7 +147,7 @@ def _json_or_text(text: str) -> Any:
 
 def cmd_doctor(transport: Transport, args: argparse.Namespace) -> int:
     script = 'command -v x8-doctor >/dev/null 2>&1 || exit 127; exec x8-doctor "$@"'
-    code = transport.run_attached(["sh", "-c", script, "x8-doctor", *args.doctor_args])
+    code = transport.run_attached(["sh", "-c", script, "x8-doctor", *args.device_args])
     if code == MISSING_COMMAND:
         say(f"{transport.address} has no x8-doctor: it comes with a newer x8manager on the device")
         return EXIT_FAILED
@@ -151,7 +159,7 @@ def cmd_trace(transport: Transport, args: argparse.Namespace) -> int:
     # prompt (the transport has no terminal for one): sudo says so if it needs a password.
     script = ('command -v x8-trace >/dev/null 2>&1 || exit 127; '
               'if [ "$(id -u)" = 0 ]; then exec x8-trace "$@"; fi; exec sudo -n x8-trace "$@"')
-    code = transport.run_attached(["sh", "-c", script, "x8-trace", *args.trace_args])
+    code = transport.run_attached(["sh", "-c", script, "x8-trace", *args.device_args])
     if code == MISSING_COMMAND:
         say(f"{transport.address} has no x8-trace: it comes with a newer x8manager on the device")
         return EXIT_FAILED
@@ -189,7 +197,8 @@ def cmd_monitor(transport: Transport, args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from .monitor import DEFAULT_MONITOR_PORT  # noqa: PLC0415
 
-    parser = argparse.ArgumentParser(prog="x8", description=__doc__,
+    # No abbreviations (--dev): split_pass_through must know x8's options by their full names.
+    parser = argparse.ArgumentParser(prog="x8", description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default=os.environ.get("X8_DEVICE"),
                         help="adb[:SERIAL] or ssh://[USER@]HOST[:PORT] (default $X8_DEVICE)")
@@ -227,12 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true")
     status.set_defaults(handler=cmd_status)
 
-    doctor = commands.add_parser("doctor", help="run x8-doctor on the device")
-    doctor.add_argument("doctor_args", nargs=argparse.REMAINDER, metavar="ARG")
+    # Their arguments never reach argparse (split_pass_through): ARG is for the usage text only.
+    doctor = commands.add_parser("doctor", usage="x8 doctor [ARG...]",
+                                 help="run x8-doctor ARG... on the device (x8 doctor --help: its options)")
     doctor.set_defaults(handler=cmd_doctor)
 
-    trace = commands.add_parser("trace", help="run x8-trace on the device: every message on the M4 link")
-    trace.add_argument("trace_args", nargs=argparse.REMAINDER, metavar="ARG")
+    trace = commands.add_parser("trace", usage="x8 trace [ARG...]",
+                                help="run x8-trace ARG... on the device: every message on the M4 link")
     trace.set_defaults(handler=cmd_trace)
 
     monitor = commands.add_parser("monitor", help="the M4's Serial both ways")
@@ -242,8 +252,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def split_pass_through(argv: list[str]) -> tuple[list[str], list[str]]:
+    """x8's own arguments (up to and including a :data:`PASS_THROUGH` command) and the device
+    tool's, unchanged but for one leading ``--``. argparse cannot do this: REMAINDER after a
+    subcommand still takes ``--json`` for an option of x8's and refuses it."""
+    index = 0
+    while index < len(argv):
+        argument = argv[index]
+        if argument in _VALUE_OPTIONS:
+            index += 2
+        elif argument.startswith("-"):
+            index += 1  # -h, --device=..., or a mistake argparse names
+        elif argument in PASS_THROUGH:
+            rest = argv[index + 1:]
+            return argv[:index + 1], rest[1:] if rest[:1] == ["--"] else rest
+        else:
+            break
+    return argv, []
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    own, device_args = split_pass_through(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(own)
+    args.device_args = device_args
     try:
         address = parse_device(args.device)
     except AddressError as error:

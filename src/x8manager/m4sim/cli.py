@@ -21,7 +21,8 @@ from x8manager.common.logs import setup_logging
 from x8manager.common.systemd import notify_ready, notify_stopping
 from x8manager.m4sim import links
 from x8manager.m4sim.control import ControlClient, ControlError, serve_control
-from x8manager.m4sim.m4 import LINUX_TO_M4_MAX, M4_TO_LINUX_CHUNK, LinkOpener, VirtualM4
+from x8manager.m4sim.h7 import M4_TO_LINUX_CHUNK
+from x8manager.m4sim.m4 import LINUX_TO_M4_MAX, LinkOpener, SimSwitches, VirtualM4
 from x8manager.m4sim.swdwire import serve_swd_wire
 
 __all__ = ["main"]
@@ -39,7 +40,8 @@ CLIENT_COMMANDS = {
     "serial-write": "Serial.write TEXT from the M4 (a tty notification)",
     "serial-read": "print what Linux wrote to the M4's Serial",
     "calls-received": "print the calls and notifications Linux sent to the M4 (JSON lines)",
-    "stats": "print the virtual M4's counters (JSON)",
+    "stats": "print the virtual M4's counters (JSON; halted and halt_reason say whether it halted)",
+    "reset": "reset the virtual M4 (the same sketch starts again; ends a halt)",
     "sketch": "print the sketch the virtual M4 runs (JSON; null before the first flash)",
 }
 
@@ -83,9 +85,13 @@ def _run_parser() -> argparse.ArgumentParser:
         default=LINUX_TO_M4_MAX,
         help="drop messages from Linux above this size, as the real driver does (248; 0: no limit)",
     )
-    parser.add_argument("--call-timeout", type=float, default=5.0, help="seconds an M4 call waits (5)")
     parser.add_argument(
-        "--concurrent", action="store_true", help="run procedures concurrently (the real sketch does not)"
+        "--call-timeout", type=float, default=5.0,
+        help="RPC.setTimeout of the calls the control surface makes, in seconds (5)",
+    )
+    parser.add_argument(
+        "--concurrent", action="store_true",
+        help="let slow procedures answer out of order (no real sketch does: it runs them one by one)",
     )
     parser.add_argument(
         "--interleave-text", metavar="TEXT", default="", help="raw RPC.print TEXT before every message"
@@ -137,6 +143,8 @@ def _client_main(command: str, argv: Sequence[str]) -> int:
                 client.request("serial_write", args.text)
             elif command == "serial-read":
                 sys.stdout.write(_printable(client.request("serial_read")))
+            elif command == "reset":
+                client.request("reset")
             elif command == "sketch":
                 print(json.dumps(client.request("sketch"), indent=2))
             elif command == "calls-received":
@@ -209,14 +217,13 @@ def _swd_wire(m4: VirtualM4, endpoint: links.Endpoint | None,
 
 
 async def _run(args: argparse.Namespace) -> int:
-    m4 = VirtualM4(
-        demo=not args.no_demo,
+    switches = SimSwitches(
         chunk_size=args.chunk_size,
         max_inbound=args.max_inbound or None,
-        call_timeout=args.call_timeout,
         concurrent_dispatch=args.concurrent,
         interleave_text=args.interleave_text.encode("utf-8"),
     )
+    m4 = VirtualM4(demo=not args.no_demo, switches=switches)
     for name in args.bind_echo:
         m4.bind_echo(name)
     stop = asyncio.Event()
@@ -226,7 +233,8 @@ async def _run(args: argparse.Namespace) -> int:
     async with contextlib.AsyncExitStack() as stack:
         opener = await stack.enter_async_context(_opener(args))
         if args.control:
-            bound = await stack.enter_async_context(serve_control(m4, links.parse_endpoint(args.control)))
+            control = serve_control(m4, links.parse_endpoint(args.control), round(args.call_timeout * 1000))
+            bound = await stack.enter_async_context(control)
             print(f"control={bound}", flush=True)
         # A listener waits for its first connection in the background, not before "ready"; with
         # --reconnect a link that is not there yet (the VM not started) is retried the same way.

@@ -1,45 +1,62 @@
-"""The virtual M4's control surface: msgpack-RPC on a local socket, for people and tests.
+"""The virtual M4's control surface: msgpack-RPC (:mod:`x8manager.rpc`) on a local socket.
 
-Requests are ``[0, msgid, method, params]`` on a persistent connection; replies are
-``[1, msgid, error, result]``. Methods:
+Served by :class:`~x8manager.rpc.RpcService` on ``tcp:HOST:PORT`` or ``unix:PATH``; called with
+:class:`~x8manager.rpc.M4Client` (:class:`ControlClient` wraps it). Methods:
 
-- ``call(name, args[, reply_timeout])``: make the M4 call a Linux procedure; the result, or the error;
-- ``notify(name, args)``: make the M4 send a notification;
-- ``serial_write(data)``: ``Serial.write`` on the M4 (a ``tty`` notification);
-- ``serial_println(text)``: ``Serial.println`` (two ``tty`` notifications: the text, then CR LF);
+- ``call(name, args[, timeout_ms])``: an ``RPC.call`` from an idle sketch thread with
+  ``RPC.setTimeout(timeout_ms)`` (default: ``m4-sim --call-timeout``); the result, nil after an error
+  reply (the text is lost, as on the M4), an error when the call timed out;
+- ``call_as(type, name, args[, timeout_ms])``: the same with ``.as<type>()`` (a C++ type name): on nil
+  or a wrong type the virtual M4 halts, as a real one does;
+- ``notify(name, args)``, ``serial_write(data)``, ``serial_println(text)``, ``print_raw(text)``: output;
 - ``serial_read()``: take the bytes Linux wrote to the M4's ``Serial``;
-- ``print_raw(text)``: raw ``RPC.print`` text into the stream;
-- ``bind_echo(name)``: bind a procedure that returns its arguments;
+- ``bind_echo(name)``: bind a stand-in procedure that returns its arguments;
 - ``calls_received()``: ``[[method, params, is_notification], ...]`` Linux sent to the M4;
-- ``stats()``: counters; ``bound()``: the bound procedure names.
+- ``stats()``, ``bound()``, ``sketch()``; ``reset()``: reset the M4 (ends a halt).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from x8manager.m4sim import wire
+from x8manager.m4sim.errors import M4SimError
 from x8manager.m4sim.links import Endpoint
-from x8manager.m4sim.m4 import LinuxCallError, M4SimError, VirtualM4
-from x8manager.rpc.framing import StreamDecoder
+from x8manager.m4sim.m4 import VirtualM4
+from x8manager.rpc.client import M4Client
+from x8manager.rpc.errors import RpcError, X8RpcError
+from x8manager.rpc.server import RpcService
 
-__all__ = ["ControlClient", "ControlError", "serve_control"]
+__all__ = ["DEFAULT_CALL_TIMEOUT_MS", "ControlClient", "ControlError", "control_methods", "serve_control"]
 
 log = logging.getLogger(__name__)
+
+DEFAULT_CALL_TIMEOUT_MS = 5000
 
 
 class ControlError(M4SimError):
     """The control surface answered with an error, or could not be reached."""
 
 
-def _methods(m4: VirtualM4) -> dict[str, Callable[..., Awaitable[Any]]]:
-    async def call(name: str, args: list[Any], reply_timeout: float | None = None) -> Any:
-        return await m4.call(name, *args, reply_timeout=reply_timeout)
+def control_methods(m4: VirtualM4, call_timeout_ms: int = DEFAULT_CALL_TIMEOUT_MS,
+                    ) -> dict[str, Callable[..., Awaitable[Any]]]:
+    """The control procedures (coroutines: they run on the virtual M4's event loop)."""
+
+    async def call(name: str, args: list[Any], timeout_ms: int | None = None) -> Any:
+        thread = m4.idle_thread()
+        wait = call_timeout_ms if timeout_ms is None else timeout_ms
+        thread.set_timeout(wait)
+        result = await thread.call(name, *args)
+        if thread.timed_out:
+            raise ValueError(f"no reply from Linux to {name!r} within {wait} ms (RPC.timedOut())")
+        return result
+
+    async def call_as(kind: str, name: str, args: list[Any], timeout_ms: int | None = None) -> Any:
+        thread = m4.idle_thread()
+        thread.set_timeout(call_timeout_ms if timeout_ms is None else timeout_ms)
+        return await thread.call_as(kind, name, *args)
 
     async def notify(name: str, args: list[Any]) -> None:
         await m4.notify(name, *args)
@@ -71,150 +88,71 @@ def _methods(m4: VirtualM4) -> dict[str, Callable[..., Awaitable[Any]]]:
     async def sketch() -> dict[str, Any] | None:
         return None if m4.sketch is None else m4.sketch.as_dict()
 
-    return {
-        "call": call,
-        "notify": notify,
-        "serial_write": serial_write,
-        "serial_println": serial_println,
-        "serial_read": serial_read,
-        "print_raw": print_raw,
-        "bind_echo": bind_echo,
-        "calls_received": calls_received,
-        "stats": stats,
-        "bound": bound,
-        "sketch": sketch,
+    async def reset() -> None:
+        m4.reset()
+
+    methods: dict[str, Callable[..., Awaitable[Any]]] = {
+        "call": call, "call_as": call_as, "notify": notify, "serial_write": serial_write,
+        "serial_println": serial_println, "serial_read": serial_read, "print_raw": print_raw,
+        "bind_echo": bind_echo, "calls_received": calls_received, "stats": stats, "bound": bound,
+        "sketch": sketch, "reset": reset,
     }
+    return {name: _plain_errors(fn) for name, fn in methods.items()}
 
 
-async def _answer(
-    methods: dict[str, Callable[..., Awaitable[Any]]],
-    message: Any,
-    writer: asyncio.StreamWriter,
-) -> None:
-    if not (isinstance(message, list) and len(message) == 4 and message[0] == wire.REQUEST):
-        log.warning("m4-sim control: ignored a message that is not a request: %r", message)
-        return
-    _, msgid, method, params = message
-    error: Any = None
-    result: Any = None
-    handler = methods.get(method) if isinstance(method, str) else None
-    if handler is None:
-        error = f"unknown control method {method!r}; known: {', '.join(sorted(methods))}"
-    elif not isinstance(params, list):
-        error = f"control method {method!r}: params must be an array, got {params!r}"
-    else:
+def _plain_errors(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """The virtual M4's own errors (a halted M4, a busy thread) answer as plain error texts."""
+
+    async def wrapped(*args: Any) -> Any:
         try:
-            result = await handler(*params)
-        except LinuxCallError as exc:
-            error = exc.error
-        except (M4SimError, TypeError, ValueError) as exc:
-            error = f"{method}: {exc}"
-    writer.write(wire.response(msgid, error, result))
-    await writer.drain()
+            return await fn(*args)
+        except M4SimError as exc:
+            raise ValueError(str(exc)) from exc
+
+    return wrapped
 
 
 @contextlib.asynccontextmanager
-async def serve_control(m4: VirtualM4, endpoint: Endpoint) -> AsyncIterator[Endpoint]:
+async def serve_control(m4: VirtualM4, endpoint: Endpoint,
+                        call_timeout_ms: int = DEFAULT_CALL_TIMEOUT_MS) -> AsyncIterator[Endpoint]:
     """Serve the control surface on *endpoint*; yields the bound endpoint (port 0 resolved)."""
-    methods = _methods(m4)
-    tasks: set[asyncio.Task[None]] = set()
-    writers: set[asyncio.StreamWriter] = set()
-    handlers: set[asyncio.Task[Any]] = set()
-
-    async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        decoder = StreamDecoder()
-        writers.add(writer)
-        current = asyncio.current_task()
-        if current is not None:
-            handlers.add(current)
-        try:
-            while data := await reader.read(65536):
-                for item in decoder.feed(data):
-                    # Each request runs on its own so a slow M4 call does not hold up the others.
-                    task = asyncio.create_task(_answer(methods, item.value, writer))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
-        except ConnectionError as exc:
-            log.warning("m4-sim control: dropping connection: %s", exc)
-        finally:
-            writers.discard(writer)
-            if current is not None:
-                handlers.discard(current)
-            writer.close()
-
-    server: asyncio.base_events.Server
     if endpoint.kind == "unix":
-        server = await asyncio.start_unix_server(connection, endpoint.path)
-        bound = endpoint
+        service = RpcService(0, path=endpoint.path)
     else:
-        server = await asyncio.start_server(connection, endpoint.host, endpoint.port)
-        host, port = server.sockets[0].getsockname()[:2]
-        bound = Endpoint("tcp", host=host, port=port)
+        service = RpcService(endpoint.port, host=endpoint.host)
+    for name, fn in control_methods(m4, call_timeout_ms).items():
+        service.add(name, fn)
+    await service.start()
+    bound = endpoint if endpoint.kind == "unix" else Endpoint("tcp", host=endpoint.host, port=service.port)
     try:
         yield bound
     finally:
-        server.close()
-        for task in list(tasks):
-            task.cancel()
-        # Python 3.11 logs an error for a cancelled connection handler, so end each one by
-        # closing its connection (its read returns end of stream) and let it return normally.
-        for writer in list(writers):
-            writer.close()
-        if handlers:
-            await asyncio.wait(set(handlers), timeout=5)
-        await server.wait_closed()
+        await service.close()
 
 
 class ControlClient:
-    """Blocking client of the control surface (used by ``m4-sim call ...`` and by tests)."""
+    """Blocking client of the control surface (``m4-sim call ...``, the virtual X8, tests)."""
 
     def __init__(self, endpoint: Endpoint, timeout: float = 30.0) -> None:
         self.endpoint = endpoint
         self.timeout = timeout
-        self._sock: socket.socket | None = None
-        self._decoder = StreamDecoder()
-        self._msgid = 0
-
-    def _connect(self) -> socket.socket:
-        if self._sock is None:
-            try:
-                if self.endpoint.kind == "unix":
-                    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                    sock.settimeout(self.timeout)
-                    sock.connect(self.endpoint.path)
-                else:
-                    sock = socket.create_connection((self.endpoint.host, self.endpoint.port), self.timeout)
-            except OSError as exc:
-                raise ControlError(f"cannot reach m4-sim control at {self.endpoint}: {exc}") from exc
-            self._sock = sock
-        return self._sock
+        if endpoint.kind == "unix":
+            self._client = M4Client(timeout=timeout, path=endpoint.path)
+        else:
+            self._client = M4Client(endpoint.host, endpoint.port, timeout=timeout)
 
     def request(self, method: str, *params: Any) -> Any:
-        """Send one request and return its result; raise ``ControlError`` on an error reply."""
-        sock = self._connect()
-        self._msgid += 1
-        msgid = self._msgid
+        """Call *method*; its result, or ``ControlError`` with the error text."""
         try:
-            sock.sendall(wire.request(msgid, method, list(params)))
-            while True:
-                data = sock.recv(65536)
-                if not data:
-                    raise ControlError(f"m4-sim control at {self.endpoint} closed the connection")
-                for item in self._decoder.feed(data):
-                    message = item.value
-                    if isinstance(message, list) and len(message) == 4 and message[1] == msgid:
-                        if message[2] is not None:
-                            raise ControlError(message[2])
-                        return message[3]
-        except OSError as exc:
-            self.close()
-            raise ControlError(f"m4-sim control at {self.endpoint}: {method}: {exc}") from exc
+            return self._client.call(method, *params)
+        except RpcError as exc:
+            error = exc.error.decode("utf-8", "replace") if isinstance(exc.error, bytes) else str(exc.error)
+            raise ControlError(error) from None
+        except X8RpcError as exc:
+            raise ControlError(f"cannot reach m4-sim control at {self.endpoint}: {exc}") from exc
 
     def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-            self._decoder = StreamDecoder()
+        """Nothing to close: each request has its own connection."""
 
     def __enter__(self) -> ControlClient:
         return self

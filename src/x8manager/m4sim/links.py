@@ -39,6 +39,9 @@ class Link(Protocol):
     """A bidirectional byte stream toward Linux."""
 
     description: str
+    # True when every read returns exactly one write of the other side (a datagram link): the
+    # virtual M4 then takes each read as one RPMsg message. Ptys and stream sockets do not.
+    keeps_write_boundaries: bool
 
     async def read(self) -> bytes:
         """Return the next bytes, or ``b""`` once the peer has gone away."""
@@ -87,6 +90,8 @@ def parse_endpoint(text: str) -> Endpoint:
 
 class FdLink:
     """A link over a non-blocking file descriptor (pty master, tty, virtio serial port)."""
+
+    keeps_write_boundaries = False
 
     def __init__(self, fd: int, description: str, *, keep_open: tuple[int, ...] = ()) -> None:
         self.fd = fd
@@ -152,6 +157,8 @@ async def _wait_fd(fd: int, add: Callable[..., None], remove: Callable[[int], ob
 
 class StreamLink:
     """A link over an asyncio stream pair (TCP or UNIX socket)."""
+
+    keeps_write_boundaries = False
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, description: str) -> None:
         self._reader = reader

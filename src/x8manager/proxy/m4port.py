@@ -24,6 +24,7 @@ import msgpack
 
 from x8manager.proxy.link import LinkDown, M4Link
 from x8manager.proxy.pending import PendingCalls
+from x8manager.proxy.ratelimit import RateLimitedLog
 from x8manager.rpc.framing import (
     M4_MAX_MESSAGE,
     Frame,
@@ -39,6 +40,8 @@ if TYPE_CHECKING:
 __all__ = ["M4CallFailed", "M4Port", "M4Stats", "TooLarge"]
 
 log = logging.getLogger(__name__)
+# Lines a Linux peer's messages can cause (a notification lost while the M4 does not read).
+limited_log = RateLimitedLog(log)
 
 # The M4 link carries ≤ ~496 bytes per RPMsg message; a larger partial object is garbage.
 M4_DECODER_BUFFER: Final = 8 * 1024
@@ -295,8 +298,8 @@ class M4Port:
     def notify(self, raw: bytes, what: str) -> None:
         """Send a raw notification; *what* names its sender in the log if it is lost."""
         if len(raw) > self.max_message:
-            log.warning("%s: notification is %d bytes, over the M4 link limit of %d; dropped",
-                        what, len(raw), self.max_message)
+            limited_log.warning("m4-too-large", "%s: notification is %d bytes, over the M4 link limit of %d; "
+                                "dropped", what, len(raw), self.max_message)
             if self.tap is not None:
                 self.tap.notification_sent(raw, what, "over the M4 link limit: dropped")
             return
@@ -314,7 +317,7 @@ class M4Port:
         try:
             written = self.link.send(raw)
         except LinkDown as exc:
-            log.warning("%s lost: %s", what, exc)
+            limited_log.warning("m4-lost", "%s lost: %s", what, exc)
             return
         if written is not None:
             written.add_done_callback(lambda done: _log_lost(done, f"{what} lost"))
@@ -393,4 +396,4 @@ class M4Port:
 
 def _log_lost(done: asyncio.Future[None], what: str) -> None:
     if not done.cancelled() and done.exception() is not None:
-        log.warning("%s: %s", what, done.exception())
+        limited_log.warning("m4-lost", "%s: %s", what, done.exception())

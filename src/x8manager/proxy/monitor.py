@@ -9,6 +9,10 @@ come, and sends what a client writes to the sketch as ``tty`` notifications of a
 When no monitor client is connected and no Linux program provides ``tty`` itself (e.g.
 Arduino's py-serialrpc, which still gets it), the output goes to the journal line by line with
 its own identifier, ``m4-serial``, instead of being lost.
+
+Any local user can connect, so every log line a client can cause (connects and closes,
+refusals, a client that does not read) goes through the rate limiter the other fronts use, and
+input the M4 link cannot take is dropped with one rate-limited line (in :mod:`.m4port`).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Any, Final, cast
 import msgpack
 
 from x8manager.proxy.link import StartupError
+from x8manager.proxy.ratelimit import RateLimitedLog
 
 __all__ = ["JOURNAL_IDENTIFIER", "MonitorPort"]
 
@@ -38,11 +43,14 @@ MAX_UNSENT: Final = 256 * 1024
 MAX_LINE: Final = 1024
 # Journal lines per second at most; the rest are counted in the next line that goes out.
 LINES_PER_SECOND: Final = 100
+# Connect/close lines per LOG_EVERY seconds (a few monitors coming and going are all logged).
+CLIENT_LOG_BURST: Final = 16
 
 
 class _MonitorClient(asyncio.Protocol):
-    def __init__(self, port: MonitorPort) -> None:
+    def __init__(self, port: MonitorPort, limited_log: RateLimitedLog) -> None:
         self._port = port
+        self._limited = limited_log
         self.transport: asyncio.Transport | None = None
         self.peer: Any = None
 
@@ -64,8 +72,9 @@ class _MonitorClient(asyncio.Protocol):
             return
         transport.write(data)
         if transport.get_write_buffer_size() > MAX_UNSENT:
-            log.warning("monitor: client %s does not keep up with the sketch's output: disconnected",
-                        self.peer)
+            self._limited.warning(
+                "monitor-slow", "monitor: client %s does not keep up with the sketch's output: disconnected",
+                self.peer)
             transport.abort()
 
 
@@ -74,6 +83,7 @@ class MonitorPort:
 
     def __init__(self, send_to_m4: Callable[[bytes, str], None]) -> None:
         self._send_to_m4 = send_to_m4
+        self._limited = RateLimitedLog(log, burst=CLIENT_LOG_BURST)
         self._clients: set[_MonitorClient] = set()
         self._server: asyncio.Server | None = None
         self._line = bytearray()
@@ -85,7 +95,7 @@ class MonitorPort:
     async def listen(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
         try:
-            self._server = await loop.create_server(lambda: _MonitorClient(self), host, port)
+            self._server = await loop.create_server(lambda: _MonitorClient(self, self._limited), host, port)
         except OSError as exc:
             raise StartupError(f"cannot listen for the monitor port on {host}:{port}: "
                                f"{exc.strerror or exc}") from exc
@@ -97,18 +107,19 @@ class MonitorPort:
 
     def joined(self, client: _MonitorClient) -> None:
         if len(self._clients) >= MAX_MONITOR_CLIENTS:
-            log.warning("monitor: %s refused: %d clients already", client.peer, MAX_MONITOR_CLIENTS)
+            self._limited.warning("monitor-full", "monitor: %s refused: %d clients already", client.peer,
+                                  MAX_MONITOR_CLIENTS)
             assert client.transport is not None
             client.transport.abort()
             return
         self._clients.add(client)
         self._flush_line()  # what the journal had so far is complete as far as it goes
-        log.info("monitor: %s connected", client.peer)
+        self._limited.info("monitor-clients", "monitor: %s connected", client.peer)
 
     def left(self, client: _MonitorClient) -> None:
         if client in self._clients:
             self._clients.discard(client)
-            log.info("monitor: %s disconnected", client.peer)
+            self._limited.info("monitor-clients", "monitor: %s disconnected", client.peer)
 
     # -- sketch → monitor -------------------------------------------------------------------
 

@@ -6,13 +6,24 @@ own (the proxy gives every forwarded request an id of the receiving connection's
 link's), notifications go both ways. The router methods and errors are arduino-router's
 (``internal/msgpackrouter``) and what ``arduino-router-bridge`` 0.5.1 expects of a router:
 
-=====================  =================================================================
-``$/register [name]``  ``true``; ``[1, "invalid params: ..."]``, ``[5, "route already exists: NAME"]``
-``$/unregister [name]``  ``true``; ``[4, "route not registered by this client: NAME"]``
-``$/reset []``          ``true`` (every route of the connection dropped)
-``$/version []``        the proxy's version string
+========================  ===============================================================
+``$/register [name]``     ``true``; ``[1, "invalid params: ..."]``, ``[5, "route already exists: NAME"]``
+``$/unregister [name]``   ``true``; ``[4, "route not registered by this client: NAME"]``
+``$/reset []``            ``true`` (every route of the connection dropped)
+``$/version []``          the proxy's version string
+``$/setMaxMsgSize [n]``   ``true``: nothing over *n* bytes is sent to this connection any more
+                          (n > 127; else ``[1, "invalid params: ..."]``); also as a notification
 ``$/cancelRequest [id]``  notification: the caller gave up on its request *id*
-=====================  =================================================================
+========================  ===============================================================
+
+A type in an ``invalid params`` text is named as arduino-router names it: Go's ``%T`` of what
+its msgpack decoder (vmihailenco/msgpack v5) makes of the wire type, e.g. ``int8`` for a
+fixint, ``uint16``, ``float32``, ``[]uint8`` for bin, ``[]interface {}``, ``<nil>``.
+
+After ``$/setMaxMsgSize n`` (the sketch-side RouterBridge sends its buffer size), what the
+connection would be sent over *n* bytes is not: a request for a method it provides gets
+``[6, "message size exceeds the limit of n bytes"]`` at once, a notification is dropped, and
+a reply to its own call becomes that error.
 
 A call of a method nobody on Linux provides goes to the M4. What the M4 link cannot carry
 (over 248 bytes once the msgid is ours) is refused before anything is sent:
@@ -27,6 +38,12 @@ strings, which a Bridge cannot read; they reach the caller as ``[code, text]``:
 A connection's routes drop when it ends; calls the M4 or others made to it get
 ``[3, "failed to send request: ..."]``.
 
+Limits (a hostile or buggy client costs bounded memory, descriptors and log): 64 connections per
+listener (the UNIX socket and TCP each have their own), 1 MiB per message, nesting deeper than
+32 levels is malformed (the connection is closed, nothing forwarded), 256 requests in flight and
+256 names (held or being registered) per connection, names of at most 256 bytes; every log line
+a message can cause is rate-limited and shows names cut short.
+
 The UNIX socket comes either from systemd (``m4-proxy.socket``, socket activation: the
 descriptor named ``router``, or one bound to the ``--router-socket`` path), which then owns the
 path, its owner, group and mode, and keeps it, the same inode, across restarts of the proxy
@@ -40,13 +57,14 @@ import asyncio
 import contextlib
 import errno
 import grp
+import itertools
 import logging
 import os
 import socket
 import stat
 import struct
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final, cast
 
@@ -57,13 +75,14 @@ from x8manager.common.net import unix_socket_listening
 from x8manager.common.systemd import ListenFd, ListenFdsError, adopt_socket
 from x8manager.proxy.link import StartupError
 from x8manager.proxy.m4port import M4CallFailed, M4Port, TooLarge
-from x8manager.proxy.ratelimit import RateLimitedLog
+from x8manager.proxy.ratelimit import RateLimitedLog, shown
 from x8manager.proxy.routing import (
     ERR_FAILED_TO_SEND,
     ERR_GENERIC,
     ERR_INVALID_PARAMS,
     ERR_METHOD_NOT_AVAILABLE,
     ERR_OVER_SIZE_LIMIT,
+    ERR_ROUTE_EXISTS,
     ProviderDone,
     ProviderFailed,
     RouteExists,
@@ -71,6 +90,7 @@ from x8manager.proxy.routing import (
 )
 from x8manager.rpc.framing import (
     MAX_MSGID,
+    MAX_NESTING,
     Frame,
     InvalidMessage,
     Notification,
@@ -78,23 +98,32 @@ from x8manager.rpc.framing import (
     Request,
     Response,
     msgid_span,
+    nesting_exceeds,
     pack_notification,
     pack_response,
     parse_message,
     replace_msgid,
+    unpack_options,
+    validate_message,
 )
 
-__all__ = ["MAX_ROUTER_MESSAGE", "SYSTEMD_SOCKET_NAME", "RouterConnection", "RouterContext", "RouterFront",
-           "m4_error_for_bridge", "router_socket_from_systemd"]
+__all__ = ["MAX_ROUTER_MESSAGE", "SYSTEMD_SOCKET_NAME", "Listener", "RouterConnection", "RouterContext",
+           "RouterFront", "go_type_of_param", "m4_error_for_bridge", "router_socket_from_systemd"]
 
 log = logging.getLogger(__name__)
 
 # Largest message a router client may send (the Bridge's own default cap on what it reads).
 MAX_ROUTER_MESSAGE: Final = 1024 * 1024
-# Router-front connections at once; more are closed at once (logged, rate-limited).
+# Router-front connections at once, per listener (the UNIX socket and TCP each); more are
+# closed at once (logged, rate-limited). TCP clients cannot lock the socket's apps out.
 MAX_ROUTER_CONNECTIONS: Final = 64
 # Requests one connection may have in flight.
 MAX_IN_FLIGHT: Final = 256
+# Names one connection may hold or be registering at once, and the longest name (UTF-8 bytes).
+MAX_ROUTES_PER_CONNECTION: Final = 256
+MAX_NAME_BYTES: Final = 256
+# $/setMaxMsgSize: the smallest size accepted is this plus one (as arduino-router).
+MIN_MAX_MSG_SIZE: Final = 127
 # Replies a client has not read yet, in bytes: past this the client is not read from; past
 # the hard limit (a client that never reads) it is disconnected.
 PAUSE_READING_AT: Final = 256 * 1024
@@ -108,23 +137,47 @@ PEER_MALFORMED_CALL: Final = 0xFD
 PEER_GENERIC: Final = 0xFF
 
 
-def _go_type(value: Any) -> str:
-    """Go's %T of a decoded value, as arduino-router's error texts name it."""
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        return "int64" if value < 0 else "uint64"
-    if isinstance(value, float):
-        return "float64"
-    if isinstance(value, bytes):
-        return "[]uint8"
-    if isinstance(value, list):
-        return "[]interface {}"
-    if isinstance(value, dict):
+def _go_type_of_lead(lead: int, ext_type: int | None) -> str:
+    """Go's ``%T`` of what vmihailenco/msgpack v5's DecodeInterface makes of a value starting *lead*."""
+    if lead <= 0x7F or lead >= 0xE0:
+        return "int8"  # positive and negative fixints
+    if lead <= 0x8F or lead in (0xDE, 0xDF):
         return "map[string]interface {}"
-    if value is None:
-        return "<nil>"
-    return type(value).__name__
+    if lead <= 0x9F or lead in (0xDC, 0xDD):
+        return "[]interface {}"
+    if lead <= 0xBF or lead in (0xD9, 0xDA, 0xDB):
+        return "string"
+    named = {0xC0: "<nil>", 0xC2: "bool", 0xC3: "bool", 0xC4: "[]uint8", 0xC5: "[]uint8", 0xC6: "[]uint8",
+             0xCA: "float32", 0xCB: "float64", 0xCC: "uint8", 0xCD: "uint16", 0xCE: "uint32",
+             0xCF: "uint64", 0xD0: "int8", 0xD1: "int16", 0xD2: "int32", 0xD3: "int64"}
+    if lead in named:
+        return named[lead]
+    # ext: only the timestamp (-1) is known to the Go decoder
+    return "time.Time" if ext_type == -1 else f"ext {ext_type}"
+
+
+def go_type_of_param(raw: bytes, index: int = 0) -> str:
+    """The Go type name arduino-router reports for params[*index*] of the raw request or notification."""
+    unpacker = msgpack.Unpacker(**unpack_options(max(len(raw), 16)))
+    unpacker.feed(raw)
+    try:
+        length = unpacker.read_array_header()
+        for _ in range(length - 1):  # type, (msgid,) method
+            unpacker.skip()
+        params = unpacker.read_array_header()
+        if index >= params:
+            return "<nil>"
+        for _ in range(index):
+            unpacker.skip()
+        at = unpacker.tell()
+    except Exception:  # pragma: no cover - the message was parsed already
+        return "interface {}"
+    lead = raw[at]
+    ext_type = None
+    ext_at = {0xD4: 1, 0xD5: 1, 0xD6: 1, 0xD7: 1, 0xD8: 1, 0xC7: 2, 0xC8: 3, 0xC9: 5}.get(lead)
+    if ext_at is not None and at + ext_at < len(raw):
+        ext_type = int.from_bytes(raw[at + ext_at:at + ext_at + 1], "big", signed=True)
+    return _go_type_of_lead(lead, ext_type)
 
 
 def m4_error_for_bridge(method: str, error: Any) -> list[Any]:
@@ -147,16 +200,33 @@ def bridge_error(error: Any) -> list[Any]:
     return [PEER_GENERIC, text]
 
 
-@dataclass
+def _too_large(limit: int) -> list[Any]:
+    return [ERR_OVER_SIZE_LIMIT, f"message size exceeds the limit of {limit} bytes"]
+
+
+@dataclass(frozen=True)
 class RouterContext:
-    """What a router connection needs: the routing table, the M4, and bookkeeping."""
+    """What a router connection depends on: the routing table, the M4, the timeout, the log."""
 
     table: RoutingTable
     m4: M4Port
     call_timeout: float = ROUTER_CALL_TIMEOUT
-    connections: set[RouterConnection] = field(default_factory=set)
-    next_number: int = 1
     limited_log: RateLimitedLog = field(default_factory=lambda: RateLimitedLog(log))
+
+
+@dataclass(eq=False)
+class Listener:
+    """One listener's connections (the UNIX socket's, or TCP's) and its own limit."""
+
+    name: str
+    limit: int = MAX_ROUTER_CONNECTIONS
+    connections: set[RouterConnection] = field(default_factory=set)
+
+    def admit(self, connection: RouterConnection) -> bool:
+        if len(self.connections) >= self.limit:
+            return False
+        self.connections.add(connection)
+        return True
 
 
 @dataclass
@@ -171,10 +241,10 @@ class _Forwarded:
 class RouterConnection(asyncio.Protocol):
     """One router-front client: its requests, the requests it serves, its routes."""
 
-    def __init__(self, context: RouterContext) -> None:
+    def __init__(self, context: RouterContext, listener: Listener, number: int) -> None:
         self._context = context
-        self.label = f"router client {context.next_number}"
-        context.next_number += 1
+        self._listener = listener
+        self.label = f"router client {number}"
         self._transport: asyncio.Transport | None = None
         self._cutter = ObjectCutter(MAX_ROUTER_MESSAGE)
         self._calls: dict[int, Callable[[], None]] = {}  # its requests in flight: withdraw each
@@ -182,9 +252,15 @@ class RouterConnection(asyncio.Protocol):
         self._next_id = 1
         self._reading_paused = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._registering = 0  # $/register dial-backs under way
+        self.max_message: int | None = None  # $/setMaxMsgSize: nothing larger is sent to it
         # What goes to the client while the M4's messages from one read are handed out: sent
         # as one write when they all are (see M4Port.after_this_read).
         self._outbox: list[bytes] | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self in self._listener.connections
 
     # -- connection events --------------------------------------------------------------------
 
@@ -200,20 +276,19 @@ class RouterConnection(asyncio.Protocol):
                 self.label += f" (pid {pid}, uid {uid})"
         else:
             self.label += f" ({stream.get_extra_info('peername')})"
-        if len(self._context.connections) >= MAX_ROUTER_CONNECTIONS:
+        if not self._listener.admit(self):
             self._context.limited_log.warning(
-                "router-full", "router: %s refused: %d connections already", self.label,
-                MAX_ROUTER_CONNECTIONS)
+                "router-full", "router: %s refused: %d connections on the %s already", self.label,
+                self._listener.limit, self._listener.name)
             stream.abort()
             return
-        self._context.connections.add(self)
         log.debug("router: %s connected", self.label)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        context = self._context
-        if self not in context.connections:
+        if not self.connected:
             return
-        context.connections.discard(self)
+        self._listener.connections.discard(self)
+        context = self._context
         log.debug("router: %s disconnected%s", self.label, f" ({exc})" if exc else "")
         context.table.drop_provider(self)
         for withdraw in list(self._calls.values()):
@@ -242,12 +317,14 @@ class RouterConnection(asyncio.Protocol):
         try:
             items = self._cutter.feed(data)
         except InvalidMessage as exc:
-            self._context.limited_log.warning(
-                "router-garbage", "router: %s sent bytes that are not msgpack-RPC (%s): disconnected",
-                self.label, exc.reason)
-            self.close()
+            self._malformed(exc.reason)
             return
         for item in items:
+            if self._transport is None or self._transport.is_closing():
+                return
+            if nesting_exceeds(item.raw):
+                self._malformed(f"nested deeper than {MAX_NESTING} levels")
+                return
             try:
                 message = parse_message(item.value)
             except InvalidMessage as exc:
@@ -263,6 +340,13 @@ class RouterConnection(asyncio.Protocol):
                 self._on_notification(message, frame)
             else:
                 self._on_response(message, frame)
+
+    def _malformed(self, reason: str) -> None:
+        """Bytes that are not msgpack-RPC: the stream is out of step for good (as arduino-router)."""
+        self._context.limited_log.warning(
+            "router-garbage", "router: %s sent bytes that are not msgpack-RPC (%s): disconnected",
+            self.label, reason)
+        self.close()
 
     def _send(self, data: bytes) -> None:
         if self._outbox is not None:
@@ -297,14 +381,26 @@ class RouterConnection(asyncio.Protocol):
         """Reply bytes the client has not read yet."""
         return self._transport.get_write_buffer_size() if self._transport is not None else 0
 
+    def _fits(self, raw: bytes) -> bool:
+        """Whether *raw* may be sent to this client ($/setMaxMsgSize)."""
+        return self.max_message is None or len(raw) <= self.max_message
+
     # -- the client's requests ----------------------------------------------------------------
 
     def _reply(self, msgid: int, error: Any, result: Any) -> None:
         self._send(pack_response(msgid, error, result))
 
+    def _reply_raw(self, msgid: int, raw: bytes) -> None:
+        """A reply that came from a provider or the M4: sent if it fits, else the size error."""
+        if self._fits(raw):
+            self._send(raw)
+        else:
+            assert self.max_message is not None
+            self._reply(msgid, _too_large(self.max_message), None)
+
     def _on_request(self, request: Request, frame: Frame) -> None:
         method, params, msgid = request.method, request.params, request.msgid
-        if method.startswith("$/") and self._router_method(method, params, msgid):
+        if method.startswith("$/") and self._router_method(method, params, msgid, frame.raw):
             return
         if len(self._calls) >= MAX_IN_FLIGHT:
             self._reply(msgid, [ERR_GENERIC, f"too many requests in flight ({MAX_IN_FLIGHT})"], None)
@@ -342,8 +438,7 @@ class RouterConnection(asyncio.Protocol):
         try:
             self._start_call(request, frame)
         except TooLarge as exc:
-            self._reply(msgid, [ERR_OVER_SIZE_LIMIT, f"message size exceeds the limit of {exc.limit} bytes"],
-                        None)
+            self._reply(msgid, _too_large(exc.limit), None)
         except M4CallFailed as exc:
             self._reply(msgid, [ERR_FAILED_TO_SEND, f"failed to send request: {exc.reason}"], None)
 
@@ -356,7 +451,7 @@ class RouterConnection(asyncio.Protocol):
         response = result.message
         assert isinstance(response, Response)
         if response.error is None:
-            self._send(result.raw)
+            self._reply_raw(msgid, result.raw)
         else:
             self._reply(msgid, bridge_error(response.error), None)
 
@@ -373,11 +468,11 @@ class RouterConnection(asyncio.Protocol):
         except InvalidMessage:  # pragma: no cover - the M4 port passes responses only
             error_at = -1
         if 0 <= error_at < len(result) and result[error_at] == 0xC0:
-            self._send(result)  # no error: the M4's bytes as they came, with the caller's msgid
+            self._reply_raw(msgid, result)  # no error: the M4's bytes as they came, with the caller's msgid
             return
         try:
-            reply = parse_message(_unpack(result))
-        except (InvalidMessage, ValueError):  # pragma: no cover - the M4 port passes responses only
+            reply = validate_message(result).message
+        except InvalidMessage:  # pragma: no cover - the M4 port passes responses only
             self._reply(msgid, [ERR_GENERIC, "unusable reply from the M4"], None)
             return
         assert isinstance(reply, Response)
@@ -385,21 +480,18 @@ class RouterConnection(asyncio.Protocol):
 
     # -- router methods -----------------------------------------------------------------------
 
-    def _router_method(self, method: str, params: list[Any], msgid: int | None) -> bool:
+    def _router_method(self, method: str, params: list[Any], msgid: int | None, raw: bytes) -> bool:
         """Handle ``$/...``; False if *method* is not one (it is routed like any other)."""
         if method in ("$/register", "$/unregister"):
-            if len(params) != 1:
-                self._answer(msgid, [ERR_INVALID_PARAMS,
-                                     f"invalid params: only one param is expected, got {len(params)}"], None)
-            elif not isinstance(params[0], str):
-                self._answer(msgid, [ERR_INVALID_PARAMS,
-                                     f"invalid params: expected string, got {_go_type(params[0])}"], None)
+            name = self._one_string(params, msgid, raw)
+            if name is None:
+                pass
             elif method == "$/register":
-                self._spawn(self._register(params[0], msgid))
-            elif self._context.table.remove_route(params[0], self):
+                self._register(name, msgid)
+            elif self._context.table.remove_route(name, self):
                 self._answer(msgid, None, True)
             else:
-                self._answer(msgid, [ERR_GENERIC, f"route not registered by this client: {params[0]}"], None)
+                self._answer(msgid, [ERR_GENERIC, f"route not registered by this client: {name}"], None)
         elif method == "$/reset":
             if params:
                 self._answer(msgid, [ERR_INVALID_PARAMS, "invalid params: no params are expected"], None)
@@ -408,6 +500,8 @@ class RouterConnection(asyncio.Protocol):
                 self._answer(msgid, None, True)
         elif method == "$/version":
             self._answer(msgid, None, f"x8manager m4-proxy {__version__}")
+        elif method == "$/setMaxMsgSize":
+            self._set_max_message(params, msgid, raw)
         elif method == "$/cancelRequest":
             self._cancel(params)
             self._answer(msgid, None, True)
@@ -419,27 +513,92 @@ class RouterConnection(asyncio.Protocol):
         if msgid is not None:  # router methods may come as notifications: no answer then
             self._reply(msgid, error, result)
 
-    async def _register(self, name: str, msgid: int | None) -> None:
+    def _one_param(self, params: list[Any], msgid: int | None) -> bool:
+        if len(params) == 1:
+            return True
+        self._answer(msgid, [ERR_INVALID_PARAMS,
+                             f"invalid params: only one param is expected, got {len(params)}"], None)
+        return False
+
+    def _one_string(self, params: list[Any], msgid: int | None, raw: bytes) -> str | None:
+        if not self._one_param(params, msgid):
+            return None
+        if not isinstance(params[0], str):
+            self._answer(msgid, [ERR_INVALID_PARAMS,
+                                 f"invalid params: expected string, got {go_type_of_param(raw)}"], None)
+            return None
+        return params[0]
+
+    def _set_max_message(self, params: list[Any], msgid: int | None, raw: bytes) -> None:
+        if not self._one_param(params, msgid):
+            return
+        size = params[0]
+        if not isinstance(size, int) or isinstance(size, bool):
+            self._answer(msgid, [ERR_INVALID_PARAMS,
+                                 f"invalid params: expected integer, got {go_type_of_param(raw)}"], None)
+            return
+        if size <= MIN_MAX_MSG_SIZE:
+            self._answer(msgid, [ERR_INVALID_PARAMS,
+                                 f"invalid params: max message size must be greater than {MIN_MAX_MSG_SIZE}, "
+                                 f"got {size}"], None)
+            return
+        self.max_message = size
+        log.debug("router: %s takes messages of at most %d bytes", self.label, size)
+        self._answer(msgid, None, True)
+
+    def _register(self, name: str, msgid: int | None) -> None:
+        table = self._context.table
+        size = len(name.encode("utf-8", "surrogateescape"))
+        if size > MAX_NAME_BYTES:
+            self._refuse_registration(msgid, name, [
+                ERR_INVALID_PARAMS, f"invalid params: a method name is at most {MAX_NAME_BYTES} bytes, "
+                                    f"got {size}"])
+            return
+        if table.routes_of(self) + self._registering >= MAX_ROUTES_PER_CONNECTION:
+            self._refuse_registration(msgid, name, [
+                ERR_GENERIC, f"too many routes: a client provides at most {MAX_ROUTES_PER_CONNECTION} "
+                             "methods"])
+            return
+        try:
+            if table.add_route_now(name, self):  # no dial-back to wait for: answered in order, at once
+                self._answer(msgid, None, True)
+                return
+        except RouteExists as exc:
+            self._refuse_registration(msgid, name, [ERR_ROUTE_EXISTS, str(exc)], exc.holder)
+            return
+        self._registering += 1
+        task = asyncio.get_running_loop().create_task(self._register_after_dial_back(name, msgid))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _register_after_dial_back(self, name: str, msgid: int | None) -> None:
         try:
             await self._context.table.add_route(name, self)
         except RouteExists as exc:
-            log.warning("router: %s cannot provide '%s': %s holds it", self.label, name, exc.holder)
-            self._answer(msgid, [5, str(exc)], None)
+            self._refuse_registration(msgid, name, [ERR_ROUTE_EXISTS, str(exc)], exc.holder)
             return
-        if self not in self._context.connections:  # gone while the table dialled back
+        except Exception as exc:  # every registration is answered, whatever happened
+            log.exception("router: registering %s for %s failed", shown(name), self.label)
+            self._answer(msgid, [ERR_GENERIC, f"cannot register: {exc}"], None)
+            return
+        finally:
+            self._registering -= 1
+        if not self.connected:  # gone while the table dialled back
             self._context.table.drop_provider(self)
             return
         self._answer(msgid, None, True)
 
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _refuse_registration(self, msgid: int | None, name: str, error: list[Any], holder: str = "") -> None:
+        self._context.limited_log.warning(
+            "router-register-refused", "router: %s cannot provide %s: %s", self.label, shown(name),
+            f"{holder} holds it" if holder else error[1])
+        self._answer(msgid, error, None)
 
     def _cancel(self, params: list[Any]) -> None:
         if len(params) != 1 or not isinstance(params[0], int) or isinstance(params[0], bool):
             self._context.limited_log.warning(
-                "router-cancel", "router: %s sent an invalid $/cancelRequest %r", self.label, params[:1])
+                "router-cancel", "router: %s sent an invalid $/cancelRequest %s", self.label,
+                shown(params[:1]))
             return
         withdraw = self._calls.pop(params[0], None)
         if withdraw is not None:
@@ -449,18 +608,20 @@ class RouterConnection(asyncio.Protocol):
 
     def _on_notification(self, notification: Notification, frame: Frame) -> None:
         method = notification.method
-        if method.startswith("$/") and self._router_method(method, notification.params, None):
+        if method.startswith("$/") and self._router_method(method, notification.params, None, frame.raw):
             return
         provider = self._context.table.provider_of(method)
         if provider is not None:
             provider.notify(frame)
         else:
-            self._context.m4.notify(frame.raw, f"router: {method!r} from {self.label}")
+            self._context.m4.notify(frame.raw, f"router: {shown(method)} from {self.label}")
 
     def _on_response(self, response: Response, frame: Frame) -> None:
         forwarded = self._served.pop(response.msgid, None)
         if forwarded is None:
-            log.info("router: %s answered id %d, which nobody waits for", self.label, response.msgid)
+            self._context.limited_log.info(
+                "router-unsolicited", "router: %s answered id %d, which nobody waits for", self.label,
+                response.msgid)
             return
         forwarded.timer.cancel()
         try:
@@ -472,6 +633,11 @@ class RouterConnection(asyncio.Protocol):
     # -- as a provider: requests and notifications for the names it holds ---------------------
 
     def call(self, frame: Frame, done: ProviderDone, *, wait: float) -> Callable[[], None]:
+        if not self._fits(frame.raw):
+            assert self.max_message is not None
+            code, text = _too_large(self.max_message)
+            done(ProviderFailed(code, text, answer_m4=True))
+            return _not_started
         msgid = self._new_id()
         raw, caller_msgid = replace_msgid(frame.raw, _packb(msgid))
         loop = asyncio.get_running_loop()
@@ -494,7 +660,12 @@ class RouterConnection(asyncio.Protocol):
         return withdraw
 
     def notify(self, frame: Frame) -> None:
-        self._send(frame.raw)
+        if self._fits(frame.raw):
+            self._send(frame.raw)
+        else:
+            self._context.limited_log.info(
+                "router-too-large", "router: a notification of %d bytes for %s dropped: it takes at most %d",
+                len(frame.raw), self.label, self.max_message)
 
     def _new_id(self) -> int:
         while self._next_id in self._served:
@@ -505,16 +676,12 @@ class RouterConnection(asyncio.Protocol):
 
 
 def _not_started() -> None:
-    """Withdrawing a call that is still being started: nothing to undo yet."""
+    """Withdrawing a call that is still being started (or was refused): nothing to undo."""
 
 
 def _packb(value: int) -> bytes:
     packed: bytes = msgpack.packb(value)
     return packed
-
-
-def _unpack(raw: bytes) -> Any:
-    return msgpack.unpackb(raw, raw=False, strict_map_key=False, unicode_errors="surrogateescape")
 
 
 # --- listening -------------------------------------------------------------------------------
@@ -609,9 +776,21 @@ class RouterFront:
     def __init__(self, table: RoutingTable, m4: M4Port) -> None:
         self.context = RouterContext(table, m4)
         self._servers: list[asyncio.Server] = []
+        self._listeners: list[Listener] = []
+        self._numbers: Iterator[int] = itertools.count(1)
         self.unix_path: str | None = None
         self.unix_from_systemd = False  # the socket is systemd's: never unlinked, chmod-ed or chown-ed
         self.tcp_address: tuple[str, int] | None = None
+
+    @property
+    def connections(self) -> set[RouterConnection]:
+        """Every connected client, on every listener."""
+        return {connection for listener in self._listeners for connection in listener.connections}
+
+    def _factory(self, name: str) -> Callable[[], RouterConnection]:
+        listener = Listener(name)
+        self._listeners.append(listener)
+        return lambda: RouterConnection(self.context, listener, next(self._numbers))
 
     async def listen_unix(self, path: str, *, mode: int = 0o660, group: str | None = None) -> None:
         """Bind the router socket at *path* (it is removed again by :meth:`close`)."""
@@ -640,13 +819,12 @@ class RouterFront:
             # Python 3.13's asyncio removes the socket's path when the server closes; close()
             # decides that here (uvloop never removes it, nor takes the argument).
             options["cleanup_socket"] = False
-        self._servers.append(await loop.create_unix_server(lambda: RouterConnection(self.context), sock=sock,
-                                                           **options))
+        self._servers.append(await loop.create_unix_server(self._factory("socket"), sock=sock, **options))
 
     async def listen_tcp(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
         try:
-            server = await loop.create_server(lambda: RouterConnection(self.context), host, port)
+            server = await loop.create_server(self._factory("TCP listener"), host, port)
         except OSError as exc:
             raise StartupError(f"cannot listen for the router front on {host}:{port}: "
                                f"{exc.strerror or exc}") from exc
@@ -656,7 +834,7 @@ class RouterFront:
     async def close(self) -> None:
         for server in self._servers:
             server.close()
-        for connection in list(self.context.connections):
+        for connection in list(self.connections):
             connection.close()
         for server in self._servers:
             with contextlib.suppress(Exception):

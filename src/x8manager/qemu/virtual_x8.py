@@ -92,10 +92,11 @@ class VirtualM4Process:
         return "".join(self._lines)
 
     def call(self, name: str, *args: Any, reply_timeout: float | None = None) -> Any:
-        """The M4 calls the Linux procedure *name*; its result, or ControlError with Linux's error."""
+        """The M4 calls the Linux procedure *name*: its result, None after an error reply (a sketch
+        sees nil), ControlError when no reply came within *reply_timeout* (default: m4-sim's)."""
         if reply_timeout is None:
             return self.control.request("call", name, list(args))
-        return self.control.request("call", name, list(args), reply_timeout)
+        return self.control.request("call", name, list(args), round(reply_timeout * 1000))
 
     def calls_received(self) -> list[list[Any]]:
         result: list[list[Any]] = self.control.request("calls_received")

@@ -91,12 +91,16 @@ class M4Client:
     """
 
     def __init__(self, host: str | None = None, port: int = DEFAULT_CALL_PORT,
-                 timeout: float = DEFAULT_CALL_TIMEOUT) -> None:
+                 timeout: float = DEFAULT_CALL_TIMEOUT, *, path: str | None = None) -> None:
+        """*path*: call a msgpack-RPC server on that UNIX socket instead (a local control surface)."""
         self.address = (proxy_host(host), port)
+        self.path = path
         self.timeout = timeout
         self._msgids = _MsgidSource()
 
     def _connect(self, method: str, deadline: float) -> socket.socket:
+        if self.path is not None:
+            return self._connect_unix(method, self.path, deadline)
         try:
             sock = socket.create_connection(self.address, timeout=max(0.001, deadline - time.monotonic()))
         except TimeoutError:
@@ -107,6 +111,17 @@ class M4Client:
                 f"{method}: cannot connect to the proxy at {self.address[0]}:{self.address[1]}: {exc}"
             ) from exc
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+    @staticmethod
+    def _connect_unix(method: str, path: str, deadline: float) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(max(0.001, deadline - time.monotonic()))
+        try:
+            sock.connect(path)
+        except OSError as exc:
+            sock.close()
+            raise RpcConnectionError(f"{method}: cannot connect to {path}: {exc}") from exc
         return sock
 
     def call(self, method: str, *args: Any) -> Any:

@@ -60,8 +60,10 @@ class RpcService:
     coroutine functions run on the event loop.
     """
 
-    def __init__(self, port: int, host: str = "0.0.0.0") -> None:
+    def __init__(self, port: int, host: str = "0.0.0.0", *, path: str | None = None) -> None:
+        """Serve on *host*:*port*, or on the UNIX socket *path* when given (a local control surface)."""
         self.host = host
+        self.path = path
         self.requested_port = port
         self._procedures: dict[str, Procedure] = {}
         self._server: asyncio.Server | None = None
@@ -97,7 +99,9 @@ class RpcService:
 
     async def start(self) -> None:
         """Bind and start accepting connections (serve() does this for you)."""
-        if self._server is None:
+        if self._server is None and self.path is not None:
+            self._server = await asyncio.start_unix_server(self._on_connection, self.path)
+        elif self._server is None:
             self._server = await asyncio.start_server(self._on_connection, self.host, self.requested_port)
 
     async def close(self) -> None:

@@ -20,6 +20,8 @@ import pytest
 from tests.support import free_port
 from tests.support.live import LiveM4, LiveProxy, m4proxy, m4sim
 from x8manager.doctor.cli import main
+from x8manager.m4sim import ControlClient, parse_endpoint
+from x8manager.rpc import M4Client, RpcTimeout
 
 MODULES = ("x8h7_ui 16384 1 - Live 0x0 (O)\nx8h7_h7 16384 0 - Live 0x0 (O)\n"
            "x8h7_drv 24576 8 x8h7_ui,x8h7_h7, Live 0x0 (O)\n")
@@ -95,6 +97,25 @@ def test_silent_m4_is_the_sketch_layer(live: tuple[LiveM4, LiveProxy, Path],
     assert broken(document)["check"] == "rpc"
     assert "RPC.begin()" in broken(document)["message"]
     assert document["not_checked"] == ["apps"]
+
+
+def test_a_wrong_typed_call_halts_the_virtual_m4_and_the_doctor_says_so(
+        live: tuple[LiveM4, LiveProxy, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    m4, proxy, root = live
+    control = ControlClient(parse_endpoint(m4.control))
+    with pytest.raises(RpcTimeout):  # no reply: the M4 halted on the type_error
+        M4Client("127.0.0.1", proxy.call_port, timeout=5).call("add", "a", "b")
+    stats = control.request("stats")
+    assert stats["halted"] and "add() argument 1" in stats["halt_reason"]
+    code, document = doctor(capsys, proxy, root)
+    assert code == 1 and document["broken_layer"] == "sketch"
+    problem = broken(document)
+    assert problem["check"] == "rpc"
+    assert "halted" in problem["message"] and "wrong argument types" in problem["message"]
+    assert "reset the M4" in problem["fix"]
+    control.request("reset")
+    code, document = doctor(capsys, proxy, root)
+    assert code == 0, broken(document)
 
 
 def test_registered_port_with_nobody_listening_is_named(live: tuple[LiveM4, LiveProxy, Path],

@@ -33,6 +33,8 @@ def test_32_concurrent_callers_out_of_order_replies_no_crosstalk(tmp_path: Path,
                 return value * 7
 
             m4.bind("identity", identity, replace=True)
+            # A real sketch answers in order; the proxy must match out-of-order replies all the same.
+            m4.switches.concurrent_dispatch = True
             client = AsyncM4Client("127.0.0.1", proxy.call_port, timeout=WAIT)
             calls = [asyncio.create_task(client.call("identity", n)) for n in range(CALLERS)]
             await wait_for(lambda: len(gates) == CALLERS, what="all calls at the M4")

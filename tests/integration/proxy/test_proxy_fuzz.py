@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from proxy_harness import WAIT, running_proxy, serving, wait_for
 
 from x8manager.m4sim import VirtualM4
-from x8manager.m4sim.m4 import M4_TO_LINUX_CHUNK
+from x8manager.m4sim.h7 import M4_TO_LINUX_CHUNK
 from x8manager.proxy import M4Proxy
 
 T = TypeVar("T")
@@ -83,12 +83,12 @@ class LiveProxy:
 
     async def m4_bytewise(self, data: bytes) -> None:
         expected = self.proxy.m4.stats.m4_bytes + len(data)
-        self.m4.chunk_size = 1  # the proxy reads every byte on its own
+        self.m4.switches.chunk_size = 1  # the proxy reads every byte on its own
         self.m4.send_raw(data)
         await wait_for(lambda: self.proxy.m4.stats.m4_bytes == expected, what="proxy read the bytes")
         # Garbage may end in a partial object that would swallow the next message: what a
         # reset M4 leaves behind. The proxy drops it after a pause; here we do not wait for that.
-        self.m4.chunk_size = M4_TO_LINUX_CHUNK
+        self.m4.switches.chunk_size = M4_TO_LINUX_CHUNK
         self.proxy.m4.discard_partial_message()
 
 

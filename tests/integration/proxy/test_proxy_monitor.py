@@ -3,32 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from proxy_harness import WAIT, serving, wait_for
 
-from x8manager.m4sim import VirtualM4
-from x8manager.proxy import M4Proxy, ProxyConfig
+from tests.support.proxy import monitor_rig
+from x8manager.proxy import M4Proxy
 from x8manager.proxy.monitor import JOURNAL_IDENTIFIER
-
-
-@contextlib.asynccontextmanager
-async def rig(tmp_path: Path) -> AsyncIterator[tuple[M4Proxy, VirtualM4]]:
-    m4 = VirtualM4(demo=False)  # SerialRPC's tty bound, as Serial.begin() does
-    device = await m4.start_on_pty(alias=tmp_path / "x8h7_ui")
-    proxy = M4Proxy(ProxyConfig(device=device, bind="127.0.0.1", register_port=0, call_port=0,
-                                monitor_listen="127.0.0.1:0"))
-    await proxy.start()
-    try:
-        yield proxy, m4
-    finally:
-        await proxy.stop()
-        await m4.stop()
 
 
 async def monitor_client(proxy: M4Proxy) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -45,7 +29,7 @@ async def read_until(reader: asyncio.StreamReader, expected: bytes) -> bytes:
 
 def test_serial_output_and_input_through_the_monitor_port(tmp_path: Path) -> None:
     async def scenario() -> None:
-        async with rig(tmp_path) as (proxy, m4):
+        async with monitor_rig(tmp_path) as (proxy, m4):
             reader, writer = await monitor_client(proxy)
             try:
                 await m4.serial_println("hello from the sketch")
@@ -62,7 +46,7 @@ def test_serial_output_and_input_through_the_monitor_port(tmp_path: Path) -> Non
 def test_serial_output_goes_to_the_journal_when_nobody_listens(tmp_path: Path,
                                                               caplog: pytest.LogCaptureFixture) -> None:
     async def scenario() -> None:
-        async with rig(tmp_path) as (_, m4):
+        async with monitor_rig(tmp_path) as (_, m4):
             with caplog.at_level(logging.INFO, logger="x8manager.proxy.m4serial"):
                 await m4.serial_println("nobody is listening")
                 await m4.serial_write(b"second line\r\n")
@@ -80,7 +64,7 @@ def test_serial_output_goes_to_the_journal_when_nobody_listens(tmp_path: Path,
 
 def test_an_app_that_provides_tty_still_gets_it(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     async def scenario() -> None:
-        async with rig(tmp_path) as (proxy, m4):
+        async with monitor_rig(tmp_path) as (proxy, m4):
             got: list[object] = []
             async with serving(proxy, tty=got.append):
                 reader, writer = await monitor_client(proxy)

@@ -147,10 +147,10 @@ def test_oversize_message_refused_with_clear_error(tmp_path: Path) -> None:
 def test_no_reply_closes_without_bytes_by_default(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with running_proxy(tmp_path, call_timeout=0.2) as (proxy, m4):
-            m4.answer_calls = False
+            m4.switches.answer_calls = False
             m4.bind("slow", lambda: 1, replace=True)
             assert await exchange(proxy.call_port, msgpack.packb([0, 1, "slow", []])) == b""
-            m4.answer_calls = True
+            m4.switches.answer_calls = True
             proxy.m4.call_timeout = WAIT  # 0.2 s was for the call that never gets a reply
             await assert_still_serving(proxy, m4)
     asyncio.run(scenario())
@@ -159,7 +159,7 @@ def test_no_reply_closes_without_bytes_by_default(tmp_path: Path) -> None:
 def test_no_reply_gives_error_reply_with_flag(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with running_proxy(tmp_path, call_timeout=0.2, timeout_error_reply=True) as (proxy, m4):
-            m4.answer_calls = False
+            m4.switches.answer_calls = False
             reply = decode(await exchange(proxy.call_port, msgpack.packb([0, 1, "slow", []])))
             assert reply[:2] == [1, 1] and "no reply from the M4" in str(reply[2])
     asyncio.run(scenario())
@@ -169,10 +169,10 @@ def test_late_reply_is_dropped_not_handed_to_the_next_caller(tmp_path: Path) -> 
     """E5 of the original: the stale reply shifted every later answer by one."""
     async def scenario() -> None:
         async with running_proxy(tmp_path, call_timeout=0.2) as (proxy, m4):
-            m4.answer_calls = False
+            m4.switches.answer_calls = False
             assert await exchange(proxy.call_port, msgpack.packb([0, 0, "first", []])) == b""
             (late_request,) = m4.raw_received
-            m4.answer_calls = True
+            m4.switches.answer_calls = True
             late_msgid = msgpack.unpackb(late_request)[1]
             m4.send_raw(msgpack.packb([1, late_msgid, None, "stale"]))
             await wait_for(lambda: proxy.m4.stats.late_replies == 1, what="late reply dropped")
@@ -258,7 +258,7 @@ def test_m4_stream_garbage_split_messages_and_raw_text(tmp_path: Path) -> None:
                           + "é".encode() + b"\xff\xfe"
                           + msgpack.packb([2, "tty", [b"sacrificed"]], use_bin_type=True)
                           + msgpack.packb([2, "tty", [b"after"]], use_bin_type=True))
-                m4.chunk_size = 1  # byte by byte: every split point
+                m4.switches.chunk_size = 1  # byte by byte: every split point
                 m4.send_raw(stream)
                 await wait_for(lambda: b"after" in got, what="tty after garbage")
                 assert got[:2] == [big, "x" * 40]

@@ -68,7 +68,7 @@ def test_e8_m4_call_reaches_service_and_reply_returns_unchanged(tmp_path: Path) 
     async def scenario() -> None:
         async with running_proxy(tmp_path) as (proxy, m4):
             async with serving(proxy, multiply=lambda a, b: a * b):
-                reply = await m4.call_raw("multiply", 3, 4)
+                reply = await m4.call_raw("multiply", 3, 4, msgid=0x10003000)  # E8's thread id
             assert reply.raw == bytes.fromhex("9401ce10003000c00c")
     asyncio.run(scenario())
 

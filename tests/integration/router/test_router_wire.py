@@ -4,75 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import tempfile
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import msgpack
 
-from tests.support.proxy import WAIT, m4_on_pty, wait_for
-from x8manager.m4sim import VirtualM4
-from x8manager.proxy import M4Proxy, ProxyConfig
-
-
-class Client:
-    """A raw router client: packs requests, reads msgpack objects back."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-        self.unpacker = msgpack.Unpacker(raw=False)
-
-    async def next(self, within: float = WAIT) -> Any:
-        async with asyncio.timeout(within):
-            while True:
-                for value in self.unpacker:
-                    return value
-                data = await self.reader.read(65536)
-                if not data:
-                    raise ConnectionError("closed by the proxy")
-                self.unpacker.feed(data)
-
-    async def request(self, msgid: int, method: str, *params: Any) -> Any:
-        self.writer.write(msgpack.packb([0, msgid, method, list(params)]))
-        return await self.next()
-
-    async def closed(self, within: float = WAIT) -> bool:
-        async with asyncio.timeout(within):
-            try:
-                while await self.reader.read(65536):
-                    pass
-            except ConnectionError:
-                pass
-        return True
-
-    def close(self) -> None:
-        self.writer.close()
-
-
-@contextlib.asynccontextmanager
-async def rig(tmp_path: Path, **options: Any) -> AsyncIterator[tuple[M4Proxy, VirtualM4, Path]]:
-    m4, device = await m4_on_pty(tmp_path)
-    with tempfile.TemporaryDirectory(prefix="x8rt") as directory:
-        path = Path(directory) / "router.sock"
-        proxy = M4Proxy(ProxyConfig(device=device, bind="127.0.0.1", register_port=0, call_port=0,
-                                    router_socket=str(path), **options))
-        await proxy.start()
-        try:
-            yield proxy, m4, path
-        finally:
-            await proxy.stop()
-            await m4.stop()
-
-
-@contextlib.asynccontextmanager
-async def client(path: Path) -> AsyncIterator[Client]:
-    reader, writer = await asyncio.open_unix_connection(str(path))
-    one = Client(reader, writer)
-    try:
-        yield one
-    finally:
-        one.close()
+from tests.support.proxy import wait_for
+from tests.support.router import Client, client, rig
 
 
 def test_router_methods_and_their_errors(tmp_path: Path) -> None:
@@ -83,7 +20,7 @@ def test_router_methods_and_their_errors(tmp_path: Path) -> None:
             assert await b.request(3, "$/register", "x") == [1, 3, [5, "route already exists: x"], None]
             assert await a.request(4, "$/register", "x") == [1, 4, [5, "route already exists: x"], None]
             assert await a.request(5, "$/register", 7) == \
-                [1, 5, [1, "invalid params: expected string, got uint64"], None]
+                [1, 5, [1, "invalid params: expected string, got int8"], None]  # a fixint, as Go decodes it
             assert await a.request(6, "$/register") == \
                 [1, 6, [1, "invalid params: only one param is expected, got 0"], None]
             assert await a.request(7, "$/register", ["x"]) == \
@@ -133,7 +70,7 @@ def test_bad_input_gets_an_error_or_a_closed_connection_and_others_go_on(tmp_pat
                                                            "string, got int"], None]
                 odd.writer.write(msgpack.packb({"a": 1}) + msgpack.packb([7]))
                 assert await odd.request(4, "ping") == [1, 4, None, "pong"]
-            await wait_for(lambda: proxy.router is not None and len(proxy.router.context.connections) == 1,
+            await wait_for(lambda: proxy.router is not None and len(proxy.router.connections) == 1,
                            what="the bad clients gone")
     asyncio.run(scenario())
 
@@ -150,7 +87,7 @@ def test_a_client_that_never_reads_is_not_read_from(tmp_path: Path) -> None:
                             writer.write(request * 2000)
                             await writer.drain()  # blocks once the proxy stops reading
                 assert proxy.router is not None
-                stuck = [c for c in proxy.router.context.connections if c.unsent]
+                stuck = [c for c in proxy.router.connections if c.unsent]
                 assert stuck and all(c.unsent < 2 * 1024 * 1024 for c in stuck)
                 assert await good.request(9, "$/version") == [1, 9, None, "x8manager m4-proxy 0.1.0"]
             finally:
@@ -170,4 +107,46 @@ def test_tcp_router_front_and_socket_mode(tmp_path: Path) -> None:
                 assert await tcp.request(1, "ping") == [1, 1, None, "pong"]
             finally:
                 tcp.close()
+    asyncio.run(scenario())
+
+
+def test_set_max_msg_size_caps_what_the_connection_is_sent(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with rig(tmp_path) as (_, m4, path), client(path) as small, client(path) as other:
+            assert await small.request(1, "$/setMaxMsgSize", 127) == \
+                [1, 1, [1, "invalid params: max message size must be greater than 127, got 127"], None]
+            assert await small.request(2, "$/setMaxMsgSize", "x") == \
+                [1, 2, [1, "invalid params: expected integer, got string"], None]
+            assert await small.request(3, "$/setMaxMsgSize") == \
+                [1, 3, [1, "invalid params: only one param is expected, got 0"], None]
+            assert await small.request(4, "$/setMaxMsgSize", 4096) == [1, 4, None, True]
+            small.writer.write(msgpack.packb([2, "$/setMaxMsgSize", [200]]))  # as RouterBridge sends it
+            assert await small.request(5, "$/register", "sink") == [1, 5, None, True]
+            # A request over its size: the caller gets the size error, the provider nothing.
+            assert await other.request(6, "sink", "x" * 300) == \
+                [1, 6, [6, "message size exceeds the limit of 200 bytes"], None]
+            other.writer.write(msgpack.packb([2, "sink", ["y" * 300]]) + msgpack.packb([2, "sink", ["fits"]]))
+            assert await small.next() == [2, "sink", ["fits"]]  # the big notification was dropped
+            # A reply to its own call over its size becomes the size error.
+            m4.bind("big", lambda: "z" * 220)
+            too_large = [6, "message size exceeds the limit of 200 bytes"]
+            assert await small.request(7, "big") == [1, 7, too_large, None]
+            assert await other.request(8, "big") == [1, 8, None, "z" * 220]  # others are not capped
+    asyncio.run(scenario())
+
+
+def test_invalid_params_name_the_type_as_arduino_routers_go_decoder_does(tmp_path: Path) -> None:
+    cases: list[tuple[bytes, str]] = [
+        (b"\x07", "int8"), (b"\xff", "int8"), (b"\xcc\xc8", "uint8"), (b"\xcd\x01\x2c", "uint16"),
+        (b"\xce\x00\x01\x00\x00", "uint32"), (b"\xd1\xff\x00", "int16"), (b"\xd3" + bytes(8), "int64"),
+        (b"\xca\x3f\xc0\x00\x00", "float32"), (msgpack.packb(1.5), "float64"), (b"\xc0", "<nil>"),
+        (b"\xc3", "bool"), (b"\xc4\x01x", "[]uint8"), (b"\x90", "[]interface {}"),
+        (b"\x81\xa1k\x01", "map[string]interface {}"), (b"\xd6\xff" + bytes(4), "time.Time")]
+
+    async def scenario() -> None:
+        async with rig(tmp_path) as (_, _, path), client(path) as a:
+            for msgid, (param, go_type) in enumerate(cases):
+                a.writer.write(b"\x94\x00" + bytes([msgid]) + b"\xaa$/register\x91" + param)
+                error = [1, f"invalid params: expected string, got {go_type}"]
+                assert await a.next() == [1, msgid, error, None]
     asyncio.run(scenario())

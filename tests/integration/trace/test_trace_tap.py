@@ -22,7 +22,7 @@ import msgpack
 import pytest
 
 from tests.support.proxy import M4_THREAD_ID, WAIT, exchange, running_proxy, serving, wait_for
-from x8manager.m4sim.m4 import H7_RING_BYTES
+from x8manager.m4sim.h7 import H7_RING_BYTES
 from x8manager.proxy import M4Proxy
 from x8manager.proxy.tap import MAX_UNSENT
 
@@ -129,7 +129,7 @@ def test_filters_by_method_and_by_the_app_of_a_registered_port(tmp_path: Path) -
 def test_an_unanswered_call_shows_its_timeout_as_an_error_with_latency(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with traced_proxy(tmp_path) as (proxy, m4, sock):
-            m4.answer_calls = False  # takes the call, never replies
+            m4.switches.answer_calls = False  # takes the call, never replies
             async with x8_trace(proxy, sock, "--count", "2") as trace:
                 assert await exchange(proxy.call_port, call("slow")) == b""
                 async with asyncio.timeout(WAIT):

@@ -277,3 +277,12 @@ def test_proxy_named_in_the_command_line_needs_the_wiring_too(
     code, findings = run_json(capsys, compose)
     assert code == 1
     assert places(findings) == [("X8101", 6, "app")]
+
+
+@pytest.mark.parametrize(("device", "rule"), [("/dev/i2c-1\n", "X8108"), ("/dev/ttyAMA0\n", "X8108")])
+def test_values_with_a_trailing_newline_do_not_pass_for_whole_matches(device: str, rule: str) -> None:
+    # "$" matches before a final newline; the device patterns are matched whole (fullmatch).
+    text = ("services:\n  app:\n    image: nginx\n    restart: always\n    read_only: true\n"
+            f"    devices:\n      - {json.dumps(device)}\n")
+    findings = lint_text(text, "x.yml", compose_schema())
+    assert [(f.rule, "not a device of the Portenta X8" in f.message) for f in findings] == [(rule, True)]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.hostile import BOMB_SERVICES, alias_bomb
 from x8manager.apps.cli import main
 from x8manager.apps.lint import MAX_FILE_BYTES
 from x8manager.apps.rules import MAX_PROCEDURE_PORTS
@@ -25,7 +26,7 @@ from x8manager.apps.yamlsource import (
     load_compose_text,
 )
 
-HEADER = "services:\n  app:\n    image: nginx\n    restart: always\n"
+HEADER = BOMB_SERVICES
 
 
 def lint(tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str
@@ -34,14 +35,6 @@ def lint(tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str
     compose.write_text(text)
     code = main(["lint", "--format", "json", str(compose)])
     return code, json.loads(capsys.readouterr().out)["findings"]
-
-
-def alias_bomb(levels: int) -> str:
-    lines = ["x-a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
-    for level in range(1, levels + 1):
-        previous = f"*a{level - 1}"
-        lines.append(f"x-a{level}: &a{level} [{', '.join([previous] * 9)}]")
-    return "\n".join(lines) + "\n" + HEADER
 
 
 def test_alias_bomb_is_refused_after_a_bounded_number_of_values(

@@ -91,6 +91,14 @@ def test_bad_requests_are_refused(tmp_path: Path, name: str, template: str, port
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_name_with_a_trailing_newline_is_refused(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    # The name check's "$" matched before a final newline: "foo\n" made a folder "foo\n".
+    assert main(["new", "foo\n", "-t", "m4-service", "--dir", str(tmp_path)]) == 2
+    assert "use lower-case letters" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_existing_app_is_never_overwritten(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "main.py").write_text("precious")

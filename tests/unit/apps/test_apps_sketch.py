@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.support.hostile import alias_bomb, run_bounded
 from tests.support.sketches import SKETCH
 from x8manager.apps.cli import main
 from x8manager.apps.device import App, sketch_status_lines
@@ -19,6 +21,13 @@ def lint(capsys: pytest.CaptureFixture[str], app: Path) -> tuple[int, list[tuple
     code = main(["lint", "--format", "json", str(app)])
     report = json.loads(capsys.readouterr().out)
     return code, sorted((f["rule"], f["service"]) for f in report["findings"])
+
+
+def lint_report(capsys: pytest.CaptureFixture[str], app: Path) -> list[dict[str, object]]:
+    capsys.readouterr()
+    main(["lint", "--format", "json", str(app)])
+    findings: list[dict[str, object]] = json.loads(capsys.readouterr().out)["findings"]
+    return findings
 
 
 def sketch_app(tmp_path: Path, *, built: bool = True) -> Path:
@@ -116,3 +125,114 @@ def test_status_shows_the_newest_flash_the_app_asked_for(tmp_path: Path) -> None
     assert first == ("   sketch: unhealthy cccccccccccc at T3, "
                      "health FAILED: health() did not answer within 10 s")
     assert "last good sketch is back" in second
+
+
+def test_status_does_not_expand_an_alias_bomb_in_an_apps_compose_file(tmp_path: Path) -> None:
+    # 539 bytes: plain yaml.safe_load shares the aliases, but status then turned the environment
+    # into strings (9**8 "lol"s): 35 s and 2.8 GB. Through lint's loader it is refused at once.
+    app = tmp_path / "bomb"
+    app.mkdir()
+    (app / "docker-compose.yml").write_text(
+        alias_bomb(7, "services:\n  app:\n    image: x\n    environment:\n      X8_SKETCH: *a7\n"))
+    code = (f"from pathlib import Path\nfrom x8manager.apps.device import App, sketch_status_lines\n"
+            f"folder = Path({str(app)!r})\n"
+            "app = App('bomb', folder, folder / 'docker-compose.yml', in_apps_root=True, managed=False)\n"
+            "print(sketch_status_lines(app, Path('/nonexistent/status.json')))\n")
+    done = run_bounded(code)
+    assert done.returncode == 0, done.stderr[-500:]
+    assert "docker-compose.yml not read" in done.stdout and "alias" in done.stdout
+
+
+def copy_sketch_from(tmp_path: Path, source: str) -> Path:
+    """A built thermo app whose Dockerfile copies its sketch from *source* ({elsewhere}: a folder
+    beside the app holding a copy of the sketch and a source binding something else)."""
+    app = sketch_app(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "thermo.elf").write_bytes(SKETCH.read_bytes())
+    (elsewhere / "other.ino").write_text('RPC.bind("other", other);\n')
+    dockerfile = app / "Dockerfile"
+    copy = f"COPY {source.format(elsewhere=elsewhere)} "
+    dockerfile.write_text(dockerfile.read_text().replace("COPY sketch/thermo.elf ", copy))
+    return app
+
+
+@pytest.mark.parametrize("source", ["../elsewhere/thermo.elf", "sketch/../../elsewhere/thermo.elf"])
+def test_a_sketch_copied_from_outside_the_app_folder_is_a_finding_not_a_crash(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        source: str) -> None:
+    # lint scanned the outside folder for RPC.bind, and from inside the folder (x8-apps lint .)
+    # crashed on it (ValueError, exit 1).
+    app = copy_sketch_from(tmp_path, source)
+    assert lint(capsys, app) == (1, [("X8120", "thermo-sketch")])
+    monkeypatch.chdir(app)
+    assert lint(capsys, Path(".")) == (1, [("X8120", "thermo-sketch")])
+    main(["lint", "."])
+    assert "put the sketch in the folder (sketch/thermo.elf)" in capsys.readouterr().out
+
+
+def test_a_copy_source_from_the_context_root_is_inside_the_folder(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # docker reads "COPY /sketch/x.elf" from the build context's root, which is the app folder.
+    assert lint(capsys, copy_sketch_from(tmp_path, "/sketch/thermo.elf")) == (0, [])
+
+
+def test_an_absolute_copy_source_is_looked_up_in_the_folder_not_on_this_host(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # lint read the host's /.../elsewhere, scanned it for RPC.bind and crashed (ValueError, exit 1).
+    app = copy_sketch_from(tmp_path, "{elsewhere}/thermo.elf")
+    assert lint(capsys, app) == (1, [("X8115", "thermo-sketch")])
+
+
+def test_the_template_s_sketch_is_written_the_way_an_x8_s_m4_needs(tmp_path: Path) -> None:
+    sketch = (sketch_app(tmp_path) / "sketch" / "thermo.ino").read_text()
+    code = "\n".join(line for line in sketch.splitlines() if not line.lstrip().startswith("//"))
+    assert "#include <RPC.h>" in code and "#include <SerialRPC.h>" in code
+    assert "while (!Serial)" not in code and "RPC.setTimeout(" in code
+    # An error reply is nil on the M4, and .as<T>() on nil halts it: the result is checked first.
+    assert re.search(r"RPC\.call\([^;]*\)\s*\.as<", code) is None
+    assert "RPC.timedOut()" in code and "RPCLIB_MSGPACK::type::" in code
+
+
+WAITS = [
+    "void setup() {\n  Serial.begin(115200);\n  while (!Serial) {}\n}\n",
+    "void setup() {\n  RPC.begin();\n  while(!RPC);\n}\n",
+    "void setup() {\n  SerialRPC.begin();\n  while ( ! SerialRPC ) { delay(10); }\n}\n",
+]
+
+
+@pytest.mark.parametrize("body", WAITS)
+def test_waiting_for_serial_is_a_finding_with_its_fix(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                      body: str) -> None:
+    app = sketch_app(tmp_path)
+    head = "#include <RPC.h>\n#include <SerialRPC.h>\nint health() { return 1; }\n"
+    (app / "sketch" / "thermo.ino").write_text(head + body + 'void loop() { RPC.bind("health", health); }\n')
+    report = lint_report(capsys, app)
+    assert [(f["rule"], f["path"], f["line"]) for f in report] == [
+        ("X8121", str(app / "sketch" / "thermo.ino"), 6)]
+    assert "never ends on an X8's M4" in str(report[0]["message"])
+    assert "remove the wait" in str(report[0]["message"])
+
+
+def test_serial_without_serialrpc_h_is_a_finding_with_its_fix(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    app = sketch_app(tmp_path)
+    (app / "sketch" / "thermo.ino").write_text(
+        '#include <RPC.h>\n// Serial.println("in a comment");\nint health() { return 1; }\n'
+        'void setup() {\n  RPC.begin();\n  RPC.bind("health", health);\n}\n'
+        'void loop() {\n  Serial.println("hello");\n}\n')
+    report = lint_report(capsys, app)
+    assert [(f["rule"], f["line"]) for f in report] == [("X8122", 9)]
+    assert "#include <RPC.h> and #include <SerialRPC.h>" in str(report[0]["message"])
+
+
+def test_commented_waits_strings_and_includes_in_another_ino_file_are_fine(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # arduino-cli joins a sketch's .ino files: SerialRPC.h included in one covers them all.
+    app = sketch_app(tmp_path)
+    (app / "sketch" / "helpers.ino").write_text('#include "SerialRPC.h"\n')
+    (app / "sketch" / "thermo.ino").write_text(
+        '#include <RPC.h>\nint health() { return 1; }\nvoid setup() {\n  Serial.begin(115200);\n'
+        '  //while (!Serial) {}\n  /* while (!Serial) {}\n  */\n  Serial.println("while (!Serial) {}");\n'
+        '  RPC.bind("health", health);\n}\nvoid loop() {}\n')
+    assert lint_report(capsys, app) == []

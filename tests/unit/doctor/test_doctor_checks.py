@@ -67,11 +67,14 @@ class Commands:
         return self.outputs.get(key, Command(None, "", f"{argv[0]}: not installed"))
 
 
-def add_process(root: Path, pid: int, comm: str, exe: str, *, cmdline: list[str], fds: dict[int, str]
-                ) -> None:
+def add_process(root: Path, pid: int, comm: str, exe: str, *, cmdline: list[str], fds: dict[int, str],
+                uid: int = 0) -> None:
     base = root / "proc" / str(pid)
     (base / "fd").mkdir(parents=True)
     (base / "comm").write_text(comm + "\n")
+    (base / "status").write_text(f"Name:\t{comm}\nUmask:\t0022\nState:\tS (sleeping)\nTgid:\t{pid}\n"
+                                 f"Pid:\t{pid}\nPPid:\t1\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\n"
+                                 f"Gid:\t{uid}\t{uid}\t{uid}\t{uid}\n")
     (base / "cmdline").write_bytes(b"\0".join(part.encode() for part in cmdline) + b"\0")
     os.symlink(exe, base / "exe")
     for fd, target in fds.items():
@@ -189,6 +192,62 @@ def test_a_command_naming_the_proxy_is_not_the_proxy(x8: tuple[Host, Commands, P
     (root / "proc" / "412" / "cmdline").write_bytes(b"journalctl\0-u\0m4-proxy\0")
     finding = check_proxy_running(host, Options())
     assert finding.status is Status.PROBLEM and "no m4-proxy process" in finding.message
+    # Nor is a native program that calls itself m4-proxy: ours runs on a Python interpreter.
+    add_process(root, 979, "m4-proxy", "/usr/bin/sleep", cmdline=["m4-proxy"], fds={})
+    assert "no m4-proxy process" in check_proxy_running(host, Options()).message
+
+
+# A user other than root and the one running the tests.
+SOMEONE = 4242 if os.geteuid() != 4242 else 4243
+
+
+def test_any_users_process_named_m4_proxy_is_not_arduinos_proxy(x8: tuple[Host, Commands, Path]) -> None:
+    # It made the doctor report Arduino's proxy, mark the proxy layer broken and skip the rest.
+    host, _, root = x8
+    add_process(root, 977, "m4_proxy", "/home/eve/m4_proxy", cmdline=["./m4_proxy"], fds={}, uid=SOMEONE)
+    assert check_proxy_running(host, Options()).status is Status.OK
+
+
+def test_a_root_process_calling_itself_m4_proxy_is_judged_by_its_executable(
+        x8: tuple[Host, Commands, Path]) -> None:
+    host, _, root = x8
+    add_process(root, 977, "m4_proxy", "/usr/bin/sleep", cmdline=["m4_proxy", "60"], fds={})
+    assert check_proxy_running(host, Options()).status is Status.OK
+
+
+def test_arduinos_proxy_is_found_when_the_doctor_may_not_read_its_executable(
+        x8: tuple[Host, Commands, Path]) -> None:
+    # Not run as root, the doctor cannot read root's /proc/PID/exe; a root process named m4_proxy
+    # can only be root's doing.
+    host, _, root = x8
+    add_process(root, 977, "m4_proxy", "/usr/bin/m4_proxy", cmdline=["/usr/bin/m4_proxy"], fds={})
+    (root / "proc" / "977" / "exe").unlink()
+    finding = check_proxy_running(host, Options())
+    assert finding.status is Status.PROBLEM and "Arduino's Go m4_proxy" in finding.message
+
+
+def test_another_users_process_named_m4_proxy_is_not_our_proxy(x8: tuple[Host, Commands, Path]) -> None:
+    host, _, root = x8
+    for name in ("comm", "cmdline", "status"):
+        (root / "proc" / "412" / name).unlink()
+    os.unlink(root / "proc" / "412" / "exe")
+    (root / "proc" / "412" / "fd" / "7").unlink()
+    add_process(root, 978, "m4-proxy", "/usr/bin/python3.12", cmdline=["python3", "/home/eve/m4-proxy"],
+                fds={3: str(root / "dev" / "x8h7_ui")}, uid=SOMEONE)
+    finding = check_proxy_running(host, Options())
+    assert finding.status is Status.PROBLEM and "no m4-proxy process" in finding.message
+    held = check_device(host, Options())
+    assert held.status is Status.PROBLEM and "pid 978 (m4-proxy" in held.message
+
+
+def test_the_proxy_the_unit_runs_as_its_own_user_is_ours(x8: tuple[Host, Commands, Path]) -> None:
+    # A sandboxed unit runs the proxy as a user of its own: systemd's MainPID names it.
+    host, commands, root = x8
+    (root / "proc" / "412" / "status").write_text(f"Name:\tm4-proxy\nUid:\t{SOMEONE}\t{SOMEONE}\t0\t0\n")
+    assert check_proxy_running(host, Options()).status is Status.PROBLEM
+    commands.outputs[("systemctl", "m4-proxy.service")] = Command(
+        0, "LoadState=loaded\nActiveState=active\nSubState=running\nResult=success\nMainPID=412\n")
+    assert check_proxy_running(host, Options()).status is Status.OK
 
 
 def test_proxy_unit_stopped(x8: tuple[Host, Commands, Path]) -> None:
@@ -292,6 +351,15 @@ def test_apps_wiring_reuses_the_lint_rules(x8: tuple[Host, Commands, Path]) -> N
     finding = check_apps(host, Options())
     assert finding.status is Status.PROBLEM
     assert "app weather" in finding.message and "5005" in finding.message
+
+
+def test_an_apps_oversized_compose_file_is_a_warning_not_read_whole(x8: tuple[Host, Commands, Path]) -> None:
+    host, _, root = x8
+    app = root / "var" / "sota" / "compose-apps" / "huge"
+    app.mkdir(parents=True)
+    (app / "docker-compose.yml").write_text("services:\n" + "#" * (1024 * 1024) + "\n")
+    finding = check_apps(host, Options())
+    assert finding.status is Status.WARNING and "KiB" in finding.message
 
 
 def test_diagnose_stops_at_the_first_broken_layer(x8: tuple[Host, Commands, Path]) -> None:

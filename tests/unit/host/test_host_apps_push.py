@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.hostile import alias_bomb
 from x8manager.host.apps_push import AppError, factory_images, interpolate, plan_push
 
 
@@ -62,3 +63,15 @@ def test_a_file_is_not_an_app(tmp_path: Path) -> None:
     (tmp_path / "x").write_text("")
     with pytest.raises(AppError, match="is not a folder"):
         plan_push(tmp_path / "x")
+
+
+def test_an_alias_bomb_is_refused_not_expanded(tmp_path: Path) -> None:
+    (tmp_path / "docker-compose.yml").write_text(alias_bomb(7))
+    with pytest.raises(AppError, match=r"docker-compose.yml:\d+: .*alias"):
+        plan_push(tmp_path)
+
+
+def test_a_compose_file_past_the_size_limit_is_not_read(tmp_path: Path) -> None:
+    (tmp_path / "docker-compose.yml").write_text("# padding\n" * 30_000 + "services: {}\n")
+    with pytest.raises(AppError, match="larger than 256 KiB"):
+        plan_push(tmp_path)

@@ -9,13 +9,14 @@ from typing import Any
 
 import msgpack
 
-from x8manager.m4sim import VirtualM4
+from x8manager.m4sim import SimSwitches, VirtualM4
 
 
 class MemoryLink:
     """The Linux end of the link, in memory: tests feed bytes in and see each write() the M4 makes."""
 
     description = "memory link"
+    keeps_write_boundaries = True  # each send() is one write of Linux's: one RPMsg message
 
     def __init__(self) -> None:
         self.incoming: asyncio.Queue[bytes] = asyncio.Queue()
@@ -60,11 +61,11 @@ class MemoryLink:
 Scenario = Callable[[VirtualM4, MemoryLink], Awaitable[None]]
 
 
-def run_with_m4(scenario: Scenario, **options: Any) -> None:
-    """Run *scenario* against a started virtual M4 on a memory link."""
+def run_with_m4(scenario: Scenario, *, demo: bool = True, **switches: Any) -> None:
+    """Run *scenario* against a started virtual M4 on a memory link (*switches*: SimSwitches)."""
 
     async def main() -> None:
-        m4 = VirtualM4(**options)
+        m4 = VirtualM4(demo=demo, switches=SimSwitches(**switches))
         link = MemoryLink()
 
         async def opener() -> MemoryLink:

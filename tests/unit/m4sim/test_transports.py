@@ -12,8 +12,10 @@ from typing import Any
 import msgpack
 import pytest
 
+from tests.support import wait_for
 from x8manager.m4sim import ControlClient, ControlError, VirtualM4, parse_endpoint, serve_control
 from x8manager.m4sim.links import Endpoint, StreamLink, connect
+from x8manager.m4sim.wire import THREAD_ID_BASE
 
 M4_SIM = [sys.executable, "-m", "x8manager.m4sim.cli"]
 
@@ -110,14 +112,14 @@ def test_control_surface() -> None:
                     with ControlClient(bound) as control:
                         control.request("bind_echo", "hello")
                         product = control.request("call", "multiply", [6, 7])
-                        with pytest.raises(ControlError, match="unknown control method"):
+                        with pytest.raises(ControlError, match="method not found"):
                             control.request("explode")
                         return product, control.request("stats"), control.request("bound")
 
                 (call, echoed), (product, stats, bound_names) = await asyncio.gather(
                     asyncio.to_thread(linux_side), asyncio.to_thread(drive)
                 )
-                assert call[1] == 0x10003000
+                assert call[1] == THREAD_ID_BASE
                 assert product == 42
                 assert echoed == [1, 5, None, ["x8", 1]]
                 assert stats["calls_to_linux"] == 1
@@ -180,7 +182,7 @@ def test_cli_pty_and_client_commands() -> None:
             )
             assert unanswered.returncode == 1
             assert "no reply from Linux to 'nobody'" in unanswered.stderr
-            assert read_messages(fd, 1) == [[0, 0x10003000, "nobody", [1, "two"]]]
+            assert read_messages(fd, 1) == [[0, THREAD_ID_BASE, "nobody", [1, "two"]]]
         finally:
             os.close(fd)
     finally:
@@ -252,6 +254,27 @@ def test_control_on_unix_socket(tmp_path: Path) -> None:
             assert "tty" in control.request("bound")
             control.request("bind_echo", "mirror")
             assert "mirror" in control.request("bound")
+    finally:
+        process.terminate()
+        assert process.wait(timeout=30) == 0
+
+
+def test_cli_stats_show_a_halt_and_reset_ends_it() -> None:
+    process, info = start_cli("--pty", "--control", "tcp:127.0.0.1:0")
+    try:
+        fd = os.open(info["pty"], os.O_RDWR | os.O_NOCTTY)
+        try:
+            os.write(fd, msgpack.packb([0, 1, "add", ["a", "b"]]))  # int add(int, int): type_error
+            control = ControlClient(parse_endpoint(info["control"]))
+            wait_for(lambda: control.request("stats")["halted"], "the virtual M4 to halt")
+            stats = subprocess.run([*M4_SIM, "stats", "--control", info["control"]], capture_output=True,
+                                   text=True, check=True, timeout=30)
+            assert '"halted": true' in stats.stdout and "add() argument 1" in stats.stdout
+            subprocess.run([*M4_SIM, "reset", "--control", info["control"]], check=True, timeout=30)
+            os.write(fd, msgpack.packb([0, 2, "add", [1, 2]]))
+            assert read_messages(fd, 1) == [[1, 2, None, 3]]  # nothing was answered while it was halted
+        finally:
+            os.close(fd)
     finally:
         process.terminate()
         assert process.wait(timeout=30) == 0

@@ -4,23 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 
 import msgpack
 import pytest
 
+from tests.support.router import FakeProvider
 from x8manager.m4sim import wire
 from x8manager.proxy.ratelimit import RateLimitedLog
 from x8manager.proxy.routerfront import bridge_error, m4_error_for_bridge
-from x8manager.proxy.routing import ProviderDone, RouteExists, RoutingTable
-from x8manager.rpc.framing import Frame, Incomplete, InvalidMessage, ObjectCutter, first_object
+from x8manager.proxy.routing import RouteExists, RoutingTable
+from x8manager.rpc.framing import Incomplete, InvalidMessage, ObjectCutter, first_object
 
 
 def test_rpclib_errors_become_bridge_codes() -> None:
     assert m4_error_for_bridge("gas", wire.not_found_error("gas", 0)) == [2, "method gas not available"]
     arity = wire.arity_error("add", 2, 3)
     assert m4_error_for_bridge("add", arity) == [253, arity]
-    threw = wire.exception_error("read", 0, "i2c timeout")
+    # Any other text (rpclib's "threw an exception" one, which an M4 never sends: it halts instead).
+    threw = ("rpclib: function 'read' (called with 0 arg(s)) threw an exception. The exception contained "
+             "this information: i2c timeout.")
     assert m4_error_for_bridge("read", threw) == [255, threw]
     assert m4_error_for_bridge("x", [7, "own code"]) == [7, "own code"]  # already router-shaped
     assert m4_error_for_bridge("x", b"bytes text") == [255, "bytes text"]
@@ -50,24 +52,13 @@ def test_rate_limited_log_says_how_many_it_held_back(caplog: pytest.LogCaptureFi
     assert caplog.messages == ["bad input 0", "another kind"]
 
 
-class FakeClient:
-    def __init__(self, label: str) -> None:
-        self.label = label
-
-    def call(self, frame: Frame, done: ProviderDone, *, wait: float) -> Callable[[], None]:
-        raise AssertionError("not called here")
-
-    def notify(self, frame: Frame) -> None:
-        raise AssertionError("not called here")
-
-
 def test_one_table_router_routes_and_legacy_names() -> None:
     async def dead(port: int) -> bool:
         return False
 
     async def scenario() -> None:
         table = RoutingTable(live=dead)
-        a, b = FakeClient("a"), FakeClient("b")
+        a, b = FakeProvider("a"), FakeProvider("b")
         await table.add_route("x", a)
         with pytest.raises(RouteExists, match="route already exists: x"):
             await table.add_route("x", b)

@@ -21,8 +21,17 @@ import socket
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["LISTEN_FDS_START", "ListenFd", "ListenFdsError", "adopt_socket", "listen_fds", "notify",
-           "notify_ready", "notify_status", "notify_stopping"]
+__all__ = [
+    "LISTEN_FDS_START",
+    "ListenFd",
+    "ListenFdsError",
+    "adopt_socket",
+    "listen_fds",
+    "notify",
+    "notify_ready",
+    "notify_status",
+    "notify_stopping",
+]
 
 # The first passed descriptor (SD_LISTEN_FDS_START); 0-2 stay stdin, stdout, stderr.
 LISTEN_FDS_START: Final = 3
@@ -39,7 +48,9 @@ def notify(state: str) -> bool:
     if address.startswith("@"):
         address = "\0" + address[1:]
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        # Non-blocking: a notify socket nobody reads must never freeze the event loop (EAGAIN: not sent).
+        kind = socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
+        with socket.socket(socket.AF_UNIX, kind) as sock:
             sock.connect(address)
             sock.sendall(state.encode("utf-8", "replace"))
     except OSError:
@@ -107,16 +118,19 @@ def listen_fds(*, unset_environment: bool = True) -> list[ListenFd]:
         names_text = environ.get("LISTEN_FDNAMES")
         names = [UNKNOWN_NAME] * count if names_text is None else _split_names(names_text)
         if len(names) != count:
-            raise ListenFdsError(f"LISTEN_FDNAMES={names_text!r} names {len(names)} descriptors, "
-                                 f"LISTEN_FDS={count}")
+            raise ListenFdsError(
+                f"LISTEN_FDNAMES={names_text!r} names {len(names)} descriptors, LISTEN_FDS={count}"
+            )
         passed = [ListenFd(LISTEN_FDS_START + index, name) for index, name in enumerate(names)]
         for each in passed:
             try:
                 flags = fcntl.fcntl(each.fd, fcntl.F_GETFD)
                 fcntl.fcntl(each.fd, fcntl.F_SETFD, flags | fcntl.FD_CLOEXEC)
             except OSError as exc:
-                raise ListenFdsError(f"LISTEN_FDS={count}, but descriptor {each.fd} ({each.name}) "
-                                     f"is not open: {exc.strerror or exc}") from exc
+                raise ListenFdsError(
+                    f"LISTEN_FDS={count}, but descriptor {each.fd} ({each.name}) "
+                    f"is not open: {exc.strerror or exc}"
+                ) from exc
         return passed
     finally:
         if unset_environment:
@@ -124,8 +138,9 @@ def listen_fds(*, unset_environment: bool = True) -> list[ListenFd]:
                 environ.pop(variable, None)
 
 
-def adopt_socket(passed: ListenFd, *, family: socket.AddressFamily, kind: socket.SocketKind,
-                 listening: bool = True) -> socket.socket:
+def adopt_socket(
+    passed: ListenFd, *, family: socket.AddressFamily, kind: socket.SocketKind, listening: bool = True
+) -> socket.socket:
     """*passed* as a socket object, checked to be a *family*/*kind* socket (listening, by default).
 
     Raises :class:`ListenFdsError` naming the descriptor and what it is instead; the descriptor

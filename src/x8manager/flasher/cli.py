@@ -37,8 +37,8 @@ from x8manager.flasher.swdconfig import OpenocdCommand, packaged_config_dir
 # asyncio, the ELF check and the daemon are imported by the commands that use them: `m4-flasher
 # status` is polled by people and tests, and on a slow board it starts several times faster.
 if TYPE_CHECKING:
-    from x8manager.flasher.health import HealthCheck
     from x8manager.flasher.pipeline import Flasher, Outcome
+    from x8manager.flasher.records import HealthCheck
 
 __all__ = ["main"]
 
@@ -99,6 +99,13 @@ def _parser() -> argparse.ArgumentParser:
     daemon.add_argument("--no-socket", action="store_true", help="serve no request socket")
     daemon.add_argument(
         "--socket-group", help="group that may use the request socket (mode 0660; default: root only, 0600)"
+    )
+    daemon.add_argument(
+        "--request-idle-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="close a request connection that sends nothing for S seconds (default 30)",
     )
     status = commands.add_parser(
         "status", parents=[common], help="show the last flash and the last good sketch"
@@ -220,7 +227,7 @@ async def _flash_file(flasher: Flasher, path: Path, source: str) -> int:
 
 
 def _health(args: argparse.Namespace) -> HealthCheck | None:
-    from x8manager.flasher.health import HealthCheck  # noqa: PLC0415 - see the imports
+    from x8manager.flasher.records import HealthCheck  # noqa: PLC0415 - see the imports
 
     if not (args.health_method or args.health_bound or args.health_timeout is not None):
         return None
@@ -255,6 +262,9 @@ def _flash_through_daemon(args: argparse.Namespace) -> int:
     except OSError as error:
         print(f"m4-flasher: cannot read {args.file}: {error.strerror or error}", file=sys.stderr)
         return EXIT_USAGE
+    if len(data) > DEFAULTS.max_file_bytes:
+        reason = f"{args.file} is too large: more than the {DEFAULTS.max_file_bytes}-byte limit for a sketch"
+        return _print_result(args, {"ok": False, "result": "rejected", "reason": reason})
 
     def progress(event: dict[str, Any]) -> None:
         if args.json:
@@ -346,7 +356,7 @@ def _describe_status(status: Status, state: StateDir, lock: Path) -> list[str]:
         lines.append(f"  sketch: sha256 {latest.sketch.sha256 or '?'} ({latest.sketch.size} bytes)")
         if latest.health is not None:
             lines.append(f"  health: {'healthy' if latest.health.get('healthy') else 'FAILED'}")
-        if latest.result != "success" and latest.openocd_log_tail:
+        if latest.result not in ("success", "written") and latest.openocd_log_tail:
             lines.append("  openocd output (last lines):")
             lines.extend(f"    {line}" for line in latest.openocd_log_tail[-10:])
     else:
@@ -382,6 +392,7 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
 
     from x8manager.flasher.daemon import FlasherDaemon, StartupError  # noqa: PLC0415
     from x8manager.flasher.pipeline import Flasher  # noqa: PLC0415
+    from x8manager.flasher.request import RequestLimits  # noqa: PLC0415
 
     group = None
     if args.socket_group:
@@ -391,7 +402,11 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
             log.critical("cannot start: --socket-group %s: no such group", args.socket_group)
             return EXIT_USAGE
     socket_path = None if args.no_socket else Path(args.socket)
-    daemon = FlasherDaemon(Flasher(_settings(args)), args.watch, socket_path, group)
+    if not 0 < args.request_idle_timeout <= 3600:
+        log.critical("cannot start: --request-idle-timeout must be more than 0 and at most 3600 s")
+        return EXIT_USAGE
+    limits = RequestLimits(idle_seconds=args.request_idle_timeout)
+    daemon = FlasherDaemon(Flasher(_settings(args)), args.watch, socket_path, group, limits)
     try:
         asyncio.run(daemon.run())
     except StartupError as error:

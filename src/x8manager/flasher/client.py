@@ -63,9 +63,14 @@ def read_sketch(path: Path) -> bytes:
         info = os.fstat(handle.fileno())
         if not stat.S_ISREG(info.st_mode):
             raise RequestError(f"{path} is not a regular file")
-        if info.st_size > MAX_SKETCH_BYTES:
-            raise RequestError(f"{path} has {info.st_size} bytes, more than a sketch can be")
-        return handle.read(MAX_SKETCH_BYTES + 1)
+        data = handle.read(MAX_SKETCH_BYTES + 1)
+        if max(info.st_size, len(data)) > MAX_SKETCH_BYTES:
+            raise RequestError(too_large(path, max(info.st_size, len(data))))
+        return data
+
+
+def too_large(what: object, size: int) -> str:
+    return f"{what} is too large: {size} bytes, more than the {MAX_SKETCH_BYTES}-byte limit for a sketch"
 
 
 def send_request(
@@ -83,6 +88,9 @@ def send_request(
 
     Raises :class:`RequestError` when the daemon cannot be reached or goes away before its result.
     """
+    if len(data) > MAX_SKETCH_BYTES:
+        # Said here, before anything is sent: the daemon would refuse it after the request line.
+        raise RequestError(too_large("the sketch", len(data)))
     header: dict[str, Any] = {"op": "flash", "size": len(data), "origin": origin, "if_changed": if_changed}
     if health is not None:
         header["health"] = dict(health)
@@ -94,7 +102,13 @@ def send_request(
         raise RequestError(f"cannot reach the flasher daemon at {path}: {error.strerror or error}") from None
     with sock, sock.makefile("rb") as replies:
         try:
-            sock.sendall(json.dumps(header).encode() + b"\n" + data)
+            try:
+                sock.sendall(json.dumps(header).encode() + b"\n")
+                sock.sendall(data)
+            except (BrokenPipeError, ConnectionResetError):
+                # The daemon refused the request line and closed: its reason is waiting to be
+                # read, and says more than "Broken pipe".
+                pass
             for line in replies:
                 event = json.loads(line)
                 if not isinstance(event, dict):
@@ -126,8 +140,10 @@ def _health_from(env: Mapping[str, str]) -> dict[str, Any] | None:
     # The daemon runs the check on the host, where the proxy's call port is on loopback.
     proxy = env.get("X8_SKETCH_HEALTH_PROXY", "").strip() or "127.0.0.1:5001"
     host, _, port_text = proxy.rpartition(":")
-    if not host or not port_text.isdigit():
-        raise RequestError(f"X8_SKETCH_HEALTH_PROXY={proxy!r}: expected HOST:PORT")
+    if not host or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise RequestError(f"X8_SKETCH_HEALTH_PROXY={proxy!r}: expected HOST:PORT, PORT from 1 to 65535")
+    if not host.isprintable() or any(char.isspace() for char in host):
+        raise RequestError(f"X8_SKETCH_HEALTH_PROXY={proxy!r}: the host has spaces or control characters")
     return {"method": method, "bound": bound, "timeout": timeout, "host": host, "port": int(port_text)}
 
 

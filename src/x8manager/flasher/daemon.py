@@ -13,6 +13,7 @@ replaces any waiting one but never stops a running flash.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import logging
 import os
@@ -20,18 +21,22 @@ import shutil
 import signal
 from pathlib import Path
 
+from x8manager.common.ratelimit import RateLimitedLog
 from x8manager.common.systemd import notify_ready, notify_status, notify_stopping
 from x8manager.flasher.elfcheck import SketchRejected
 from x8manager.flasher.inotify import FileWatcher, InotifyError
 from x8manager.flasher.lock import LockTimeout, open_private_lock
 from x8manager.flasher.pipeline import Flasher, FlashResult, Job, Outcome
 from x8manager.flasher.records import DaemonSettings
-from x8manager.flasher.request import RequestServer
+from x8manager.flasher.request import RequestLimits, RequestServer
 from x8manager.flasher.safefile import UnsafeFile
 
 __all__ = ["FlasherDaemon", "StartupError"]
 
 log = logging.getLogger(__name__)
+
+UPLOAD_RETRY_SECONDS = 0.5
+_OUT_OF_ROOM = (errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS)
 
 
 class StartupError(RuntimeError):
@@ -45,11 +50,13 @@ class FlasherDaemon:
         watch_path: Path,
         socket_path: Path | None = None,
         socket_group: int | None = None,
+        request_limits: RequestLimits | None = None,
     ) -> None:
         self.flasher = flasher
         self.watch_path = Path(os.path.abspath(watch_path))
         self.socket_path = socket_path
         self.socket_group = socket_group
+        self.request_limits = request_limits
         self._pending: Job | None = None
         self._wakeup = asyncio.Event()
         self._supersede: asyncio.Event | None = None  # belongs to the job being flashed
@@ -58,6 +65,7 @@ class FlasherDaemon:
         self._watcher: FileWatcher | None = None
         self.outcomes: list[Outcome] = []  # for tests and the bench (most recent last)
         self.flashing = False
+        self._log = RateLimitedLog(log)
 
     # --- start-up -----------------------------------------------------------------------------
     def check_configuration(self) -> None:
@@ -112,7 +120,9 @@ class FlasherDaemon:
             raise StartupError(f"cannot watch {self.watch_path}: {error}") from error
         requests = None
         if self.socket_path is not None:
-            requests = RequestServer(self.flasher, self.socket_path, group=self.socket_group)
+            requests = RequestServer(
+                self.flasher, self.socket_path, group=self.socket_group, limits=self.request_limits
+            )
             requests.on_outcome = self._request_done
             try:
                 await requests.start()
@@ -162,11 +172,28 @@ class FlasherDaemon:
             self._record_refusal(error)
             return
         except OSError as error:
+            if self._retry_later(error, "read", reason):
+                return
             # Gone again (or unreadable) before we looked: a later event will bring the next version.
             log.warning("upload at %s could not be read (%s): %s", self.watch_path, reason, error)
             return
         log.debug("upload seen (%s): %d bytes", reason, len(data))
         self._admit(data, reason)
+
+    def _retry_later(self, error: OSError, what: str, reason: str) -> bool:
+        """Out of descriptors or memory for a moment (a flood of connections): the upload is there
+        and no later event may come, so look at it again shortly rather than lose it."""
+        if error.errno not in _OUT_OF_ROOM:
+            return False
+        self._log.warning(
+            "upload-retry",
+            "upload at %s cannot be %s yet (%s): trying again",
+            self.watch_path,
+            what,
+            error.strerror,
+        )
+        asyncio.get_running_loop().call_later(UPLOAD_RETRY_SECONDS, self._on_change, reason)
+        return True
 
     def _admit(self, data: bytes, reason: str) -> None:
         try:
@@ -177,6 +204,8 @@ class FlasherDaemon:
             self._handled(outcome, hashlib.sha256(data).hexdigest())
             return
         except OSError as error:
+            if self._retry_later(error, "spooled", reason):
+                return
             log.error("could not spool the upload from %s: %s", self.watch_path, error)
             self._replace_pending(None)
             outcome = self.flasher.spool_failed(data, error, source="upload", origin=str(self.watch_path))

@@ -15,6 +15,7 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
+from x8manager.flasher.records import HealthCheck
 from x8manager.rpc.client import AsyncM4Client
 from x8manager.rpc.errors import RpcError, X8RpcError
 
@@ -25,25 +26,6 @@ _NOT_FOUND = "could not find function"
 _ARITY = "invalid number of arguments"
 _IMPOSSIBLE_ARITY = 17
 _RETRY_SECONDS = 0.25
-
-
-@dataclass(frozen=True)
-class HealthCheck:
-    """What to ask the sketch after a flash; ``timeout`` seconds in all."""
-
-    method: str | None = None
-    bound: tuple[str, ...] = ()
-    timeout: float = 10.0
-    host: str = "127.0.0.1"
-    port: int = 5001
-
-    def describe(self) -> str:
-        parts = []
-        if self.method:
-            parts.append(f"{self.method}() answers")
-        if self.bound:
-            parts.append(f"binds {', '.join(self.bound)}")
-        return " and ".join(parts) or "RPC answers"
 
 
 @dataclass
@@ -84,10 +66,15 @@ async def _one(client: AsyncM4Client, check: HealthCheck, step: str) -> tuple[bo
         return False, text
     except X8RpcError as error:
         return False, str(error)
+    except (OSError, ValueError, OverflowError, UnicodeError) as error:
+        # A check that cannot even be made (an unresolvable host, ...) fails like one that is
+        # refused: it never lets an unchecked sketch pass.
+        return False, f"the check could not run: {error}"
 
 
 async def run_health_check(check: HealthCheck) -> HealthResult:
-    """Retry every step until it passes or the deadline is reached."""
+    """Retry every step until it passes or the deadline is reached (never raises for a check
+    that cannot run: that is a failed check)."""
     started = time.monotonic()
     deadline = started + check.timeout
     steps = (["method"] if check.method else []) + [f"bound:{name}" for name in check.bound]

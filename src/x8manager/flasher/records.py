@@ -15,9 +15,11 @@ from typing import Any
 
 __all__ = [
     "AWAITING_HEALTH",
+    "HEALTHY",
     "WRITING",
     "DaemonSettings",
     "FlashRecord",
+    "HealthCheck",
     "InProgress",
     "LastGood",
     "SketchRef",
@@ -27,6 +29,14 @@ __all__ = [
 # The phases of an in-progress flash (``InProgress.phase``).
 WRITING = "writing"  # openocd may be writing the chip: its content is unknown
 AWAITING_HEALTH = "health"  # written and verified; the health check has not given its verdict
+HEALTHY = "healthy"  # the health check passed: what is left is making it the last good sketch
+_PHASES = (WRITING, AWAITING_HEALTH, HEALTHY)
+
+# Bounds of a health check request (the request socket takes it from any client of the socket).
+MAX_HEALTH_SECONDS = 600.0
+MAX_HEALTH_NAMES = 32
+MAX_NAME_BYTES = 255
+MAX_HOST_BYTES = 253
 
 JsonObject = dict[str, Any]
 
@@ -62,6 +72,98 @@ class SketchRef:
     @property
     def short(self) -> str:
         return self.sha256[:12] if self.sha256 else "?"
+
+
+def _seconds(value: Any) -> Any:
+    """JSON numbers as float; anything else as is, for the check to refuse by name."""
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+
+
+def _or_default(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+def _procedure_name(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value or len(value.encode()) > MAX_NAME_BYTES:
+        raise ValueError(f"{what} must be a procedure name of 1 to {MAX_NAME_BYTES} bytes")
+    if not value.isprintable():
+        raise ValueError(f"{what} must be a procedure name without control characters")
+    return value
+
+
+def _host(value: Any) -> str:
+    if not isinstance(value, str) or not value or len(value.encode()) > MAX_HOST_BYTES:
+        raise ValueError(f"the health check's host must be a name or address of 1 to {MAX_HOST_BYTES} bytes")
+    if not value.isprintable() or any(char.isspace() for char in value):
+        raise ValueError("the health check's host must not hold spaces, NUL or control characters")
+    return value
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """What to ask the sketch after a flash (``timeout`` seconds in all), through the proxy's call
+    port at ``host``:``port``. Built only through :meth:`checked`, so a check that could never run
+    (port 70000, a NUL in the host) is refused before anything is flashed."""
+
+    method: str | None = None
+    bound: tuple[str, ...] = ()
+    timeout: float = 10.0
+    host: str = "127.0.0.1"
+    port: int = 5001
+
+    def __post_init__(self) -> None:
+        if self.method is not None:
+            _procedure_name(self.method, "the health check's method")
+        if len(self.bound) > MAX_HEALTH_NAMES:
+            raise ValueError(f"the health check names more than {MAX_HEALTH_NAMES} bound procedures")
+        for name in self.bound:
+            _procedure_name(name, "each bound name")
+        timeout = self.timeout
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not 0 < timeout <= MAX_HEALTH_SECONDS
+        ):
+            raise ValueError(
+                f"the health check's timeout must be seconds, more than 0 and at most {MAX_HEALTH_SECONDS:g}"
+            )
+        _host(self.host)
+        if isinstance(self.port, bool) or not isinstance(self.port, int) or not 1 <= self.port <= 65535:
+            raise ValueError(f"the health check's port must be a TCP port from 1 to 65535, not {self.port!r}")
+
+    def describe(self) -> str:
+        parts = []
+        if self.method:
+            parts.append(f"{self.method}() answers")
+        if self.bound:
+            parts.append(f"binds {', '.join(self.bound)}")
+        return " and ".join(parts) or "RPC answers"
+
+    def to_json(self) -> JsonObject:
+        return {
+            "method": self.method,
+            "bound": list(self.bound),
+            "timeout": self.timeout,
+            "host": self.host,
+            "port": self.port,
+        }
+
+    @classmethod
+    def from_json(cls, raw: Any) -> HealthCheck:
+        """The request's (or the marker's) ``health`` object; ValueError says what is wrong."""
+        if not isinstance(raw, dict):
+            raise ValueError('"health" must be an object or null')
+        bound = raw.get("bound") or []
+        if not isinstance(bound, list):
+            raise ValueError('"health.bound" must be a list of procedure names')
+        method = raw.get("method")
+        return cls(
+            method=method if method is None else _procedure_name(method, '"health.method"'),
+            bound=tuple(_procedure_name(name, '"health.bound" entries') for name in bound),
+            timeout=_seconds(raw.get("timeout", 10.0)),
+            host=_or_default(raw.get("host"), "127.0.0.1"),
+            port=_or_default(raw.get("port"), 5001),
+        )
 
 
 @dataclass
@@ -119,12 +221,18 @@ class FlashRecord:
 
 @dataclass(frozen=True)
 class LastGood:
-    """The last sketch that flashed and verified (``last-good.json``, beside ``last-good.elf``)."""
+    """The last sketch that flashed, verified (and passed its health check, when one was asked).
+
+    ``last-good.json``; ``elf`` names its ELF in the state directory, written under a name made of
+    its sha256 before this record: renaming this record in is the one step that changes the last
+    good sketch. Records of older flashers have no ``elf``: theirs is ``last-good.elf``.
+    """
 
     sha256: str
     size: int | None = None
     flashed_at: str | None = None
     origin: str | None = None
+    elf: str | None = None
 
     def to_json(self) -> JsonObject:
         return dataclasses.asdict(self)
@@ -138,14 +246,23 @@ class LastGood:
             size=_typed(raw.get("size"), int, None),
             flashed_at=_typed(raw.get("flashed_at"), str, None),
             origin=_typed(raw.get("origin"), str, None),
+            elf=_typed(raw.get("elf"), str, None),
         )
 
 
 @dataclass(frozen=True)
 class InProgress:
-    """``in-progress.json``: present exactly while openocd may be writing the chip (phase
-    ``writing``), or while a sketch written and verified waits for its health verdict (phase
-    ``health``): whoever finds it left behind finishes that transaction first."""
+    """``in-progress.json``: present exactly while a flash transaction is open: openocd may be
+    writing the chip (phase ``writing``), a sketch written and verified waits for its health
+    verdict (``health``), or passed it and is being made the last good sketch (``healthy``).
+    Whoever finds it left behind finishes that transaction first, from what it says here:
+
+    - ``check``: the health check this sketch still owes (None: a plain flash). A checked sketch
+      is never made the last good one by recovery unless ``phase`` says it passed;
+    - ``previous_last_good``: the last good sketch when the transaction began (what goes back);
+    - ``verdict``: set on a rollback's own flash, the unhealthy sketch's verdict, recorded when the
+      rollback is done (by recovery, if the flasher stops during it).
+    """
 
     record: FlashRecord
     spool_path: str = ""
@@ -154,10 +271,18 @@ class InProgress:
     openocd_pid: int | None = None
     damaged: bool = False  # the file was there but unreadable: "interrupted, unknown sketch"
     phase: str = WRITING
+    check: HealthCheck | None = None
+    previous_last_good: LastGood | None = None
+    verdict: FlashRecord | None = None
 
     @property
     def awaiting_health(self) -> bool:
         return self.phase == AWAITING_HEALTH
+
+    @property
+    def unchecked(self) -> bool:
+        """The sketch owes a health check it has not passed: recovery must not keep it."""
+        return self.check is not None and self.phase != HEALTHY
 
     def to_json(self) -> JsonObject:
         document = self.record.to_json()
@@ -167,6 +292,12 @@ class InProgress:
             document["openocd_pid"] = self.openocd_pid
         if self.damaged:
             document["damaged"] = True
+        if self.check is not None:
+            document["check"] = self.check.to_json()
+        if self.previous_last_good is not None:
+            document["previous_last_good"] = self.previous_last_good.to_json()
+        if self.verdict is not None:
+            document["verdict"] = self.verdict.to_json()
         return document
 
     @classmethod
@@ -179,8 +310,21 @@ class InProgress:
             recovery_attempts=_typed(raw.get("recovery_attempts"), int, 0),
             openocd_pid=_typed(raw.get("openocd_pid"), int, None),
             damaged=bool(raw.get("damaged")),
-            phase=AWAITING_HEALTH if raw.get("phase") == AWAITING_HEALTH else WRITING,
+            phase=raw["phase"] if raw.get("phase") in _PHASES else WRITING,
+            check=_check_or_none(raw.get("check")),
+            previous_last_good=LastGood.from_json(raw.get("previous_last_good")),
+            verdict=FlashRecord.from_json(raw["verdict"]) if isinstance(raw.get("verdict"), dict) else None,
         )
+
+
+def _check_or_none(raw: Any) -> HealthCheck | None:
+    """A marker's check; one that no longer reads as valid still counts as owed (never kept)."""
+    if raw is None:
+        return None
+    try:
+        return HealthCheck.from_json(raw)
+    except ValueError:
+        return HealthCheck()
 
 
 @dataclass(frozen=True)
@@ -256,5 +400,6 @@ class Status:
                 return None
             if record.attempts == 0:
                 continue
-            return record.sketch.sha256 if record.result == "success" and record.sketch.sha256 else None
+            verified = record.result in ("success", "written")  # written: verified, check pending
+            return record.sketch.sha256 if verified and record.sketch.sha256 else None
         return None

@@ -13,17 +13,27 @@ flash holds the H7 lock, ``{"event": "flashing"}``, ``{"event": "health", ...}``
 ``{"event": "result", "ok": bool, "result": ..., "reason": ..., "sha256": ..., "record": {...}}``.
 A connection that ends without a result line means "outcome unknown", never success.
 
-A request is a transaction under the H7 lock: flash, then the health check, and if that fails
-the last good sketch is flashed back before the lock is released, so no other flash comes between.
+This module speaks only the socket protocol; the transaction (flash, health check, rollback, all
+under one hold of the H7 lock) is :meth:`Flasher.flash_checked`. What a client can make the daemon
+hold is bounded: :data:`MAX_CONNECTIONS` connections (one more is told "busy" and closed; an
+accept that fails for want of descriptors pauses until one closes), and :class:`RequestLimits`:
+a request line, and a body that keeps coming, within ``idle_seconds``, the body within
+``body_seconds`` and the sketch limit, written to the spool as it arrives (never held whole in
+memory), with at most ``receiving_bytes`` of bodies at once and room left in the state directory
+(else "busy"). Lines a client can trigger are rate-limited.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import itertools
 import json
 import logging
 import os
+import resource
+import shutil
 import socket
 import stat
 import struct
@@ -32,30 +42,60 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from x8manager.common.ratelimit import RateLimitedLog
 from x8manager.flasher import client
 from x8manager.flasher.client import RequestError
-from x8manager.flasher.elfcheck import SketchRejected
-from x8manager.flasher.health import HealthCheck, run_health_check
-from x8manager.flasher.lock import LockTimeout, h7_lock
-from x8manager.flasher.pipeline import Flasher, FlashResult, Job, Outcome
+from x8manager.flasher.pipeline import Flasher, FlashResult, Outcome
+from x8manager.flasher.records import HealthCheck
 
-__all__ = ["RequestError", "RequestServer", "send_request"]
+__all__ = ["RequestError", "RequestLimits", "RequestServer", "send_request"]
 
 log = logging.getLogger(__name__)
 
 MAX_HEADER_BYTES = 8192
-HEADER_SECONDS = 30.0  # a client that connects and says nothing is dropped
-BODY_SECONDS = 120.0
+# Connections served at once: each takes one descriptor (the unit's LimitNOFILE=256 leaves room for
+# openocd, the spool, the lock), and is the listening socket's backlog too.
+MAX_CONNECTIONS = 32
+# Descriptors the daemon keeps for itself whatever clients do: stdio, the event loop, inotify, the
+# journal, the H7 and status locks, marker, status and spool files, openocd's pipes, the health
+# check's socket. Under a lower descriptor limit the connection bound shrinks to leave them free.
+OWN_DESCRIPTORS = 48
+ACCEPT_PAUSE = 1.0  # out of descriptors: accept again when a connection closes, or after this
+# Keep this much free in the state directory whatever bodies arrive: outcomes must still be written.
+SPOOL_HEADROOM = 4 * 1024 * 1024
+BODY_CHUNK = 64 * 1024
+_OUT_OF_ROOM = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 _UCRED = struct.Struct("3i")  # pid, uid, gid
+_received = itertools.count()
 
 
-def _peer(writer: asyncio.StreamWriter) -> str:
-    sock = writer.get_extra_info("socket")
+def _peer(sock: socket.socket) -> str:
     try:
         pid, uid, _gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
-    except (OSError, AttributeError, struct.error):
+    except (OSError, struct.error):
         return "unknown peer"
     return f"pid {pid} uid {uid}"
+
+
+def _connection_bound() -> int:
+    """MAX_CONNECTIONS, or fewer when the descriptor limit would not leave OWN_DESCRIPTORS free."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS
+    bound = max(1, min(MAX_CONNECTIONS, soft - OWN_DESCRIPTORS))
+    if bound < MAX_CONNECTIONS:
+        log.warning("descriptor limit %d: the request socket serves %d connections at a time", soft, bound)
+    return bound
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """What clients of the socket can make the daemon hold (``m4-flasher daemon
+    --request-idle-timeout`` sets ``idle_seconds``)."""
+
+    idle_seconds: float = 30.0  # no request line, or a body that stops coming, for this long: closed
+    body_seconds: float = 120.0  # the whole body, however it trickles
+    receiving_bytes: int = 256 * 1024 * 1024  # bodies in the spool at once (8 full sketches)
 
 
 @dataclass(frozen=True)
@@ -67,6 +107,8 @@ class _Request:
 
 
 def _parse_header(line: bytes, max_size: int) -> _Request:
+    """The request line, checked whole before anything is received or flashed: a health check
+    that could not run (port 70000, a NUL in the host) is refused here, not found out later."""
     try:
         header = json.loads(line)
     except ValueError as error:
@@ -74,46 +116,36 @@ def _parse_header(line: bytes, max_size: int) -> _Request:
     if not isinstance(header, dict) or header.get("op") != "flash":
         raise ValueError('the request must be a JSON object with "op": "flash"')
     size = header.get("size")
-    if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= max_size:
-        raise ValueError(f'"size" must be a byte count from 0 to {max_size}')
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise ValueError('"size" must be a byte count')
+    if size > max_size:
+        raise ValueError(f"the sketch is too large: {size} bytes, more than the {max_size}-byte limit")
     raw_health = header.get("health")
-    health = None
-    if raw_health is not None:
-        if not isinstance(raw_health, dict):
-            raise ValueError('"health" must be an object or null')
-        bound = raw_health.get("bound") or []
-        timeout = raw_health.get("timeout", 10.0)
-        method = raw_health.get("method")
-        if not (isinstance(bound, list) and all(isinstance(name, str) and name for name in bound)):
-            raise ValueError('"health.bound" must be a list of procedure names')
-        if method is not None and not (isinstance(method, str) and method):
-            raise ValueError('"health.method" must be a procedure name')
-        if not isinstance(timeout, int | float) or not 0 < timeout <= 600:
-            raise ValueError('"health.timeout" must be seconds, more than 0 and at most 600')
-        health = HealthCheck(
-            method=method,
-            bound=tuple(bound),
-            timeout=float(timeout),
-            host=str(raw_health.get("host") or "127.0.0.1"),
-            port=int(raw_health.get("port") or 5001),
-        )
     return _Request(
         size=size,
         origin=str(header.get("origin") or "request"),
         if_changed=bool(header.get("if_changed")),
-        health=health,
+        health=None if raw_health is None else HealthCheck.from_json(raw_health),
     )
 
 
 class RequestServer:
-    """Serves the socket; each request runs as one transaction under the H7 lock."""
+    """Serves the socket: the protocol here, each request's transaction in :class:`Flasher`."""
 
-    def __init__(self, flasher: Flasher, path: Path, *, group: int | None = None) -> None:
+    def __init__(
+        self, flasher: Flasher, path: Path, *, group: int | None = None, limits: RequestLimits | None = None
+    ) -> None:
         self.flasher = flasher
         self.path = path
         self.group = group
-        self._server: asyncio.Server | None = None
+        self.limits = limits or RequestLimits()
+        self._receiving = 0  # bytes of bodies announced and not yet done with
+        self.max_connections = _connection_bound()
+        self._listener: socket.socket | None = None
+        self._accepting: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._room = asyncio.Event()  # set when a connection closes
+        self._log = RateLimitedLog(log)
         self.on_outcome: Callable[[Outcome], None] | None = None
 
     async def start(self) -> None:
@@ -124,60 +156,113 @@ class RequestServer:
                 raise OSError(f"{self.path} exists and is not a socket")
             self.path.unlink()
         mode = 0o600 if self.group is None else 0o660
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         old_umask = os.umask(0o777 & ~mode)  # the socket is never reachable with wider rights
         try:
-            self._server = await asyncio.start_unix_server(self._serve, path=str(self.path))
+            listener.bind(str(self.path))
+            listener.listen(self.max_connections)
+        except OSError:
+            listener.close()
+            raise
         finally:
             os.umask(old_umask)
+        listener.setblocking(False)
+        self._listener = listener
         if self.group is not None:
             os.chown(self.path, -1, self.group)
         os.chmod(self.path, mode)
+        self._accepting = asyncio.create_task(self._accept_loop(listener))
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
+        if self._accepting is not None:
+            self._accepting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._accepting
+            self._accepting = None
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
         # Requests in flight finish (each is a transaction on the chip), bounded by their own limits.
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        peer = _peer(writer)
+    async def _accept_loop(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(listener)
+            except OSError as error:
+                if error.errno not in _OUT_OF_ROOM:
+                    if error.errno in (errno.ECONNABORTED, errno.EINTR, errno.EAGAIN):
+                        continue
+                    raise
+                # Out of descriptors: the connection waits in the backlog. Pause until one of ours
+                # closes (or a while), never spin on a listening socket that stays readable.
+                self._log.warning(
+                    "accept", "request socket: cannot accept a connection (%s): pausing", error.strerror
+                )
+                self._room.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(ACCEPT_PAUSE):
+                        await self._room.wait()
+                continue
+            if len(self._tasks) >= self.max_connections:
+                self._refuse(conn)
+                continue
+            task = asyncio.create_task(self._serve(conn))
+            self._tasks.add(task)
+            task.add_done_callback(self._closed)
+
+    def _closed(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._room.set()
+
+    def _refuse(self, conn: socket.socket) -> None:
+        """Over the connection limit: say so (if the client's buffer takes it) and close."""
+        self._log.warning(
+            "busy",
+            "request socket: %d connections open, one more refused (%s)",
+            self.max_connections,
+            _peer(conn),
+        )
+        line = _line(
+            "result",
+            ok=False,
+            result="busy",
+            reason=f"the flasher serves {self.max_connections} requests at a time: try again",
+        )
+        with contextlib.suppress(OSError), conn:
+            conn.setblocking(False)
+            conn.send(line)
+
+    async def _serve(self, conn: socket.socket) -> None:
+        peer = _peer(conn)
+        try:
+            reader, writer = await asyncio.open_unix_connection(sock=conn)
+        except OSError:
+            conn.close()
+            return
 
         def send(event: str, **fields: Any) -> None:
             if writer.is_closing():
                 return  # the client left; the transaction still finishes
-            writer.write((json.dumps({"event": event, **fields}) + "\n").encode())
+            writer.write(_line(event, **fields))
 
         try:
-            try:
-                async with asyncio.timeout(HEADER_SECONDS):
-                    line = await reader.readline()
-                if len(line) > MAX_HEADER_BYTES or not line.endswith(b"\n"):
-                    raise ValueError("the request line is missing, cut off or too long")
-                request = _parse_header(line, self.flasher.settings.max_file_bytes)
-                async with asyncio.timeout(BODY_SECONDS):
-                    data = await reader.readexactly(request.size)
-            except (ValueError, TimeoutError, asyncio.IncompleteReadError, ConnectionError) as error:
-                log.warning("bad request from %s: %s", peer, error or "incomplete")
-                send("result", ok=False, result="error", reason=f"bad request: {error or 'incomplete'}")
-                return
-            outcome = await self._transaction(request, data, peer, send)
-            send(
-                "result",
-                ok=outcome.result in (FlashResult.SUCCESS, FlashResult.UNCHANGED),
-                result=outcome.result.value,
-                reason=outcome.reason,
-                sha256=outcome.record.sketch.sha256,
-                record=outcome.record.to_json(),
-            )
-            if self.on_outcome is not None:
-                self.on_outcome(outcome)
+            outcome = await self._handle(reader, peer, send)
+            if outcome is not None:
+                send(
+                    "result",
+                    ok=outcome.result in (FlashResult.SUCCESS, FlashResult.UNCHANGED),
+                    result=outcome.result.value,
+                    reason=outcome.reason,
+                    sha256=outcome.record.sketch.sha256,
+                    record=outcome.record.to_json(),
+                )
+                if self.on_outcome is not None:
+                    self.on_outcome(outcome)
         except Exception:
             log.exception("request from %s failed in the flasher", peer)
             send(
@@ -187,90 +272,89 @@ class RequestServer:
                 reason="the flasher failed handling the request; see its journal",
             )
         finally:
-            with contextlib.suppress(ConnectionError):
-                await writer.drain()
+            with contextlib.suppress(ConnectionError, TimeoutError):
+                async with asyncio.timeout(self.limits.idle_seconds):
+                    await writer.drain()
             writer.close()
-            self._tasks.discard(task)
 
-    async def _transaction(
-        self, request: _Request, data: bytes, peer: str, send: Callable[..., None]
-    ) -> Outcome:
-        flasher = self.flasher
-        origin = f"{request.origin} (request from {peer})"
+    async def _handle(
+        self, reader: asyncio.StreamReader, peer: str, send: Callable[..., None]
+    ) -> Outcome | None:
+        """Read the request, hand it to the flasher; None when the request itself was bad."""
+        limits = self.limits
+        received = self.flasher.state.spool_file(f"{next(_received):06d}-{os.getpid()}-request.part")
+        reserved = 0
         try:
-            job = flasher.admit(data, source="request", origin=origin)
-        except SketchRejected as error:
-            return flasher.reject(data, error, source="request", origin=origin)
-        except OSError as error:
-            return flasher.spool_failed(data, error, source="request", origin=origin)
-        send("accepted", sha256=job.info.sha256, size=job.info.size)
-        purpose = f"m4-flasher request {job.info.sha256[:12]}"
-        try:
-            async with h7_lock(
-                flasher.settings.lock_path,
-                purpose,
-                wait_limit=flasher.settings.lock_timeout,
-                on_wait=lambda holder: send("waiting", reason=f"waiting for the H7 lock, held by {holder}"),
-            ):
-                return await self._locked(request, job, send)
-        except LockTimeout as error:
-            job.spool_path.unlink(missing_ok=True)
-            return flasher.record_summary(FlashResult.BUSY, f"the H7 is busy: {error}", job)
-        finally:
-            job.spool_path.unlink(missing_ok=True)
-
-    async def _locked(self, request: _Request, job: Job, send: Callable[..., None]) -> Outcome:
-        flasher = self.flasher
-        running = flasher.state.status().running_sha256()
-        if request.if_changed and running == job.info.sha256 and flasher.state.read_marker() is None:
-            if request.health is None:
-                return flasher.record_summary(
-                    FlashResult.UNCHANGED, "the M4 already runs this verified sketch: not flashed", job
-                )
-            send("health", check=request.health.describe())
-            health = await run_health_check(request.health)
-            result = FlashResult.UNCHANGED if health.healthy else FlashResult.UNHEALTHY
-            reason = f"the M4 already runs this verified sketch: not flashed; health: {health.reason}"
-            return flasher.record_summary(result, reason, job, health=health.to_json())
-        send("flashing", sha256=job.info.sha256)
-        outcome = await flasher.flash_locked(job, promote=request.health is None)
-        if not outcome.ok or request.health is None:
-            return outcome
-        # The transaction is open (the marker says "health") until one of the verdicts below is
-        # recorded: a flasher killed before that puts the last good sketch back when it restarts.
-        send("health", check=request.health.describe())
-        health = await run_health_check(request.health)
-        if health.healthy:
             try:
-                flasher.promote(job, outcome.record)
-                kept = ""
-            except OSError as error:
-                kept = f"; but it could not be kept as the last good sketch ({error}): the previous one stays"
-            verdict = flasher.record_summary(
-                FlashResult.SUCCESS,
-                f"flashed, verified and healthy: {health.reason}{kept}",
-                job,
-                health=health.to_json(),
+                async with asyncio.timeout(limits.idle_seconds):
+                    line = await reader.readline()
+                if len(line) > MAX_HEADER_BYTES or not line.endswith(b"\n"):
+                    raise ValueError("the request line is missing, cut off or too long")
+                request = _parse_header(line, self.flasher.settings.max_file_bytes)
+                busy = self._no_room_for(request.size)
+                if busy:
+                    self._log.warning("spool-busy", "request from %s refused: %s", peer, busy)
+                    send("result", ok=False, result="busy", reason=busy)
+                    return None
+                reserved, self._receiving = request.size, self._receiving + request.size
+                await _receive(reader, request.size, received, limits)
+            except (ValueError, TimeoutError, asyncio.IncompleteReadError, ConnectionError) as error:
+                text = str(error) or type(error).__name__
+                if isinstance(error, TimeoutError):
+                    text = (
+                        f"the client stopped sending for {limits.idle_seconds:g} s, or took more than "
+                        f"{limits.body_seconds:g} s for the sketch"
+                    )
+                self._log.warning("bad-request", "bad request from %s: %.200s", peer, text)
+                send("result", ok=False, result="error", reason=f"bad request: {text}")
+                return None
+            origin = f"{request.origin} (request from {peer})"
+            admitted = self.flasher.admit_received(received, source="request", origin=origin)
+            self._receiving, reserved = self._receiving - reserved, 0  # in the spool as a job now
+            if isinstance(admitted, Outcome):
+                return admitted
+            send("accepted", sha256=admitted.info.sha256, size=admitted.info.size)
+            return await self.flasher.flash_checked(
+                admitted, request.health, send, if_changed=request.if_changed
             )
-            flasher.close_transaction()
-            return verdict
-        good = flasher.last_good_job("rollback", f"health check of {job.info.sha256[:12]} failed")
-        if good is None:
-            restored = "no last good sketch to put back: the M4 runs the unhealthy sketch"
-        else:
-            send("rollback", sha256=good.info.sha256)
-            back = await flasher.flash_instead_locked(good)  # ends the transaction, as any flash does
-            restored = (
-                f"last good sketch {good.info.sha256[:12]} restored"
-                if back.ok
-                else f"restoring last good sketch {good.info.sha256[:12]} failed: {back.reason}"
+        finally:
+            self._receiving -= reserved
+            received.unlink(missing_ok=True)
+
+    def _no_room_for(self, size: int) -> str:
+        """Why a body of *size* bytes cannot be taken now ("" if it can)."""
+        if self._receiving + size > self.limits.receiving_bytes:
+            return (
+                f"the flasher is receiving {self._receiving} bytes of sketches already "
+                f"(at most {self.limits.receiving_bytes} at once): try again"
             )
-        verdict = flasher.record_summary(
-            FlashResult.UNHEALTHY, f"{health.reason}; {restored}", job, health=health.to_json()
-        )
-        if good is None:
-            flasher.close_transaction()  # recorded: the unhealthy sketch stays, nothing to recover
-        return verdict
+        try:
+            free = shutil.disk_usage(self.flasher.state.spool).free
+        except OSError as error:
+            return f"the state directory cannot be checked for room ({error.strerror or error})"
+        if free < self._receiving + size + SPOOL_HEADROOM:
+            return f"the state directory has no room for a {size}-byte sketch ({free} bytes free)"
+        return ""
+
+
+async def _receive(reader: asyncio.StreamReader, size: int, path: Path, limits: RequestLimits) -> None:
+    """Write exactly *size* bytes from *reader* to *path* (0600) as they come: bounded memory;
+    a body that stalls for ``idle_seconds`` or takes more than ``body_seconds`` is dropped."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "wb", buffering=0) as spool:  # each chunk goes straight to the file
+        remaining = size
+        async with asyncio.timeout(limits.body_seconds):
+            while remaining:
+                async with asyncio.timeout(limits.idle_seconds):
+                    chunk = await reader.read(min(BODY_CHUNK, remaining))
+                if not chunk:
+                    raise asyncio.IncompleteReadError(b"", remaining)
+                spool.write(chunk)
+                remaining -= len(chunk)
+
+
+def _line(event: str, **fields: Any) -> bytes:
+    return (json.dumps({"event": event, **fields}) + "\n").encode()
 
 
 def send_request(
@@ -287,9 +371,7 @@ def send_request(
 
     Raises :class:`RequestError` when the daemon cannot be reached or goes away before its result.
     """
-    check = None
-    if health is not None:
-        check = {"method": health.method, "bound": list(health.bound), "timeout": health.timeout,
-                 "host": health.host, "port": health.port}
-    return client.send_request(path, data, origin=origin, if_changed=if_changed, health=check,
-                               progress=progress, timeout=timeout)
+    check = None if health is None else health.to_json()
+    return client.send_request(
+        path, data, origin=origin, if_changed=if_changed, health=check, progress=progress, timeout=timeout
+    )

@@ -4,10 +4,12 @@ Layout of ``<state-dir>`` (``/var/lib/m4-flasher`` on the X8, kept across reboot
 interrupted flash can be finished after a power cut):
 
 - ``spool/``            private snapshots of uploads; the flasher only ever reads these
-- ``in-progress.json``  present exactly while openocd may be writing the chip, or a written sketch
-                        waits for its health verdict (``phase``)
-- ``last-good.elf``     the last sketch that flashed and verified (for ``m4-flasher rollback``)
-- ``last-good.json``    its sha256, size and time
+- ``spool/*.part``      request bodies being received (never read whole into memory)
+- ``in-progress.json``  present exactly while a flash transaction is open: openocd may be writing
+                        the chip, or a written sketch waits for (or just passed) its health check
+- ``last-good-SHA.elf`` the last sketch that flashed and verified (for ``m4-flasher rollback``),
+                        named by its sha256 (``last-good.elf`` from older flashers)
+- ``last-good.json``    its sha256, size, time and ELF name: renaming it in is the commit point
 - ``status.json``       what ``m4-flasher status`` shows (``--status`` may put it elsewhere)
 - ``daemon.json``       the daemon's settings, so a manual ``m4-flasher flash`` uses the same openocd
 - ``status.lock``       serialises read-modify-write of the status file between processes
@@ -22,6 +24,7 @@ so no other user can hold a lock the daemon needs.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import errno
 import fcntl
@@ -39,6 +42,7 @@ from x8manager.flasher.records import DaemonSettings, FlashRecord, InProgress, L
 __all__ = ["HISTORY_LENGTH", "StateDir", "atomic_write", "utc_now"]
 
 HISTORY_LENGTH = 10
+_LEGACY_LAST_GOOD_ELF = "last-good.elf"  # the ELF of a last-good.json without "elf"
 STATUS_LOCK_WAIT = 0.5  # seconds: the longest the event loop may wait for the status lock
 # Room for a status file, a last-good record and the marker when the filesystem is otherwise full.
 RESERVE_BYTES = 64 * 1024
@@ -105,7 +109,6 @@ class StateDir:
         self.root = Path(root)
         self.spool = self.root / "spool"
         self.marker_path = self.root / "in-progress.json"
-        self.last_good_elf = self.root / "last-good.elf"
         self.last_good_json = self.root / "last-good.json"
         self.settings_path = self.root / "daemon.json"
         self.status_path = Path(status_path) if status_path else self.root / "status.json"
@@ -120,6 +123,7 @@ class StateDir:
         probe.write_bytes(b"")
         probe.unlink()
         self.ensure_reserve()
+        self._drop_unnamed_last_good()
 
     # --- room to record outcomes on a full disk --------------------------------------------------
     def ensure_reserve(self) -> bool:
@@ -182,44 +186,70 @@ class StateDir:
         _fsync_directory(self.root)
 
     # --- last good sketch -------------------------------------------------------------------
-    def save_last_good(self, elf: Path, record: LastGood) -> None:
-        """Make the sketch that just verified the last good one, or leave the old one whole.
-
-        The spool file is hard-linked (no data blocks needed on a full disk; a copy only where
-        links are impossible), and both new files exist before either old one is replaced: a
-        failure (ENOSPC) up to then leaves the previous last good sketch and its record as they were.
-        """
-        temp_elf = self.root / ".last-good.elf.tmp"
-        temp_json = self.root / ".last-good.json.tmp"
+    @property
+    def last_good_elf(self) -> Path:
+        """The last good sketch's ELF, as ``last-good.json`` names it (may not exist)."""
         try:
-            with contextlib.suppress(FileNotFoundError):
-                temp_elf.unlink()
+            record = LastGood.from_json(_load(self.last_good_json))
+        except (ValueError, OSError):
+            record = None
+        return self._elf_of(record)
+
+    def _elf_of(self, record: LastGood | None) -> Path:
+        name = record.elf if record is not None and record.elf else _LEGACY_LAST_GOOD_ELF
+        # Only a plain name in this directory: a damaged record never points elsewhere.
+        return self.root / (name if "/" not in name and name not in (".", "..") else _LEGACY_LAST_GOOD_ELF)
+
+    def save_last_good(self, elf: Path, record: LastGood) -> None:
+        """Make the sketch at *elf* the last good one in one step, or leave the old one whole.
+
+        The ELF goes in first under a name of its own (``last-good-SHA.elf``: a hard link of the
+        spool file, no data blocks needed on a full disk; a copy only where links are impossible);
+        then ``last-good.json``, naming it, is renamed in: that rename is the commit. A crash (or
+        ENOSPC) before it leaves the previous record and the ELF it names as they were; the stray
+        new ELF is removed at the next save or start. Nothing is ever half one, half the other.
+        """
+        target = self.root / f"last-good-{record.sha256}.elf"
+        if not target.is_file():
+            temp_elf = self.root / f".last-good-{record.sha256}.elf.tmp"
             try:
-                os.link(elf, temp_elf)
-            except OSError as error:
-                if error.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
-                    raise
-                shutil.copyfile(elf, temp_elf)
-                os.chmod(temp_elf, 0o600)
-            self.make_durable(temp_elf)
-            atomic_write(temp_json, _dump(record.to_json()))
-            os.replace(temp_elf, self.last_good_elf)
-            os.replace(temp_json, self.last_good_json)
-            _fsync_directory(self.root)
-        finally:
-            for temp in (temp_elf, temp_json):
                 with contextlib.suppress(FileNotFoundError):
-                    temp.unlink()
+                    temp_elf.unlink()
+                try:
+                    os.link(elf, temp_elf)
+                except OSError as error:
+                    if error.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+                        raise
+                    shutil.copyfile(elf, temp_elf)
+                    os.chmod(temp_elf, 0o600)
+                self.make_durable(temp_elf)
+                os.replace(temp_elf, target)  # not the last good one yet: no record names it
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    temp_elf.unlink()
+        atomic_write(self.last_good_json, _dump(dataclasses.replace(record, elf=target.name).to_json()))
+        self._drop_unnamed_last_good()
+
+    def _drop_unnamed_last_good(self) -> None:
+        """Remove last-good ELFs no record names (left by a save that stopped before its commit)."""
+        try:
+            keep = self._elf_of(LastGood.from_json(_load(self.last_good_json))).name
+        except (ValueError, OSError):
+            return  # a damaged record: keep every ELF rather than guess which one it named
+        for entry in (*self.root.glob("last-good-*.elf"), self.root / _LEGACY_LAST_GOOD_ELF):
+            if entry.name != keep:
+                with contextlib.suppress(FileNotFoundError):
+                    entry.unlink()
 
     def last_good(self) -> LastGood | None:
-        """The last good sketch's record, or None when there is none (or its .elf is gone)."""
+        """The last good sketch's record, or None when there is none (or its ELF is gone)."""
         try:
-            record = _load(self.last_good_json)
+            record = LastGood.from_json(_load(self.last_good_json))
         except (ValueError, OSError):
             return None
-        if record is None or not self.last_good_elf.is_file():
+        if record is None or not self._elf_of(record).is_file():
             return None
-        return LastGood.from_json(record)
+        return record
 
     # --- settings ----------------------------------------------------------------------------
     def write_settings(self, settings: DaemonSettings) -> None:

@@ -7,12 +7,15 @@ It behaves as Arduino's RPC library does on a real M4 (see :mod:`x8manager.m4sim
     thread = m4.thread(1)              # a sketch thread: its own fixed msgid
     thread.set_timeout(500)            # RPC.setTimeout(500); without it a call waits forever
     await thread.call("multiply", 3, 4)  # 12; None after an error reply or a timeout
+    await thread.call("divide", Float32(1.5), 2.0)  # a sketch's float (ca) and double (cb)
+    await m4.call_as("int", "remoteAdd", 1, 2)  # .as<int>(): on nil the M4 halts (M4Halted)
     await m4.serial_println("hello")   # Serial output: two tty notifications
     await m4.stop()
 """
 
 from x8manager.m4sim.calls import SketchThread
 from x8manager.m4sim.control import ControlClient, ControlError, serve_control
+from x8manager.m4sim.cxx import Float32
 from x8manager.m4sim.dispatcher import ReceivedCall
 from x8manager.m4sim.errors import M4Halted, M4SimError
 from x8manager.m4sim.links import Endpoint, Link, connect, open_device, open_pty, parse_endpoint
@@ -22,6 +25,7 @@ __all__ = [
     "ControlClient",
     "ControlError",
     "Endpoint",
+    "Float32",
     "Link",
     "M4Halted",
     "M4SimError",

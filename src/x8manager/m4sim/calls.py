@@ -5,7 +5,10 @@ As the library does (``RPC.h``, ``RPC_client.h``, ``RPC.cpp``):
 - a call goes out as ``[0, (int32_t)osThreadGetId(), name, [args...]]``: the msgid is the calling
   thread's id, the same for every call the thread makes (:attr:`SketchThread.msgid`, ``ce`` + 4 bytes);
 - the thread then waits for a reply with that msgid, forever unless ``RPC.setTimeout(ms)`` was set;
-  on a timeout the call returns nil and ``RPC.timedOut()`` is true;
+  on a timeout the call returns nil and ``RPC.timedOut()`` is true. The library keeps one timeout and
+  one timed-out flag for all threads (``VirtualM4.set_timeout`` sets every thread's); here each
+  thread has its own (:meth:`SketchThread.set_timeout`, :attr:`SketchThread.timed_out`), so tests can
+  give threads different ones;
 - a reply is matched to whichever thread is *now* waiting with its msgid: a thread that gave up on a
   call and calls again takes the late reply to the first call as the answer to the second;
 - only the result is kept: an error reply reaches the sketch as nil, its text lost;

@@ -10,7 +10,8 @@ section 15), not as we wish it did. The parts, each in its own module:
 - :mod:`~x8manager.m4sim.calls`: the sketch threads' ``RPC.call`` (one fixed msgid per thread, wait
   forever unless a timeout is set, errors seen as nil, ``.as<T>()`` halting on nil);
 - :mod:`~x8manager.m4sim.h7` and :mod:`~x8manager.m4sim.runner`: the 496-byte RPMsg cut, the H7's 4 KiB
-  ring that loses its oldest bytes, 128-byte chunks, and how a stream link stands for the device.
+  ring that loses its oldest bytes, 128-byte chunks, and how a stream link stands for the device;
+- :mod:`~x8manager.m4sim.serial`: SerialRPC (``tty`` in, ``tty`` notifications out).
 
 A halted M4 (:attr:`VirtualM4.halted`) reads and answers nothing until :meth:`VirtualM4.reset` or a
 new flash (:meth:`VirtualM4.boot`), as a real M4 after ``std::terminate``.
@@ -35,7 +36,7 @@ from typing import Any
 import msgpack
 
 from x8manager.m4sim import wire
-from x8manager.m4sim.calls import CallSlots, SketchThread
+from x8manager.m4sim.calls import MAX_THREADS, CallSlots, SketchThread
 from x8manager.m4sim.cxx import CType
 from x8manager.m4sim.demo import bind_demo_procedures, demo_procedures
 from x8manager.m4sim.dispatcher import Deferred, Dispatcher, Procedure, ReceivedCall, SketchHalt
@@ -44,6 +45,7 @@ from x8manager.m4sim.errors import M4Halted, M4SimError
 from x8manager.m4sim.h7 import M4_TO_LINUX_CHUNK, H7Ring, rpmsg_cut
 from x8manager.m4sim.links import Link, open_pty
 from x8manager.m4sim.runner import LinkRunner
+from x8manager.m4sim.serial import SerialRPC
 from x8manager.m4sim.sketch import SketchProfile, read_profile
 from x8manager.rpc import Frame, parse_message
 
@@ -56,7 +58,6 @@ log = logging.getLogger(__name__)
 LinkOpener = Callable[[], Awaitable[Link]]
 
 LINUX_TO_M4_MAX = 248  # one /dev/x8h7_ui write() must fit a 256-byte SPI frame (reference 7.1)
-SERIAL_RX_BYTES = 1024  # SerialRPC's RX ring
 RECEIVED_LOG = 1000  # how many received messages the stand-in remembers for tests
 
 
@@ -138,15 +139,22 @@ class VirtualM4:
     or through the ``m4-sim`` command.
     """
 
+    # No attributes beyond these: a test that sets a switch the M4 does not have (``m4.answer_calls``
+    # instead of ``m4.switches.answer_calls``) fails at once instead of testing nothing.
+    __slots__ = (
+        "_calls", "_counters", "_dispatcher", "_endpoint", "_halt_reason", "_link", "_link_runner",
+        "_pty_alias", "_received_changed", "_ring", "_runner", "_serial", "_tasks", "calls_received",
+        "raw_received", "rpc_running", "serial", "sketch", "switches",
+    )
+
     def __init__(self, *, demo: bool = True, serial: bool = True,
                  switches: SimSwitches | None = None) -> None:
         self.switches = switches or SimSwitches()
         self._counters = _Counters()
         self.calls_received: deque[ReceivedCall] = deque(maxlen=RECEIVED_LOG)
         self.raw_received: deque[bytes] = deque(maxlen=RECEIVED_LOG)
-        self._received_changed = asyncio.Condition()
-        self.serial_input = bytearray()
-        self._serial_changed = asyncio.Condition()
+        self._received_changed = asyncio.Event()
+        self.serial = SerialRPC(self.notify)
         self._dispatcher = Dispatcher(observer=self._record)
         self._calls = CallSlots(self)
         self._endpoint = RpcEndpoint(self._dispatcher, self._calls)
@@ -190,7 +198,7 @@ class VirtualM4:
 
     def _bind_tty(self) -> None:
         # SerialRPC.begin(): RPC.bind("tty", onWrite(std::vector<uint8_t>&)); str or bin converts.
-        self.bind("tty", self._on_tty, params=["std::vector<uint8_t>"], returns="void", replace=True)
+        self.bind("tty", self.serial.on_tty, params=["std::vector<uint8_t>"], returns="void", replace=True)
 
     def boot(self, elf: bytes) -> SketchProfile:
         """Reset the M4 into the sketch *elf*, as a flash over SWD does: the procedures it binds
@@ -255,6 +263,12 @@ class VirtualM4:
         """Sketch thread *index* (0..9): its own fixed msgid, one ``RPC.call`` at a time."""
         return self._calls.thread(index)
 
+    def set_timeout(self, ms: int | None) -> None:
+        """``RPC.setTimeout(ms)``: the library keeps one timeout for every thread; this sets it on all
+        ten (:meth:`SketchThread.set_timeout` sets one thread's)."""
+        for index in range(MAX_THREADS):
+            self.thread(index).set_timeout(ms)
+
     async def call(self, method: str, *args: Any) -> Any:
         """``RPC.call`` on thread 0: the result, or None after an error reply or a timeout."""
         return await self.thread(0).call(method, *args)
@@ -293,16 +307,12 @@ class VirtualM4:
         self.send_rpc(wire.notification(method, list(args)))
 
     async def serial_write(self, data: bytes | str) -> None:
-        """``Serial.write``: one ``tty`` notification carrying the bytes as bin."""
-        await self.notify("tty", data.encode("utf-8") if isinstance(data, str) else data)
-
-    async def serial_print(self, text: str) -> None:
-        await self.serial_write(text)
+        """``Serial.write``/``Serial.print``: one ``tty`` notification (see :attr:`serial`)."""
+        await self.serial.write(data)
 
     async def serial_println(self, text: str) -> None:
-        """``Serial.println``: two notifications, the text and then ``\\r\\n``."""
-        await self.serial_write(text)
-        await self.serial_write(b"\r\n")
+        """``Serial.println``: two ``tty`` notifications, the text and then CR LF."""
+        await self.serial.println(text)
 
     async def print_raw(self, text: bytes | str) -> None:
         """``RPC.print`` on the raw endpoint: one RPMsg message per byte, so other threads'
@@ -479,46 +489,25 @@ class VirtualM4:
 
     def _record(self, call: ReceivedCall) -> None:
         self.calls_received.append(call)
-        self._spawn(self._notify_waiters(self._received_changed))
-
-    @staticmethod
-    async def _notify_waiters(condition: asyncio.Condition) -> None:
-        async with condition:
-            condition.notify_all()
-
-    def _on_tty(self, data: bytes) -> None:
-        """SerialRPC's ``tty`` procedure: Linux's bytes for ``Serial.read()``."""
-        room = SERIAL_RX_BYTES - len(self.serial_input)
-        if len(data) > room:
-            log.warning("virtual M4: serial RX ring full, dropped %d bytes", len(data) - room)
-        self.serial_input.extend(data[: max(room, 0)])
-        self._spawn(self._notify_waiters(self._serial_changed))
+        self._received_changed.set()
 
     def serial_read(self) -> bytes:
         """Take every byte Linux wrote to the sketch's ``Serial`` so far."""
-        data = bytes(self.serial_input)
-        self.serial_input.clear()
-        return data
+        return self.serial.read()
 
     async def wait_serial_input(self, predicate: Callable[[bytes], bool], within: float = 10.0) -> bytes:
         """Wait until the unread serial input satisfies *predicate*; return it (not consumed)."""
-        async with self._serial_changed:
-            await asyncio.wait_for(
-                self._serial_changed.wait_for(lambda: predicate(bytes(self.serial_input))), within
-            )
-        return bytes(self.serial_input)
+        return await self.serial.wait_input(predicate, within)
 
     async def wait_received(self, method: str, within: float = 10.0) -> ReceivedCall:
         """Wait until Linux has called or notified *method*; return the latest such message."""
-
-        def latest() -> ReceivedCall | None:
-            return next((c for c in reversed(self.calls_received) if c.method == method), None)
-
-        async with self._received_changed:
-            await asyncio.wait_for(self._received_changed.wait_for(lambda: latest() is not None), within)
-        found = latest()
-        assert found is not None
-        return found
+        async with asyncio.timeout(within):
+            while True:
+                found = next((c for c in reversed(self.calls_received) if c.method == method), None)
+                if found is not None:
+                    return found
+                self._received_changed.clear()
+                await self._received_changed.wait()
 
     # -- counters -------------------------------------------------------------------------------
     @property
@@ -537,12 +526,7 @@ class VirtualM4:
         )
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
-        try:
-            task = asyncio.ensure_future(coro)
-        except RuntimeError:  # no running loop (a synchronous test of the dispatcher path)
-            if asyncio.iscoroutine(coro):
-                coro.close()
-            return
+        task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -58,7 +59,8 @@ class Rig:
     def set_mode(self, mode: str) -> None:
         (self.probe / "mode").write_text(mode + "\n")
 
-    def start(self, *extra: str, wait_ready: bool = True) -> subprocess.Popen[str]:
+    def start(self, *extra: str, wait_ready: bool = True, nofile: int | None = None) -> subprocess.Popen[str]:
+        """Start the daemon; *nofile*: its descriptor limit (the unit's ``LimitNOFILE=``)."""
         notify_path = self.root / f"notify-{time.monotonic_ns()}.sock"
         self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._notify.bind(str(notify_path))
@@ -82,7 +84,13 @@ class Rig:
         with open(self.daemon_log, "a") as log:
             log.write(f"--- m4-flasher daemon {' '.join(extra)}\n")
             log.flush()
-            self.daemon = subprocess.Popen(argv, env=env, stderr=log, text=True)
+            limit = (
+                None
+                if nofile is None
+                else (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile)))
+            )
+            # preexec_fn only sets a limit (no locks taken): safe with the few threads a test may run.
+            self.daemon = subprocess.Popen(argv, env=env, stderr=log, text=True, preexec_fn=limit)  # noqa: PLW1509
         if wait_ready:
             self.wait_notify("READY=1")
         return self.daemon
@@ -134,6 +142,13 @@ class Rig:
             assert line, f"{process.args[3:5]} ended without saying {words!r}"
         return line
 
+    def sketch_file(self, data: bytes, name: str = "sketch.elf") -> Path:
+        """*data* as a file a client hands to ``m4-flasher flash FILE``."""
+        path = self.root / "build" / name
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(data)
+        return path
+
     def upload_bytes(self, data: bytes) -> None:
         """What adb push does: create/truncate, write, close (one IN_CLOSE_WRITE)."""
         self.upload.parent.mkdir(parents=True, exist_ok=True)
@@ -151,6 +166,11 @@ class Rig:
     def runs(self) -> list[dict[str, Any]]:
         path = self.probe / "invocations.jsonl"
         return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    def last_good_elf(self) -> bytes:
+        """The ELF last-good.json names (the commit point of the last good sketch)."""
+        record = json.loads((self.state_dir / "last-good.json").read_text())
+        return (self.state_dir / record["elf"]).read_bytes()
 
     def history(self) -> list[dict[str, Any]]:
         return list(self.status().get("history", []))

@@ -32,9 +32,10 @@ def test_the_flashed_sketch_is_what_the_m4_runs(rig: Rig, tmp_path: Path) -> Non
         assert done.returncode == 0, done.stdout + done.stderr
 
     async def scenario() -> None:
-        async with running_proxy(tmp_path) as (proxy, m4), links.accept_links(
-            links.parse_endpoint(f"unix:{wire}")
-        ) as accepted:
+        async with (
+            running_proxy(tmp_path) as (proxy, m4),
+            links.accept_links(links.parse_endpoint(f"unix:{wire}")) as accepted,
+        ):
             served = asyncio.create_task(serve_swd_wire(m4, accepted.get, reconnect=True))
             try:
                 client = AsyncM4Client("127.0.0.1", proxy.call_ports[0][1], timeout=WAIT)

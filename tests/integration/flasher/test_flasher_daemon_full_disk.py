@@ -28,7 +28,9 @@ def small_state_dir(rig: Rig) -> Iterator[Path]:
     rig.state_dir.mkdir(parents=True)
     mounted = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", "size=512k,mode=0755", "tmpfs", str(rig.state_dir)],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs: {mounted.stderr.strip()}")
@@ -75,7 +77,7 @@ def test_full_disk_after_the_write_still_reports_the_chip_and_keeps_last_good(
     entry = wait_for(lambda: rig.outcome_for(sha(new), "success"), "the verified flash to be recorded")
     assert "verified" in entry["reason"]
     assert rig.status()["last_good"]["sha256"] == sha(new)
-    assert (rig.state_dir / "last-good.elf").read_bytes() == new
+    assert rig.last_good_elf() == new
     assert list((rig.state_dir / "spool").iterdir()) == []
     assert not (rig.state_dir / "in-progress.json").exists()
     code, err = rig.stop()
@@ -92,12 +94,11 @@ def test_no_room_at_all_reports_the_chip_in_the_journal_and_never_loses_last_goo
     new = variant(2)
     _flash_while_the_disk_fills(rig, new, without_reserve=True)
     wait_for(
-        lambda: rig.chip().get("state") == "programmed"
-        and not (rig.state_dir / "in-progress.json").exists(),
+        lambda: rig.chip().get("state") == "programmed" and not (rig.state_dir / "in-progress.json").exists(),
         "the flash to finish",
     )
     # The previous last good sketch is whole: its .elf and its record still agree.
-    assert (rig.state_dir / "last-good.elf").read_bytes() == GOOD
+    assert rig.last_good_elf() == GOOD
     assert '"' + sha(GOOD) + '"' in (rig.state_dir / "last-good.json").read_text()
     assert list((rig.state_dir / "spool").iterdir()) == []
     assert not list(rig.state_dir.glob(".last-good*.tmp"))

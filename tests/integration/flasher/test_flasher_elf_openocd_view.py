@@ -36,7 +36,7 @@ def openocd_view(files: list[Path]) -> list[Sections | None]:
     assert program, "openocd is needed (scripts/deps/apt.txt installs Debian's package)"
     script = [_SETUP]
     for number, path in enumerate(files):
-        assert not set(str(path)) & set("{}\\ \n[]$\""), path
+        assert not set(str(path)) & set('{}\\ \n[]$"'), path
         script.append(
             f'if {{[catch {{capture {{test_image {path}}}}} out]}} {{echo "IMAGE {number} ERROR"}} '
             f'else {{echo "IMAGE {number} OK $out END"}}'

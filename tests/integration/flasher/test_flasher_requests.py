@@ -3,6 +3,7 @@ proxy in front of the virtual M4 (m4-sim), and the SWD-probe stand-in in place o
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -133,8 +134,14 @@ def test_daemon_killed_during_the_health_check_puts_the_last_good_sketch_back(ri
     # is still checking when it is killed (the test waits on the client's "health" line, no clock).
     nobody = ["--proxy", f"127.0.0.1:{free_port()}"]
     client = rig.cli_process(
-        "flash", str(_sketch(rig, unchecked, "v8.elf")), "--wait", "--health-method", "ping",
-        "--health-timeout", "600", *nobody,
+        "flash",
+        str(_sketch(rig, unchecked, "v8.elf")),
+        "--wait",
+        "--health-method",
+        "ping",
+        "--health-timeout",
+        "600",
+        *nobody,
     )
     rig.wait_for_line(client, "m4-flasher: health ping() answers")
     assert rig.chip()["sha256"] == sha(unchecked)  # written and verified, health unknown
@@ -151,6 +158,8 @@ def test_daemon_killed_during_the_health_check_puts_the_last_good_sketch_back(ri
     assert latest["result"] == "success" and latest["source"] == "recovery", latest
     assert latest["sketch"]["sha256"] == sha(GOOD)
     assert interrupted["result"] == "interrupted" and interrupted["sketch"]["sha256"] == sha(unchecked)
+    about_unchecked = [e for e in rig.history() if e["sketch"].get("sha256") == sha(unchecked)]
+    assert [e["result"] for e in about_unchecked] == ["interrupted", "written"]  # never "success"
     assert "health check" in interrupted["reason"], interrupted["reason"]
     assert rig.status()["last_good"]["sha256"] == sha(GOOD)
     code, result, _ = _request(rig, _sketch(rig, GOOD), "--if-changed")
@@ -185,7 +194,12 @@ def _raw(rig: Rig, payload: bytes) -> list[dict[str, Any]]:
         sock.connect(str(rig.socket))
         sock.sendall(payload)
         sock.shutdown(socket.SHUT_WR)
-        return [json.loads(line) for line in sock.makefile("rb")]
+        replies: list[dict[str, Any]] = []
+        for line in sock.makefile("rb"):  # up to the result line: see the "too large" test below
+            replies.append(json.loads(line))
+            if replies[-1].get("event") == "result":
+                break
+        return replies
 
 
 def test_bad_requests_get_an_error_and_the_daemon_keeps_serving(rig: Rig) -> None:
@@ -203,4 +217,61 @@ def test_bad_requests_get_an_error_and_the_daemon_keeps_serving(rig: Rig) -> Non
     code, result, _ = _request(rig, _sketch(rig, GOOD))
     assert code == 0 and result["result"] == "success"
     assert rig.daemon is not None and rig.daemon.poll() is None
+    rig.stop()
+
+
+@pytest.mark.parametrize(
+    ("health", "words"),
+    [
+        ({"method": "ping", "port": 70000}, "port must be a TCP port"),
+        ({"method": "ping", "port": 500011}, "port must be a TCP port"),
+        ({"method": "ping", "host": "127.0.0.1\u0000evil"}, "host must not hold"),
+        ({"method": "ping\u0000", "port": 5001}, "without control characters"),
+    ],
+)
+def test_health_check_that_could_never_run_is_refused_before_anything_is_flashed(
+    rig: Rig, health: dict[str, Any], words: str
+) -> None:
+    rig.start()
+    sketch = variant(30)
+    header = json.dumps({"op": "flash", "size": len(sketch), "health": health}).encode()
+    (reply,) = _raw(rig, header + b"\n" + sketch)
+    assert reply["result"] == "error" and words in reply["reason"], reply
+    assert rig.runs() == [] and rig.chip() == {}
+    assert not (rig.state_dir / "in-progress.json").exists()
+    code, result, _ = _request(rig, _sketch(rig, GOOD))  # the daemon keeps serving
+    assert code == 0 and result["result"] == "success"
+    rig.stop()
+
+
+def test_flash_wait_of_a_file_over_the_limit_says_too_large_not_broken_pipe(rig: Rig) -> None:
+    rig.start()
+    huge = _sketch(rig, GOOD + b"\0" * (32 * 1024 * 1024), "huge.elf")
+    code, result, err = _request(rig, huge)
+    assert code == 3 and result["result"] == "rejected" and "too large" in result["reason"], (result, err)
+    assert "Broken pipe" not in json.dumps(result) + err
+    # An older client that sends it anyway reads the daemon's refusal, not only a broken pipe.
+    body = huge.read_bytes()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(30)
+        sock.connect(str(rig.socket))
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(json.dumps({"op": "flash", "size": len(body)}).encode() + b"\n" + body)
+        # Read up to the result line, as the client does: past it Linux may report the reset of a
+        # connection closed with unread bytes (the body) instead of an end of file.
+        reply = json.loads(sock.makefile("rb").readline())
+    assert reply["result"] == "error" and "too large" in reply["reason"], reply
+    assert rig.runs() == []
+    rig.stop()
+
+
+def test_health_bound_reads_the_real_rpclib_arity_and_not_found_texts(rig: Rig, m4: M4Stack) -> None:
+    rig.start()
+    proxy = ["--proxy", f"127.0.0.1:{m4.call_port}", "--health-timeout", "5"]
+    code, result, _ = _request(rig, _sketch(rig, GOOD), "--health-bound", "healthy", *proxy)
+    assert code == 0 and result["result"] == "success" and "healthy is bound" in result["reason"], result
+    code, result, _ = _request(rig, _sketch(rig, variant(31), "v31.elf"), "--health-bound", "absent", *proxy)
+    assert code == 1 and result["result"] == "unhealthy", result
+    assert "could not find function 'absent'" in result["reason"], result
+    assert rig.chip()["sha256"] == sha(GOOD) and rig.status()["last_good"]["sha256"] == sha(GOOD)
     rig.stop()

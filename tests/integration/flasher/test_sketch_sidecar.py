@@ -27,16 +27,33 @@ def stack(rig: Rig) -> Iterator[M4Stack]:
     m4.stop()
 
 
+def run_client(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """The sketch service's command, as its container runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "x8manager.flasher.client"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
 def sidecar(rig: Rig, m4: M4Stack, name: str, behaviour: str = "runs") -> subprocess.CompletedProcess[str]:
     """What the app's sketch service does on `docker compose up`: flash sketch *name* with a health check."""
     elf = rig.root / "images" / name / "app.elf"
     elf.parent.mkdir(parents=True, exist_ok=True)
     elf.write_bytes(sketch_elf(name, ["health"], behaviour))
-    env = dict(rig.env, X8_APP="thermo", X8_SKETCH=str(elf), X8_FLASHER_SOCKET=str(rig.socket),
-               X8_SKETCH_HEALTH_METHOD="health", X8_SKETCH_HEALTH_TIMEOUT="2",
-               X8_SKETCH_HEALTH_PROXY=f"127.0.0.1:{m4.call_port}")
-    return subprocess.run([sys.executable, "-m", "x8manager.flasher.client"], env=env, capture_output=True,
-                          text=True, timeout=120, check=False)
+    env = dict(
+        rig.env,
+        X8_APP="thermo",
+        X8_SKETCH=str(elf),
+        X8_FLASHER_SOCKET=str(rig.socket),
+        X8_SKETCH_HEALTH_METHOD="health",
+        X8_SKETCH_HEALTH_TIMEOUT="2",
+        X8_SKETCH_HEALTH_PROXY=f"127.0.0.1:{m4.call_port}",
+    )
+    return run_client(env)
 
 
 def m4_runs(m4: M4Stack) -> str | None:
@@ -52,7 +69,8 @@ def m4_runs(m4: M4Stack) -> str | None:
 
 
 def test_a_failed_sketch_takes_the_previous_one_back_and_a_restart_writes_nothing(
-        rig: Rig, stack: M4Stack) -> None:
+    rig: Rig, stack: M4Stack
+) -> None:
     rig.start()
     first = sidecar(rig, stack, "A")
     assert first.returncode == 0, first.stderr
@@ -79,10 +97,24 @@ def test_without_the_socket_the_sidecar_fails_clearly(rig: Rig, tmp_path: Path) 
     elf = tmp_path / "app.elf"
     elf.write_bytes(sketch_elf("A", ["health"]))
     env = dict(rig.env, X8_SKETCH=str(elf), X8_FLASHER_SOCKET=str(tmp_path / "none.sock"))
-    done = subprocess.run([sys.executable, "-m", "x8manager.flasher.client"], env=env, capture_output=True,
-                          text=True, timeout=60, check=False)
+    done = run_client(env)
     assert done.returncode == 1 and "cannot reach the flasher daemon" in done.stderr
     assert "Traceback" not in done.stderr
-    unset = subprocess.run([sys.executable, "-m", "x8manager.flasher.client"], env=rig.env,
-                           capture_output=True, text=True, timeout=60, check=False)
+    unset = run_client(rig.env)
     assert unset.returncode == 2 and "X8_SKETCH is not set" in unset.stderr
+
+
+def test_a_sidecar_with_an_impossible_proxy_port_flashes_nothing(rig: Rig) -> None:
+    rig.start()
+    elf = rig.sketch_file(sketch_elf("A", ["health"], "runs"), "app.elf")
+    env = dict(
+        rig.env,
+        X8_SKETCH=str(elf),
+        X8_FLASHER_SOCKET=str(rig.socket),
+        X8_SKETCH_HEALTH_METHOD="health",
+        X8_SKETCH_HEALTH_PROXY="127.0.0.1:500011",  # a typo of 5001
+    )
+    done = run_client(env)
+    assert done.returncode == 1 and "PORT from 1 to 65535" in done.stderr, done.stderr
+    assert rig.runs() == [] and rig.chip() == {}
+    rig.stop()

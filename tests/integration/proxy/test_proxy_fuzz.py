@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from proxy_harness import WAIT, running_proxy, serving, wait_for
 
-from x8manager.m4sim import VirtualM4
+from x8manager.m4sim import M4SimError, VirtualM4
 from x8manager.m4sim.h7 import M4_TO_LINUX_CHUNK
 from x8manager.proxy import M4Proxy
 
@@ -54,6 +54,20 @@ class LiveProxy:
         self.loop.close()
 
     async def healthy(self) -> None:
+        # What the fuzz sent may have halted the M4, as it halts a real one (a notification with the
+        # wrong count, a wrong argument type): the proxy is under test here, so the M4 is reset, as a
+        # user would reset it, and the check runs again.
+        if self.m4.halted:
+            self.m4.reset()
+        try:
+            await self._answers_both_ways()
+        except (AssertionError, TimeoutError, ValueError, M4SimError):
+            if not self.m4.halted:
+                raise
+            self.m4.reset()
+            await self._answers_both_ways()
+
+    async def _answers_both_ways(self) -> None:
         # The fuzzed calls get 0.3 s (most are never answered); the check's ping gets as long as
         # a loaded machine needs. The fuzzed connection is closed by now: no call of it is waiting.
         self.proxy.m4.call_timeout = WAIT

@@ -62,6 +62,19 @@ def test_vanished_socket_does_not_raise(tmp_path: Path, monkeypatch: pytest.Monk
     assert not systemd.notify_ready()
 
 
+def test_a_notify_socket_nobody_reads_never_blocks_the_sender(notify_socket: socket.socket) -> None:
+    # A full datagram queue made the daemons' event loop hang in sendall (seen with a test rig's socket).
+    import threading  # noqa: PLC0415 - this test only
+
+    outcomes: list[bool] = []
+    sender = threading.Thread(target=lambda: outcomes.extend(systemd.notify_status(f"status {n}")
+                                                             for n in range(2000)), daemon=True)
+    sender.start()
+    sender.join(timeout=60)
+    assert not sender.is_alive(), "notify blocked on a full notify socket"
+    assert outcomes[0] and not outcomes[-1]  # sent while there was room, then refused, never waited
+
+
 # --- socket activation (sd_listen_fds) ----------------------------------------------------------
 
 # Run under tests.support.socket_activation: what listen_fds() took, and what is left of it.

@@ -31,12 +31,12 @@ def standin_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pat
     yield directory
 
 
-@pytest.fixture
-def flasher(tmp_path: Path, standin_env: Path) -> Flasher:
+def make_flasher(root: Path) -> Flasher:
+    """A Flasher on the stand-in with its state directory and lock under *root*, prepared."""
     settings = FlasherSettings(
-        state_dir=tmp_path / "state",
+        state_dir=root / "state",
         openocd=OpenocdCommand(program=str(STANDIN)),
-        lock_path=tmp_path / "h7.lock",
+        lock_path=root / "h7.lock",
         attempt_timeout=20.0,
         retries=2,
         retry_delay=0.0,
@@ -45,3 +45,8 @@ def flasher(tmp_path: Path, standin_env: Path) -> Flasher:
     instance = Flasher(settings)
     instance.state.prepare()
     return instance
+
+
+@pytest.fixture
+def flasher(tmp_path: Path, standin_env: Path) -> Flasher:
+    return make_flasher(tmp_path)

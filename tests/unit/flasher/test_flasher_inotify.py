@@ -102,7 +102,6 @@ def test_folder_moved_away_and_back(tmp_path: Path) -> None:
     assert events[-1] in ("close-write", "appeared")
 
 
-
 async def _until_watching(watcher: FileWatcher, directory: Path) -> None:
     """Poll (the watcher has no event for it) until the watch sits on *directory*; 10 s at most."""
     for _ in range(1000):

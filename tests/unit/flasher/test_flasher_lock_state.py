@@ -55,13 +55,17 @@ def test_a_flock_1_holder_is_named_from_proc_locks(tmp_path: Path) -> None:
     writes nothing into the file: the holder is found in /proc/locks instead."""
     lock = tmp_path / "h7.lock"
     lock.touch()
-    process = subprocess.Popen(["flock", str(lock), sys.executable, "-c", "print('held', flush=True); "
-                                "import sys; sys.stdin.read()"],
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        ["flock", str(lock), sys.executable, "-c", "print('held', flush=True); import sys; sys.stdin.read()"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert process.stdout is not None and process.stdout.readline().strip() == "held"
         assert lock_holder(lock) == f"pid {process.pid}: flock" or (lock_holder(lock) or "").startswith(
-            f"pid {process.pid}: flock (")
+            f"pid {process.pid}: flock ("
+        )
 
         async def scenario() -> None:
             async with h7_lock(lock, "test", wait_limit=0.2):
@@ -150,6 +154,34 @@ def test_last_good_needs_both_files(tmp_path: Path) -> None:
     elf = tmp_path / "a.elf"
     elf.write_bytes(b"\x7fELF")
     state.save_last_good(elf, LastGood(sha256="x"))
-    assert state.last_good() == LastGood(sha256="x")
+    assert state.last_good() == LastGood(sha256="x", elf="last-good-x.elf")
     state.last_good_elf.unlink()
     assert state.last_good() is None
+
+
+def test_a_last_good_save_cut_before_its_one_rename_leaves_the_previous_one_whole(tmp_path: Path) -> None:
+    state = StateDir(tmp_path)
+    state.prepare()
+    old, new = tmp_path / "a.elf", tmp_path / "b.elf"
+    old.write_bytes(b"\x7fELF old")
+    new.write_bytes(b"\x7fELF new")
+    state.save_last_good(old, LastGood(sha256="a" * 64))
+    # A save of "b" that stopped after its ELF was in place, before last-good.json was renamed in:
+    (tmp_path / f"last-good-{'b' * 64}.elf").write_bytes(new.read_bytes())
+    good = state.last_good()
+    assert good is not None and good.sha256 == "a" * 64
+    assert state.last_good_elf.read_bytes() == b"\x7fELF old"
+    state.prepare()  # the next start removes the ELF no record names
+    assert [path.name for path in tmp_path.glob("last-good*.elf")] == [f"last-good-{'a' * 64}.elf"]
+    state.save_last_good(new, LastGood(sha256="b" * 64))  # one rename switches both together
+    assert state.last_good_elf.read_bytes() == b"\x7fELF new"
+    assert [path.name for path in tmp_path.glob("last-good*.elf")] == [f"last-good-{'b' * 64}.elf"]
+
+
+def test_a_last_good_record_of_an_older_flasher_still_names_last_good_elf(tmp_path: Path) -> None:
+    state = StateDir(tmp_path)
+    state.prepare()
+    (tmp_path / "last-good.elf").write_bytes(b"\x7fELF legacy")
+    (tmp_path / "last-good.json").write_text('{"sha256": "' + "c" * 64 + '"}')
+    state.prepare()
+    assert state.last_good() is not None and state.last_good_elf.read_bytes() == b"\x7fELF legacy"

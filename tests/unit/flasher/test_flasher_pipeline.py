@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 from flasher_unit_support import ELF_DIR
 
+from x8manager.flasher import pipeline
 from x8manager.flasher.elfcheck import SketchRejected
 from x8manager.flasher.lock import h7_lock
 from x8manager.flasher.pipeline import Flasher, FlashResult, Outcome
-from x8manager.flasher.records import FlashRecord, InProgress, SketchRef
+from x8manager.flasher.records import FlashRecord, HealthCheck, InProgress, SketchRef
 
 GOOD = (ELF_DIR / "sketch-ok.elf").read_bytes()
 GOOD_2 = (ELF_DIR / "sketch-ok-2.elf").read_bytes()
@@ -153,12 +154,14 @@ def test_recovery_without_anything_to_restore_says_so(flasher: Flasher, standin_
 
 
 def _flash_awaiting_health(flasher: Flasher, data: bytes) -> Outcome:
-    """A flash a health check follows (``promote=False``), the process then gone before the verdict."""
+    """The write of a flash a health check follows, the process then gone before the verdict."""
     job = flasher.admit(data, source="request", origin="test")
 
     async def locked() -> Outcome:
         async with h7_lock(flasher.settings.lock_path, "test", wait_limit=10):
-            return await flasher.flash_locked(job, promote=False)
+            return await flasher._flash_locked(
+                job, None, check=HealthCheck(method="ping"), previous=flasher.state.last_good()
+            )
 
     return asyncio.run(locked())
 
@@ -167,7 +170,7 @@ def test_a_flash_awaiting_its_health_check_keeps_the_transaction_open(
     flasher: Flasher, standin_env: Path
 ) -> None:
     assert _flash(flasher, GOOD).ok
-    assert _flash_awaiting_health(flasher, GOOD_2).ok
+    assert _flash_awaiting_health(flasher, GOOD_2).result is FlashResult.WRITTEN
     marker = flasher.state.read_marker()
     assert marker is not None and marker.awaiting_health and marker.openocd_pid is None
     assert json.loads(flasher.state.marker_path.read_text())["phase"] == "health"
@@ -187,7 +190,7 @@ def test_a_flash_awaiting_its_health_check_keeps_the_transaction_open(
 def test_a_health_check_left_open_without_a_last_good_sketch_says_what_runs(
     flasher: Flasher, standin_env: Path
 ) -> None:
-    assert _flash_awaiting_health(flasher, GOOD_2).ok
+    assert _flash_awaiting_health(flasher, GOOD_2).result is FlashResult.WRITTEN
     outcome = asyncio.run(flasher.recover())
     assert outcome is not None and outcome.result is FlashResult.FAILED
     assert f"the M4 runs sketch {hashlib.sha256(GOOD_2).hexdigest()[:12]}" in outcome.reason
@@ -210,3 +213,23 @@ def test_outcomes_carry_journal_fields(
     assert final["FLASH_RESULT"] == "success"
     assert final["SKETCH_SHA256"] == outcome.record.sketch.sha256
     assert final["OPENOCD_EXIT"] == 0 and final["FLASH_ATTEMPTS"] == 1 and final["FLASH_SOURCE"] == "manual"
+
+
+def test_a_health_check_that_cannot_run_is_a_failed_check_and_the_last_good_sketch_goes_back(
+    flasher: Flasher, standin_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert _flash(flasher, GOOD).ok
+
+    async def broken(_check: HealthCheck) -> None:
+        raise OverflowError("getsockaddrarg: port must be 0-65535.")
+
+    monkeypatch.setattr(pipeline, "run_health_check", broken)
+    events: list[str] = []
+    job = flasher.admit(GOOD_2, source="request", origin="test")
+    check = HealthCheck(method="ping")
+    outcome = asyncio.run(flasher.flash_checked(job, check, lambda event, **_: events.append(event)))
+    assert outcome.result is FlashResult.UNHEALTHY and "could not run" in outcome.reason, outcome.reason
+    assert events == ["flashing", "health", "rollback"]
+    assert _chip(standin_env)["sha256"] == hashlib.sha256(GOOD).hexdigest()
+    assert flasher.state.last_good_elf.read_bytes() == GOOD
+    assert not flasher.state.marker_path.exists() and list(flasher.state.spool.iterdir()) == []

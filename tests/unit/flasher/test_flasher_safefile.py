@@ -22,9 +22,9 @@ GOOD = (ELF_DIR / "sketch-ok.elf").read_bytes()
 
 
 @contextlib.contextmanager
-def _reading(flasher: Flasher, path: Path, unblock: Path | int | None = None) -> Iterator[
-    concurrent.futures.Future[bytes]
-]:
+def _reading(
+    flasher: Flasher, path: Path, unblock: Path | int | None = None
+) -> Iterator[concurrent.futures.Future[bytes]]:
     pool = concurrent.futures.ThreadPoolExecutor(1)
     future = pool.submit(flasher.snapshot, path)
     try:

@@ -202,3 +202,13 @@ def test_a_float_argument_goes_out_as_float32_and_a_double_as_float64() -> None:
             "92ca3fc00000cb3ff8000000000000")
 
     run_with_m4(scenario)
+
+
+def test_rpc_set_timeout_is_one_value_for_every_thread() -> None:
+    async def scenario(m4: VirtualM4, link: MemoryLink) -> None:
+        m4.set_timeout(10)
+        results = await asyncio.gather(*(m4.thread(i).call("nobody") for i in (0, 9)))
+        assert results == [None, None]
+        assert m4.thread(0).timed_out and m4.thread(9).timed_out
+
+    run_with_m4(scenario)

@@ -137,3 +137,21 @@ def test_a_reply_written_together_with_a_call_is_dispatched_as_a_call_and_halts(
         assert await link.messages(1) == [[1, 1, None, 3]]  # the call before it was answered
 
     run_with_m4(scenario)
+
+
+def test_a_message_written_one_byte_per_write_never_reaches_the_sketch() -> None:
+    async def scenario(m4: VirtualM4, link: MemoryLink) -> None:
+        for byte in request(1, "add", 1, 2):
+            link.send(bytes([byte]))  # each write is an RPMsg message of its own
+        link.send(request(2, "add", 2, 2))
+        assert await link.messages(1) == [[1, 2, None, 4]]
+        assert not m4.halted and [c.params for c in m4.calls_received] == [[2, 2]]
+
+    run_with_m4(scenario)
+
+
+def test_the_h7_hello_is_swallowed_at_start_and_after_each_reset() -> None:
+    m4 = VirtualM4(demo=False)
+    assert m4.stats.hellos_swallowed == 1
+    m4.reset()
+    assert m4.stats.hellos_swallowed == 2 and m4.stats.resets == 1

@@ -417,6 +417,9 @@ def check_expected_methods(host: Host, options: Options) -> Finding:
 
 # --- apps ----------------------------------------------------------------------------------
 
+# A method the M4 called in vain this recently (or holds a call of now): the sketch keeps calling it.
+RECENT_CALL_SECONDS = 600.0
+
 # The x8-apps lint rules about reaching the proxy and being reached by it.
 APP_RULES = ("X8101", "X8102", "X8103", "X8104", "X8105", "X8106")
 
@@ -457,13 +460,40 @@ def check_apps(host: Host, options: Options) -> Finding:
     return _ok("apps", "wiring", f"{len(files)} compose app(s): proxy host mapping and ports can work")
 
 
+def _called_in_vain(name: str, entry: dict[str, object]) -> str:
+    held = f", {entry['held']} held now" if entry.get("held") else ""
+    return f"{name!r} ({entry.get('calls', 0)} call(s), the last {entry.get('seconds_ago', '?')} s ago{held})"
+
+
+def check_unprovided_methods(host: Host, options: Options) -> Finding:
+    found = probe.unprovided(options.host, options.register_port, options.timeout)
+    if isinstance(found, str):
+        return Finding("apps", "providers", Status.SKIPPED,
+                       f"cannot ask the proxy what the M4 called: {found}")
+    called = {name: entry for name, entry in found.items() if entry.get("calls")}
+    recent = sorted(name for name, entry in called.items()
+                    if entry.get("held") or float(entry.get("seconds_ago") or 0) <= RECENT_CALL_SECONDS)
+    fix = ("start the app that provides it (x8-apps status): a service registers it on port "
+           f"{options.register_port} (register(PORT, ['NAME'])), a Bridge app calls bridge.provide('NAME', "
+           "handler); x8-trace --method NAME shows the calls")
+    if recent:
+        named = ", ".join(_called_in_vain(name, called[name]) for name in recent)
+        return _problem("apps", "providers", f"the sketch calls {named}, which no Linux app provides: "
+                                             "these calls get no reply (held a while, then dropped)", fix)
+    if called or found:
+        named = ", ".join(sorted(found))
+        return Finding("apps", "providers", Status.WARNING,
+                       f"the sketch called or notified {named} earlier, which no Linux app provides", fix)
+    return _ok("apps", "providers", "every method the sketch called has a provider")
+
+
 Check = Callable[[Host, Options], Finding]
 CHECKS: dict[str, tuple[Check, ...]] = {
     "h7": (check_h7_programmer, check_modules, check_firmware, check_device),
     "proxy": (check_proxy_running, check_proxy_ports, check_router_socket, check_proxy_journal,
               check_registry),
     "sketch": (check_last_flash, check_sketch_answers, check_expected_methods),
-    "apps": (check_apps,),
+    "apps": (check_apps, check_unprovided_methods),
 }
 assert tuple(CHECKS) == LAYERS
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from x8manager.rpc.framing import Response, StreamDecoder, pack_request
 
-__all__ = ["CallOutcome", "call", "dial", "registry"]
+__all__ = ["CallOutcome", "call", "dial", "registry", "unprovided"]
 
 # A name no sketch binds: a running sketch with RPC.begin() answers rpclib's "could not find
 # function" at once, so any answer at all proves the whole path up to the sketch works.
@@ -63,6 +63,17 @@ def registry(host: str, port: int, timeout: float) -> dict[str, int] | str:
     if not isinstance(outcome.result, dict):
         return "the proxy's 'list' reply is not a table (Arduino's m4_proxy has no 'list')"
     return {str(name): int(value) for name, value in outcome.result.items() if isinstance(value, int)}
+
+
+def unprovided(host: str, port: int, timeout: float) -> dict[str, dict[str, Any]] | str:
+    """``unprovided`` on the register port: the methods the M4 called that no Linux program
+    provides (name -> counts), or why it could not be had."""
+    outcome = _exchange(host, port, pack_request(1, "unprovided", []), timeout, close_after=False)
+    if not outcome.answered:
+        return outcome.reason
+    if outcome.error is not None or not isinstance(outcome.result, dict):
+        return "this proxy does not report the methods the M4 called in vain"
+    return {str(name): entry for name, entry in outcome.result.items() if isinstance(entry, dict)}
 
 
 def dial(host: str, port: int, timeout: float) -> bool:

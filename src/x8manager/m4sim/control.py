@@ -6,6 +6,9 @@ Served by :class:`~x8manager.rpc.RpcService` on ``tcp:HOST:PORT`` or ``unix:PATH
 - ``call(name, args[, timeout_ms])``: an ``RPC.call`` from an idle sketch thread with
   ``RPC.setTimeout(timeout_ms)`` (default: ``m4-sim --call-timeout``); the result, nil after an error
   reply (the text is lost, as on the M4), an error when the call timed out;
+- ``thread_calls(index, calls[, timeout_ms])``: ``calls`` (``[[name, args], ...]``) one after the other
+  from sketch thread *index* (0..9, its one fixed msgid) with ``RPC.setTimeout(timeout_ms)`` (none: wait
+  forever); ``[[result, timed_out], ...]``, a timed-out call's result nil, as the sketch sees it;
 - ``call_as(type, name, args[, timeout_ms])``: the same with ``.as<type>()`` (a C++ type name): on nil
   or a wrong type the virtual M4 halts, as a real one does;
 - ``notify(name, args)``, ``serial_write(data)``, ``serial_println(text)``, ``print_raw(text)``: output;
@@ -53,6 +56,15 @@ def control_methods(m4: VirtualM4, call_timeout_ms: int = DEFAULT_CALL_TIMEOUT_M
             raise ValueError(f"no reply from Linux to {name!r} within {wait} ms (RPC.timedOut())")
         return result
 
+    async def thread_calls(index: int, calls: list[list[Any]],
+                           timeout_ms: int | None = None) -> list[list[Any]]:
+        thread = m4.thread(index)
+        thread.set_timeout(timeout_ms)
+        answers: list[list[Any]] = []
+        for name, args in calls:
+            answers.append([await thread.call(name, *args), thread.timed_out])
+        return answers
+
     async def call_as(kind: str, name: str, args: list[Any], timeout_ms: int | None = None) -> Any:
         thread = m4.idle_thread()
         thread.set_timeout(call_timeout_ms if timeout_ms is None else timeout_ms)
@@ -95,7 +107,7 @@ def control_methods(m4: VirtualM4, call_timeout_ms: int = DEFAULT_CALL_TIMEOUT_M
         "call": call, "call_as": call_as, "notify": notify, "serial_write": serial_write,
         "serial_println": serial_println, "serial_read": serial_read, "print_raw": print_raw,
         "bind_echo": bind_echo, "calls_received": calls_received, "stats": stats, "bound": bound,
-        "sketch": sketch, "reset": reset,
+        "sketch": sketch, "reset": reset, "thread_calls": thread_calls,
     }
     return {name: _plain_errors(fn) for name, fn in methods.items()}
 

@@ -60,7 +60,9 @@ def packb(value: Any) -> bytes:
         return _header(len(value), 0x90, b"\xdc") + b"".join(packb(item) for item in value)
     if isinstance(value, dict):
         return _header(len(value), 0x80, b"\xde") + b"".join(packb(k) + packb(v) for k, v in value.items())
-    packed: bytes = msgpack.packb(value, use_bin_type=True)
+    # A C++ std::string holds bytes: a name that is not UTF-8 (kept as surrogate escapes) goes out
+    # as the bytes it came as.
+    packed: bytes = msgpack.packb(value, use_bin_type=True, unicode_errors="surrogateescape")
     return packed
 
 

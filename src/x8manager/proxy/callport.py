@@ -281,7 +281,7 @@ class CallConnection:
         if isinstance(message, Request):
             self._call_m4(message, raw)
         elif isinstance(message, Notification):
-            self._context.m4.notify(raw, f"call port: notification {message.method!r} from {self._peer}")
+            self._context.m4.notify(raw)
             self._answer(None)
         else:
             limited_log.warning("call-response", "call port: %s sent a response; only requests and "

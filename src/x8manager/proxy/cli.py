@@ -15,7 +15,13 @@ from typing import Any
 
 from x8manager.common.logs import setup_logging
 from x8manager.common.systemd import notify_ready, notify_stopping
-from x8manager.proxy.core import DEFAULT_CALL_TIMEOUT, DEFAULT_SERVICE_TIMEOUT, M4Proxy, ProxyConfig
+from x8manager.proxy.core import (
+    DEFAULT_CALL_TIMEOUT,
+    DEFAULT_HOLD_CALLS,
+    DEFAULT_SERVICE_TIMEOUT,
+    M4Proxy,
+    ProxyConfig,
+)
 from x8manager.proxy.link import StartupError
 
 __all__ = ["build_parser", "main"]
@@ -41,6 +47,13 @@ def _seconds(text: str) -> float:
     value = float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{text}: must be a positive number of seconds")
+    return value
+
+
+def _seconds_or_zero(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text}: must be 0 or a positive number of seconds")
     return value
 
 
@@ -80,7 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: close without a reply, as the original proxy)")
     parser.add_argument("--m4-error-replies", action="store_true",
                         help="answer M4 calls to unregistered methods or unreachable services with an "
-                             "error reply (default: drop them, as the original proxy)")
+                             "error reply at once (default: no reply, as the original proxy; an error "
+                             "reply halts a sketch that calls .as<T>() on the result)")
+    parser.add_argument("--hold-calls", type=_seconds_or_zero, default=DEFAULT_HOLD_CALLS, metavar="S",
+                        help="hold an M4 call for a method nobody provides yet this long for an app to "
+                             "provide it (default %(default)s; 0 drops it at once, as the original proxy)")
     parser.add_argument("--registry-file", default=None, metavar="FILE",
                         help="keep the registry in FILE so a restarted proxy still knows the services "
                              "(e.g. /run/m4-proxy/registry.json; default: memory only, as the original)")
@@ -168,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         service_timeout=args.service_timeout,
         timeout_error_reply=args.timeout_error_reply,
         m4_error_replies=args.m4_error_replies,
+        hold_calls=args.hold_calls,
         registry_file=args.registry_file,
         router_socket=args.router_socket,
         router_socket_group=args.router_socket_group or None,

@@ -27,6 +27,7 @@ from x8manager.proxy.pending import PendingCalls
 from x8manager.proxy.ratelimit import RateLimitedLog
 from x8manager.rpc.framing import (
     M4_MAX_MESSAGE,
+    M4_MAX_SEND,
     Frame,
     InvalidMessage,
     Response,
@@ -37,7 +38,8 @@ from x8manager.rpc.framing import (
 if TYPE_CHECKING:
     from x8manager.proxy.tap import Tap
 
-__all__ = ["M4CallFailed", "M4Port", "M4Stats", "TooLarge"]
+__all__ = ["CALL_PORT", "MONITOR", "REGISTER_PORT", "ROUTER_FRONT", "M4CallFailed", "M4Port", "M4Stats",
+           "TooLarge"]
 
 log = logging.getLogger(__name__)
 # Lines a Linux peer's messages can cause (a notification lost while the M4 does not read).
@@ -50,6 +52,12 @@ M4_DECODER_BUFFER: Final = 8 * 1024
 STALE_PARTIAL_AFTER: Final = 0.5
 # Distinct call waits (one per front, as configured) kept as queues even while empty.
 MAX_WAIT_QUEUES: Final = 8
+
+# The fronts, as the trace and the logs name them.
+CALL_PORT: Final = "call port"
+REGISTER_PORT: Final = "register port"  # the M4's calls to a service registered there
+ROUTER_FRONT: Final = "router front"
+MONITOR: Final = "monitor"
 
 
 class M4CallFailed(Exception):
@@ -218,7 +226,7 @@ class M4Port:
         self.call_timeout = call_timeout
         self.stats = M4Stats()
         self.pending = PendingCalls()
-        self._decoder = StreamDecoder(M4_DECODER_BUFFER)
+        self._decoder = StreamDecoder(M4_DECODER_BUFFER, max_message=M4_MAX_SEND)
         self._last_data = 0.0
         self._on_frame: FrameHandler | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -253,7 +261,7 @@ class M4Port:
     # -- Linux → M4 ---------------------------------------------------------------------------
 
     def call(self, raw: bytes, done: CallDone, *, timeout: float | None = None,
-             front: str = "call port", app: str = "") -> Callable[[], None]:
+             front: str = CALL_PORT, app: str = "") -> Callable[[], None]:
         """Send the raw request *raw* with a wire msgid; *done* gets the outcome, once.
 
         *front* and *app* name the caller in the trace.
@@ -295,32 +303,36 @@ class M4Port:
             self.tap.call_sent(wire, wire_msgid, caller_msgid, front, app)
         return call.cancel
 
-    def notify(self, raw: bytes, what: str) -> None:
-        """Send a raw notification; *what* names its sender in the log if it is lost."""
+    def notify(self, raw: bytes, *, front: str = CALL_PORT, app: str = "") -> None:
+        """Send a raw notification; *front* and *app* name its sender (trace, and the log if lost)."""
         if len(raw) > self.max_message:
             limited_log.warning("m4-too-large", "%s: notification is %d bytes, over the M4 link limit of %d; "
-                                "dropped", what, len(raw), self.max_message)
+                                "dropped", _sender(front, app), len(raw), self.max_message)
             if self.tap is not None:
-                self.tap.notification_sent(raw, what, "over the M4 link limit: dropped")
+                self.tap.notification_sent(raw, front, app, "over the M4 link limit: dropped")
             return
         if self.tap is not None:
-            self.tap.notification_sent(raw, what)
-        self._send(raw, what)
+            self.tap.notification_sent(raw, front, app)
+        try:
+            written = self.link.send(raw)
+        except LinkDown as exc:
+            limited_log.warning("m4-lost", "%s: notification lost: %s", _sender(front, app), exc)
+            return
+        if written is not None:
+            written.add_done_callback(
+                lambda done: _log_lost(done, f"{_sender(front, app)}: notification lost"))
 
     def reply(self, raw: bytes) -> None:
         """Send a reply to one of the M4's calls (its size is the caller's concern)."""
         if self.tap is not None:
             self.tap.reply_to_m4(raw)
-        self._send(raw, "reply to the M4")
-
-    def _send(self, raw: bytes, what: str) -> None:
         try:
             written = self.link.send(raw)
         except LinkDown as exc:
-            limited_log.warning("m4-lost", "%s lost: %s", what, exc)
+            limited_log.warning("m4-lost", "reply to the M4 lost: %s", exc)
             return
         if written is not None:
-            written.add_done_callback(lambda done: _log_lost(done, f"{what} lost"))
+            written.add_done_callback(lambda done: _log_lost(done, "reply to the M4 lost"))
 
     # -- M4 → Linux ---------------------------------------------------------------------------
 
@@ -382,16 +394,21 @@ class M4Port:
 
     def _on_m4_frame(self, frame: Frame) -> None:
         message = frame.message
-        if self.tap is not None:
-            self.tap.from_m4(frame)
         if isinstance(message, Response):
+            if self.tap is not None:
+                self.tap.reply_from_m4(frame, message)
             if not self.pending.resolve(message.msgid, frame.raw):
                 self.stats.late_replies += 1
                 log.info("M4 reply for msgid %d dropped: no caller waits for it (late or unsolicited)",
                          message.msgid)
             return
+        # Its calls and notifications are traced by the handler, which knows where they go.
         assert self._on_frame is not None
         self._on_frame(frame)
+
+
+def _sender(front: str, app: str) -> str:
+    return f"{front} ({app})" if app else front
 
 
 def _log_lost(done: asyncio.Future[None], what: str) -> None:

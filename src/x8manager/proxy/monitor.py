@@ -81,7 +81,7 @@ class _MonitorClient(asyncio.Protocol):
 class MonitorPort:
     """The monitor listener, its clients, and the journal fallback."""
 
-    def __init__(self, send_to_m4: Callable[[bytes, str], None]) -> None:
+    def __init__(self, send_to_m4: Callable[[bytes], None]) -> None:
         self._send_to_m4 = send_to_m4
         self._limited = RateLimitedLog(log, burst=CLIENT_LOG_BURST)
         self._clients: set[_MonitorClient] = set()
@@ -174,7 +174,7 @@ class MonitorPort:
         for start in range(0, len(data), INPUT_CHUNK):
             chunk = data[start:start + INPUT_CHUNK]
             packed: bytes = msgpack.packb([2, "tty", [chunk]], use_bin_type=True)
-            self._send_to_m4(packed, "monitor: input for the sketch")
+            self._send_to_m4(packed)
 
     async def close(self) -> None:
         self._flush_line()

@@ -6,12 +6,18 @@ with the msgid in Go's smallest signed form, its error texts, and its log line. 
 the original (unknown methods, str8/bin names, non-string names, short arrays) is answered
 with an error reply instead. Unlike the original, a name a live service holds is not taken
 over by another port (see :mod:`.routing`): that registration gets an error reply.
+
+Our additions: ``list``/``registry`` (the legacy names, name → port) and ``unprovided`` (the
+methods the M4 called that no Linux program provides, see :meth:`.dispatch.M4Dispatcher.unprovided`;
+``x8-doctor`` reads it). The listeners and connection limits are :mod:`.registerport`'s.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import msgpack
@@ -28,13 +34,16 @@ from x8manager.rpc.framing import (
     raw_error_reply,
 )
 
-__all__ = ["INTROSPECTION_METHODS", "handle_register_connection", "handle_register_message"]
+__all__ = ["INTROSPECTION_METHODS", "UNPROVIDED_METHOD", "RegisterContext", "handle_register_connection",
+           "handle_register_message"]
 
 log = logging.getLogger(__name__)
 
 REGISTER_METHOD: Final = "register"
 # Introspection: the registry as a map name → port (our addition; the original has none).
 INTROSPECTION_METHODS: Final = ("list", "registry")
+# What the M4 called that nobody provides: name → counts (our addition, for x8-doctor).
+UNPROVIDED_METHOD: Final = "unprovided"
 READ_CHUNK: Final = 64 * 1024
 # A register message is a port and a list of names; nothing legitimate comes near this.
 MAX_REGISTER_MESSAGE: Final = 64 * 1024
@@ -72,6 +81,18 @@ def _reply_error(msgid: int, text: str) -> bytes:
     return raw_error_reply(go_pack_int(msgid), text)
 
 
+def _nothing_unprovided() -> dict[str, dict[str, Any]]:
+    return {}
+
+
+@dataclass
+class RegisterContext:
+    """What the register port needs: the routing table, and what the M4 called in vain."""
+
+    table: RoutingTable
+    unprovided: Callable[[], dict[str, dict[str, Any]]] = field(default=_nothing_unprovided)
+
+
 class RegisterError(ValueError):
     """A register call the proxy refuses; the text goes back to the caller."""
 
@@ -97,8 +118,9 @@ def _parse_register(params: list[Any]) -> tuple[int, list[str]]:
     return port, decoded
 
 
-async def handle_register_message(value: Any, table: RoutingTable, peer: object = None) -> bytes | None:
+async def handle_register_message(value: Any, context: RegisterContext, peer: object = None) -> bytes | None:
     """Act on one decoded object from the register port; return the reply bytes, if any."""
+    table = context.table
     try:
         message = parse_message(value)
     except InvalidMessage as exc:
@@ -123,12 +145,16 @@ async def handle_register_message(value: Any, table: RoutingTable, peer: object 
             return None
         encoded: bytes = msgpack.packb(table.snapshot(), use_bin_type=True)
         return _reply_ok(msgid, encoded)
+    if message.method == UNPROVIDED_METHOD:
+        if msgid is None:
+            return None
+        return _reply_ok(msgid, msgpack.packb(context.unprovided(), use_bin_type=True))
     log.warning("register port: unknown method %r", message.method)
     return None if msgid is None else _reply_error(msgid, f"'{message.method}' method not found")
 
 
 async def handle_register_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                                     table: RoutingTable) -> None:
+                                     context: RegisterContext) -> None:
     """Serve one persistent connection: any number of messages until the peer closes.
 
     A peer that goes quiet for :data:`IDLE_TIMEOUT` is closed (a registration takes one
@@ -149,7 +175,7 @@ async def handle_register_connection(reader: asyncio.StreamReader, writer: async
                 if not isinstance(item.value, list):
                     log.warning("msgpack: Invalid message format (not an array) from %s", peer)
                     continue
-                reply = await handle_register_message(item.value, table, peer)
+                reply = await handle_register_message(item.value, context, peer)
                 if reply is not None:
                     writer.write(reply)
                     if transport.get_write_buffer_size() > UNREAD_REPLIES:

@@ -74,7 +74,7 @@ from x8manager import __version__
 from x8manager.common.net import unix_socket_listening
 from x8manager.common.systemd import ListenFd, ListenFdsError, adopt_socket
 from x8manager.proxy.link import StartupError
-from x8manager.proxy.m4port import M4CallFailed, M4Port, TooLarge
+from x8manager.proxy.m4port import ROUTER_FRONT, M4CallFailed, M4Port, TooLarge
 from x8manager.proxy.ratelimit import RateLimitedLog, shown
 from x8manager.proxy.routing import (
     ERR_FAILED_TO_SEND,
@@ -298,7 +298,7 @@ class RouterConnection(asyncio.Protocol):
         for forwarded in served.values():
             forwarded.timer.cancel()
             forwarded.done(ProviderFailed(
-                ERR_FAILED_TO_SEND, f"failed to send request: {self.label} disconnected", answer_m4=True))
+                ERR_FAILED_TO_SEND, f"failed to send request: {self.label} disconnected"))
         for task in self._tasks:
             task.cancel()
 
@@ -425,7 +425,7 @@ class RouterConnection(asyncio.Protocol):
             else:
                 withdraw = self._context.m4.call(
                     frame.raw, lambda result: self._m4_done(method, msgid, result),
-                    timeout=self._context.call_timeout, front="router front", app=self.label)
+                    timeout=self._context.call_timeout, front=ROUTER_FRONT, app=self.label)
         except M4CallFailed:
             self._calls.pop(msgid, None)
             raise
@@ -614,7 +614,7 @@ class RouterConnection(asyncio.Protocol):
         if provider is not None:
             provider.notify(frame)
         else:
-            self._context.m4.notify(frame.raw, f"router: {shown(method)} from {self.label}")
+            self._context.m4.notify(frame.raw, front=ROUTER_FRONT, app=self.label)
 
     def _on_response(self, response: Response, frame: Frame) -> None:
         forwarded = self._served.pop(response.msgid, None)
@@ -636,7 +636,7 @@ class RouterConnection(asyncio.Protocol):
         if not self._fits(frame.raw):
             assert self.max_message is not None
             code, text = _too_large(self.max_message)
-            done(ProviderFailed(code, text, answer_m4=True))
+            done(ProviderFailed(code, text))
             return _not_started
         msgid = self._new_id()
         raw, caller_msgid = replace_msgid(frame.raw, _packb(msgid))
@@ -645,8 +645,7 @@ class RouterConnection(asyncio.Protocol):
         def timed_out() -> None:
             if self._served.pop(msgid, None) is not None:
                 self._send(pack_notification("$/cancelRequest", [msgid]))
-                done(ProviderFailed(ERR_GENERIC, f"no reply from {self.label} within {wait:g} s",
-                                    answer_m4=True))
+                done(ProviderFailed(ERR_GENERIC, f"no reply from {self.label} within {wait:g} s"))
 
         self._served[msgid] = _Forwarded(caller_msgid, done, loop.call_later(wait, timed_out))
         self._send(raw)

@@ -27,7 +27,7 @@ import asyncio
 import json
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Final, Protocol
 
 from x8manager.proxy.ratelimit import RateLimitedLog, shown
@@ -78,12 +78,10 @@ ERR_OVER_SIZE_LIMIT: Final = 6
 class ProviderFailed(Exception):
     """A provider gave no reply: it is gone, unreachable or too slow. ``code`` is the router's."""
 
-    def __init__(self, code: int, text: str, *, answer_m4: bool) -> None:
+    def __init__(self, code: int, text: str) -> None:
         super().__init__(text)
         self.code = code
         self.text = text
-        # Router semantics answer every call; the legacy path answers only with --m4-error-replies.
-        self.answer_m4 = answer_m4
 
 
 # Gets the provider's response (its raw bytes carry the caller's msgid) or why there is none.
@@ -124,19 +122,14 @@ class LegacyService:
 
         def finished(result: Frame | ServiceCallFailed) -> None:
             if isinstance(result, ServiceCallFailed):
-                done(ProviderFailed(ERR_FAILED_TO_SEND, str(result), answer_m4=False))
+                done(ProviderFailed(ERR_FAILED_TO_SEND, str(result)))
             else:
                 done(result)
 
-        self.link.start_call(frame, frame.message.msgid, wait=wait, done=finished)
-        return _nothing
+        return self.link.start_call(frame, wait=wait, done=finished)
 
     def notify(self, frame: Frame) -> None:
         self.link.notify(frame.raw)
-
-
-def _nothing() -> None:
-    """Withdrawing a legacy call: the service link's own timeout ends it."""
 
 
 async def is_listening(port: int) -> bool | None:
@@ -294,6 +287,8 @@ class RoutingTable:
         self._limited = RateLimitedLog(log)
         self._route_log = RateLimitedLog(log, burst=ROUTE_LOG_BURST)
         self._file = RegistryFile(registry_file) if registry_file is not None else None
+        # Told each name that gains a provider, on either front (the M4's held calls wait for it).
+        self.on_route_added: list[Callable[[str], None]] = []
         if self._file is not None:
             self._ports = self._file.load()
             if self._ports:
@@ -365,7 +360,13 @@ class RoutingTable:
             self._save()
             if accepted:
                 self._check_soon(port, sorted(accepted), peer)
+                self._added(accepted)
         return refused
+
+    def _added(self, names: Iterable[str]) -> None:
+        for name in names:
+            for callback in self.on_route_added:
+                callback(name)
 
     @property
     def checks_pending(self) -> int:
@@ -451,6 +452,7 @@ class RoutingTable:
         self._routes[name] = provider
         self._provided.setdefault(provider, set()).add(name)
         self._route_log.info("routes", "router: %s provides %s", provider.label, shown(name))
+        self._added((name,))
 
     def remove_route(self, name: str, provider: Provider) -> bool:
         """``$/unregister``; False if *provider* does not hold *name*."""

@@ -1,11 +1,13 @@
 """M4→Linux traffic: forward the M4's calls and notifications to local services.
 
 Like the original, a service is reached at ``127.0.0.1:<registered port>`` and receives the
-M4's raw bytes unchanged. Unlike the original:
+M4's raw bytes (a call's msgid excepted, see below). Unlike the original:
 
-- the connection to a service is kept open and shared by the M4's calls (replies matched by
-  msgid; rpclib's msgids are the calling threads' ids, unique while a call is in flight) and
-  notifications (written in the order the M4 sent them), so a call costs no TCP set-up;
+- the connection to a service is kept open and shared by the M4's calls and notifications
+  (written in the order the M4 sent them), so a call costs no TCP set-up. Each call goes out
+  with a msgid of the link's own (same encoding and length as the M4's thread id), matched on
+  the reply and swapped back: rpclib uses one msgid per sketch thread, call after call, so the
+  late reply to a call the thread gave up on must not match its next one;
 - a call finishes as soon as its reply has arrived (no 100 ms idle wait), is bounded by a
   timeout, and never waits for another call;
 - a service that closes connections after each reply (one call per connection) still works:
@@ -20,9 +22,10 @@ import logging
 from collections.abc import Callable
 from typing import Final, cast
 
-from x8manager.rpc.framing import Frame, Response, StreamDecoder
+from x8manager.proxy.ratelimit import RateLimitedLog
+from x8manager.rpc.framing import MAX_MSGID, Frame, InvalidMessage, Response, StreamDecoder, replace_msgid
 
-__all__ = ["CallDone", "ServiceCallFailed", "ServiceLink", "call_service"]
+__all__ = ["CallDone", "ServiceCallFailed", "ServiceLink"]
 
 log = logging.getLogger(__name__)
 
@@ -45,27 +48,6 @@ class ServiceCallFailed(Exception):
 CallDone = Callable[["Frame | ServiceCallFailed"], None]
 
 
-async def call_service(port: int, request: Frame, *, wait: float) -> Frame:
-    """One call on its own connection: send the raw request, return the first complete response."""
-    try:
-        async with asyncio.timeout(wait):
-            reader, writer = await asyncio.open_connection(SERVICE_HOST, port)
-            try:
-                writer.write(request.raw)
-                decoder = StreamDecoder(MAX_SERVICE_REPLY)
-                while data := await reader.read(READ_CHUNK):
-                    for frame in decoder.feed_frames(data):
-                        if isinstance(frame.message, Response):
-                            return frame
-                raise ServiceCallFailed(f"service on port {port} closed the connection without a reply")
-            finally:
-                writer.close()
-    except TimeoutError:
-        raise ServiceCallFailed(f"service on port {port} did not answer within {wait:g} s") from None
-    except OSError as exc:
-        raise ServiceCallFailed(f"service on port {port}: {exc.strerror or exc}") from exc
-
-
 class _Connection(asyncio.Protocol):
     """One open connection to a service and the calls waiting for a reply on it.
 
@@ -73,8 +55,9 @@ class _Connection(asyncio.Protocol):
     ``data_received`` directly, with no reader task to wake per read.
     """
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, limited_log: RateLimitedLog) -> None:
         self.port = port
+        self._limited_log = limited_log
         loop = asyncio.get_running_loop()
         self.waiting: dict[int, asyncio.Future[Frame]] = {}
         self.last_used = loop.time()
@@ -100,8 +83,9 @@ class _Connection(asyncio.Protocol):
             if future is not None and not future.done():
                 future.set_result(frame)
             else:
-                log.info("service on port %d answered msgid %d, which nobody waits for",
-                         self.port, frame.message.msgid)
+                # A reply to a call its caller gave up on (or a service's own garbage).
+                self._limited_log.info("late", "service on port %d answered msgid %d, which nobody waits for",
+                                       self.port, frame.message.msgid)
 
     def eof_received(self) -> bool:
         return False  # the service closed its side: close ours too
@@ -145,8 +129,58 @@ class _Connection(asyncio.Protocol):
             self._transport.close()
 
 
+class _ServiceCall:
+    """One M4 call on its way to a service: its raw request with our msgid, and its outcome."""
+
+    __slots__ = ("caller_msgid", "deadline", "done", "raw", "stop", "wait", "wire_msgid")
+
+    def __init__(self, raw: bytes, wire_msgid: int, caller_msgid: bytes, *, wait: float, deadline: float,
+                 done: CallDone) -> None:
+        self.raw = raw
+        self.wire_msgid = wire_msgid
+        self.caller_msgid = caller_msgid
+        self.wait = wait
+        self.deadline = deadline
+        self.done: CallDone | None = done  # None once finished or withdrawn
+        self.stop: Callable[[], object] = _nothing  # cancels what the call waits on
+
+    def replied(self, frame: Frame) -> None:
+        """The service's response, given back the caller's msgid bytes."""
+        try:
+            restored, _ = replace_msgid(frame.raw, self.caller_msgid)
+        except InvalidMessage:  # pragma: no cover - the decoder passed it as a response
+            self.finish(ServiceCallFailed("the service's reply is unusable"))
+            return
+        self.finish(Frame(frame.message, restored))
+
+    def finish(self, result: Frame | ServiceCallFailed) -> None:
+        done, self.done = self.done, None
+        if done is not None:
+            done(result)
+
+    def withdraw(self) -> None:
+        """The caller gave up: no outcome is delivered, a late reply finds nobody waiting."""
+        if self.done is not None:
+            self.done = None
+            self.stop()
+
+
+def _nothing() -> None:
+    """Nothing to stop yet."""
+
+
+def _wire_msgid(msgid: int) -> bytes:
+    """Our msgid as msgpack-c writes the M4's thread ids (``ce`` + 4 bytes): same length on the wire."""
+    return b"\xce" + msgid.to_bytes(4, "big")
+
+
 class ServiceLink:
-    """The kept-open connection to the service on one port, shared by calls and notifications."""
+    """The kept-open connection to the service on one port, shared by calls and notifications.
+
+    Each call goes to the service with a msgid of the link's own, the caller's put back in the
+    reply: a sketch thread uses one msgid call after call, so a late reply to a call it gave up
+    on would otherwise answer its next call.
+    """
 
     def __init__(self, port: int) -> None:
         self.port = port
@@ -156,6 +190,8 @@ class ServiceLink:
         self._notifier: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()  # calls that had to wait for a connection
         self._closed = False
+        self._next_id = 1
+        self._limited_log = RateLimitedLog(log)  # the service's traffic can cause these lines
 
     async def _connect(self) -> tuple[_Connection, bool]:
         """The open connection, or a new one; the flag says whether it is new."""
@@ -165,99 +201,115 @@ class ServiceLink:
                 return current, False
             if current is not None:
                 current.close()
-            port = self.port
+            port, limited_log = self.port, self._limited_log
             _, connection = await asyncio.get_running_loop().create_connection(
-                lambda: _Connection(port), SERVICE_HOST, port)
+                lambda: _Connection(port, limited_log), SERVICE_HOST, port)
             self._connection = connection
             return connection, True
 
-    def start_call(self, request: Frame, msgid: int, *, wait: float, done: CallDone) -> None:
-        """Send the M4's raw request; *done* gets the response (or the failure) later.
+    def _too_slow(self, call: _ServiceCall) -> ServiceCallFailed:
+        return ServiceCallFailed(f"service on port {self.port} did not answer within {call.wait:g} s")
+
+    def _new_id(self) -> int:
+        msgid = self._next_id
+        self._next_id = (msgid + 1) & MAX_MSGID or 1
+        return msgid
+
+    def start_call(self, request: Frame, *, wait: float, done: CallDone) -> Callable[[], None]:
+        """Send the raw request; *done* gets the response (or the failure) later, once.
+
+        Returns a function that withdraws the call (the caller gave up): *done* is then never
+        called and the service's reply, if it comes, is dropped.
 
         On an open connection this is callbacks only (no task): the request is written at
         once and the reader hands the response over. Otherwise, and for a retry after the
-        service closed the connection under the request, :meth:`call` runs in a task.
+        service closed the connection under the request, :meth:`_call` runs in a task.
         """
         loop = asyncio.get_running_loop()
+        wire_msgid = self._new_id()
+        raw, caller_msgid = replace_msgid(request.raw, _wire_msgid(wire_msgid))
+        call = _ServiceCall(raw, wire_msgid, caller_msgid, wait=wait, deadline=loop.time() + wait, done=done)
         connection = self._connection
-        if (connection is None or not connection.usable or msgid in connection.waiting
-                or self._connecting.locked()):
-            self._call_in_task(request, msgid, wait, loop.time() + wait, done)
-            return
+        if connection is None or not connection.usable or self._connecting.locked():
+            self._call_in_task(call)
+        else:
+            self._send_on(connection, call, loop)
+        return call.withdraw
+
+    def _send_on(self, connection: _Connection, call: _ServiceCall, loop: asyncio.AbstractEventLoop) -> None:
         future: asyncio.Future[Frame] = loop.create_future()
+        msgid = call.wire_msgid
         connection.waiting[msgid] = future
-        deadline = loop.time() + wait
-        timer = loop.call_at(deadline, future.cancel)
+        timer = loop.call_at(call.deadline, future.cancel)
+        call.stop = future.cancel
 
         def answered(future: asyncio.Future[Frame]) -> None:
             timer.cancel()
             if connection.waiting.get(msgid) is future:
                 del connection.waiting[msgid]
             connection.last_used = loop.time()
+            if call.done is None:
+                return  # withdrawn
             if future.cancelled():
-                done(ServiceCallFailed(f"service on port {self.port} did not answer within {wait:g} s"))
+                call.finish(self._too_slow(call))
                 return
             exc = future.exception()
             if exc is None:
-                done(future.result())
+                call.replied(future.result())
             elif isinstance(exc, ConnectionError):
                 # Sent on a connection the service had just closed: once more on a new one.
-                self._call_in_task(request, msgid, wait, deadline, done)
+                self._call_in_task(call)
             else:  # pragma: no cover - the reader sets only responses and ConnectionErrors
-                done(ServiceCallFailed(f"service on port {self.port}: {exc}"))
+                call.finish(ServiceCallFailed(f"service on port {self.port}: {exc}"))
 
         future.add_done_callback(answered)
         try:
-            connection.write(request.raw)
+            connection.write(call.raw)
         except (OSError, RuntimeError) as exc:
             if not future.done():
                 future.set_exception(ConnectionResetError(str(exc)))
 
-    def _call_in_task(self, request: Frame, msgid: int, wait: float, deadline: float, done: CallDone) -> None:
+    def _call_in_task(self, call: _ServiceCall) -> None:
         if self._closed:
-            done(ServiceCallFailed(f"service on port {self.port}: the proxy is stopping"))
+            call.finish(ServiceCallFailed(f"service on port {self.port}: the proxy is stopping"))
             return
 
         async def run() -> None:
-            left = deadline - asyncio.get_running_loop().time()
+            left = call.deadline - asyncio.get_running_loop().time()
             try:
                 if left <= 0:
-                    raise ServiceCallFailed(f"service on port {self.port} did not answer within {wait:g} s")
-                result: Frame | ServiceCallFailed = await self.call(request, msgid, wait=left)
+                    raise self._too_slow(call)
+                await self._call(call, wait=left)
             except ServiceCallFailed as exc:
-                result = exc
-            done(result)
+                call.finish(exc)
 
         task = asyncio.get_running_loop().create_task(run(), name=f"service-call:{self.port}")
+        call.stop = task.cancel
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def call(self, request: Frame, msgid: int, *, wait: float) -> Frame:
-        """Send the M4's raw request; return the service's response with the same msgid."""
+    async def _call(self, call: _ServiceCall, *, wait: float) -> None:
+        """Send the call (reconnecting if need be) and hand its response over."""
         try:
             async with asyncio.timeout(wait):
                 for attempt in (1, 2):
                     connection, fresh = await self._connect()
-                    if msgid in connection.waiting:
-                        # Two M4 calls with one msgid (not rpclib, which uses thread ids): the
-                        # second one gets a connection of its own so the replies cannot mix.
-                        return await call_service(self.port, request, wait=wait)
                     future: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
-                    connection.waiting[msgid] = future
+                    connection.waiting[call.wire_msgid] = future
                     try:
-                        connection.write(request.raw)
+                        connection.write(call.raw)
                         await connection.drain()
-                        return await future
+                        call.replied(await future)
+                        return
                     except ConnectionError:
                         # Sent on a connection the service had just closed: once more on a new one.
                         if fresh or attempt == 2:
                             raise
                     finally:
-                        connection.waiting.pop(msgid, None)
+                        connection.waiting.pop(call.wire_msgid, None)
                         connection.last_used = asyncio.get_running_loop().time()
-                raise AssertionError("unreachable")  # pragma: no cover
         except TimeoutError:
-            raise ServiceCallFailed(f"service on port {self.port} did not answer within {wait:g} s") from None
+            raise self._too_slow(call) from None
         except OSError as exc:
             raise ServiceCallFailed(f"service on port {self.port}: {exc.strerror or exc}") from exc
 
@@ -269,7 +321,8 @@ class ServiceLink:
         try:
             self._notifications.put_nowait(raw)
         except asyncio.QueueFull:
-            log.warning("service on port %d is not keeping up: notification dropped", self.port)
+            self._limited_log.warning("behind", "service on port %d is not keeping up: notification dropped",
+                                      self.port)
 
     async def _deliver_notifications(self) -> None:
         while True:
@@ -287,8 +340,8 @@ class ServiceLink:
                     break
                 except OSError as exc:
                     if fresh or attempt == 2:
-                        log.warning("notification to service on port %d lost: %s",
-                                    self.port, exc.strerror or exc)
+                        self._limited_log.warning("lost", "notification to service on port %d lost: %s",
+                                                  self.port, exc.strerror or exc)
                         break
 
     def _close_if_idle(self) -> None:

@@ -25,7 +25,7 @@ from typing import Any, Final, Protocol, cast
 import msgpack
 
 from x8manager.common.net import unix_socket_listening
-from x8manager.proxy.routing import LegacyService, Provider
+from x8manager.proxy.m4port import CALL_PORT, MONITOR, REGISTER_PORT, ROUTER_FRONT
 from x8manager.rpc.framing import Frame, InvalidMessage, Notification, Request, Response, validate_message
 
 __all__ = [
@@ -44,11 +44,7 @@ log = logging.getLogger(__name__)
 
 LINUX_TO_M4: Final = "Linux->M4"
 M4_TO_LINUX: Final = "M4->Linux"
-# The fronts, as events name them.
-CALL_PORT: Final = "call port"
-REGISTER_PORT: Final = "register port"  # M4 calls to a service registered there
-ROUTER_FRONT: Final = "router front"
-MONITOR: Final = "monitor"
+# The fronts, as events name them: CALL_PORT, REGISTER_PORT, ROUTER_FRONT, MONITOR (from m4port).
 
 # Bytes of events a client has not read yet before its events are dropped (and counted).
 MAX_UNSENT: Final = 256 * 1024
@@ -59,16 +55,9 @@ MAX_REMEMBERED: Final = 4096
 # Longest method name or error text an event carries.
 MAX_TEXT: Final = 200
 
-ProviderOf = Callable[[str], "Provider | None"]
-
-
 def _text(value: Any) -> str:
     text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
     return text if len(text) <= MAX_TEXT else text[:MAX_TEXT] + "…"
-
-
-def _front_of(provider: Provider) -> str:
-    return REGISTER_PORT if isinstance(provider, LegacyService) else ROUTER_FRONT
 
 
 class _Remembered:
@@ -76,11 +65,11 @@ class _Remembered:
 
     __slots__ = ("app", "front", "method", "sent")
 
-    def __init__(self, method: str, front: str, app: str) -> None:
+    def __init__(self, method: str, front: str, app: str, sent: float | None = None) -> None:
         self.method = method
         self.front = front
         self.app = app
-        self.sent = time.monotonic()
+        self.sent = time.monotonic() if sent is None else sent
 
     def latency_ms(self) -> float:
         return round((time.monotonic() - self.sent) * 1000.0, 3)
@@ -116,8 +105,7 @@ def _parse(raw: bytes) -> Frame | None:
 class Tap:
     """Turns what the M4 port sees into events for the clients; only exists while one listens."""
 
-    def __init__(self, provider_of: ProviderOf, emit: Callable[[dict[str, Any]], None]) -> None:
-        self._provider_of = provider_of
+    def __init__(self, emit: Callable[[dict[str, Any]], None]) -> None:
         self._emit = emit
         self._to_m4 = _Calls()  # Linux→M4 calls by wire msgid
         self._from_m4 = _Calls()  # the M4's calls by its own msgid
@@ -160,17 +148,10 @@ class Tap:
             self._event(M4_TO_LINUX, "error", (call.front, call.app), call.method, 0, msgid=wire_msgid,
                         latency_ms=call.latency_ms(), error=_text(reason))
 
-    def notification_sent(self, raw: bytes, what: str, error: str | None = None) -> None:
-        """A notification to the M4; *what* (the sender as the M4 port logs it) names the front."""
+    def notification_sent(self, raw: bytes, front: str, app: str, error: str | None = None) -> None:
+        """A notification to the M4 from *front* (*app*)."""
         frame = _parse(raw)
         method = _text(frame.message.method) if frame and isinstance(frame.message, Notification) else "?"
-        front, _, rest = what.partition(":")
-        app = ""
-        if front == "router":
-            front = ROUTER_FRONT
-            app = rest.rpartition(" from ")[2]
-        elif front not in (MONITOR, CALL_PORT):
-            front = CALL_PORT
         extra: dict[str, Any] = {"error": error} if error else {}
         self._event(LINUX_TO_M4, "notification", (front, app), method, len(raw), **extra)
 
@@ -190,35 +171,47 @@ class Tap:
 
     # -- M4 → Linux ----------------------------------------------------------------------------
 
-    def from_m4(self, frame: Frame) -> None:
-        message = frame.message
-        if isinstance(message, Response):
-            call = self._to_m4.pop(message.msgid)
-            extra: dict[str, Any] = {}
-            if call is None:
-                extra["error"] = "no caller waits for this reply (late or unsolicited)"
-            else:
-                extra["latency_ms"] = call.latency_ms()
-                if message.error is not None:
-                    extra["error"] = _text(message.error)
-            self._event(M4_TO_LINUX, "response", _who(call),
-                        call.method if call else "?", len(frame.raw), msgid=message.msgid, **extra)
-            return
-        method = _text(message.method)
-        provider = self._provider_of(message.method)
-        missing: dict[str, Any]
-        if provider is not None:
-            front, app, missing = _front_of(provider), provider.label, {}
-        elif message.method == "tty" and isinstance(message, Notification):
-            front, app, missing = MONITOR, "", {}
+    def reply_from_m4(self, frame: Frame, message: Response) -> None:
+        """The M4's reply to a Linux caller (or to nobody: late, unsolicited)."""
+        call = self._to_m4.pop(message.msgid)
+        extra: dict[str, Any] = {}
+        if call is None:
+            extra["error"] = "no caller waits for this reply (late or unsolicited)"
         else:
-            front, app, missing = "", "", {"error": "no Linux service registered for it"}
-        if isinstance(message, Request):
-            self._from_m4.add(message.msgid, _Remembered(method, front, app))
-            self._event(M4_TO_LINUX, "request", (front, app), method, len(frame.raw),
-                        msgid=message.msgid, **missing)
-        else:
-            self._event(M4_TO_LINUX, "notification", (front, app), method, len(frame.raw), **missing)
+            extra["latency_ms"] = call.latency_ms()
+            if message.error is not None:
+                extra["error"] = _text(message.error)
+        self._event(M4_TO_LINUX, "response", _who(call),
+                    call.method if call else "?", len(frame.raw), msgid=message.msgid, **extra)
+
+    def m4_request(self, frame: Frame, request: Request, front: str, app: str, *, held: bool = False) -> None:
+        """The M4's call, handed to its provider (*held*: after waiting for one to come)."""
+        method = _text(request.method)
+        before = self._from_m4.pop(request.msgid) if held else None
+        call = _Remembered(method, front, app, before.sent if before is not None else None)
+        self._from_m4.add(request.msgid, call)
+        extra: dict[str, Any] = {"held_ms": call.latency_ms()} if held else {}
+        self._event(M4_TO_LINUX, "request", (front, app), method, len(frame.raw), msgid=request.msgid,
+                    **extra)
+
+    def m4_held(self, frame: Frame, request: Request, hold: float) -> None:
+        """The M4's call for a method nobody provides yet, held for up to *hold* seconds."""
+        method = _text(request.method)
+        self._from_m4.add(request.msgid, _Remembered(method, "", ""))
+        self._event(M4_TO_LINUX, "held", ("", ""), method, len(frame.raw), msgid=request.msgid,
+                    error=f"no Linux program provides it yet: held up to {hold:g} s for one")
+
+    def m4_call_ended(self, msgid: int, kind: str, reason: str) -> None:
+        """The M4's call ends without a reply to the M4 (*kind* ``error`` or ``abandoned``)."""
+        call = self._from_m4.pop(msgid)
+        self._event(LINUX_TO_M4, kind, _who(call), call.method if call else "?", 0, msgid=msgid,
+                    **({"latency_ms": call.latency_ms()} if call else {}), error=_text(reason))
+
+    def m4_notification(self, frame: Frame, notification: Notification, front: str, app: str,
+                        error: str | None = None) -> None:
+        extra: dict[str, Any] = {"error": error} if error else {}
+        self._event(M4_TO_LINUX, "notification", (front, app), _text(notification.method), len(frame.raw),
+                    **extra)
 
 
 class _TapClient(asyncio.Protocol):
@@ -265,9 +258,8 @@ class Attachable(Protocol):
 class TapServer:
     """The tap socket (root only, mode 0600): attaches a :class:`Tap` while clients listen."""
 
-    def __init__(self, m4: Attachable, provider_of: ProviderOf) -> None:
+    def __init__(self, m4: Attachable) -> None:
         self._m4 = m4
-        self._provider_of = provider_of
         self._clients: set[_TapClient] = set()
         self._server: asyncio.AbstractServer | None = None
         self.path: str | None = None
@@ -314,7 +306,7 @@ class TapServer:
             return
         self._clients.add(client)
         if self._m4.tap is None:
-            self._m4.tap = Tap(self._provider_of, self._send)
+            self._m4.tap = Tap(self._send)
         log.info("trace: client attached (%d now)", len(self._clients))
 
     def left(self, client: _TapClient) -> None:

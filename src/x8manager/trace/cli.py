@@ -66,6 +66,8 @@ def format_event(event: dict[str, Any]) -> str:
     parts.append(f"{event.get('size', 0)} B")
     if event.get("latency_ms") is not None:
         parts.append(f"{event['latency_ms']:.3f} ms")
+    if event.get("held_ms") is not None:
+        parts.append(f"held {event['held_ms']:.0f} ms for a provider")
     if event.get("app"):
         parts.append(f"[{event['app']}]")
     if event.get("error"):

@@ -14,7 +14,7 @@ import pytest
 from proxy_harness import WAIT, exchange, m4_on_pty, register, running_proxy, serving, wait_for
 from test_proxy_daemon import start_daemon, stop_daemon
 
-from x8manager.proxy import core, registry
+from x8manager.proxy import registerport, registry
 from x8manager.proxy.link import MAX_BACKLOG
 
 
@@ -34,7 +34,7 @@ def cpu_seconds(pid: int) -> float:
 
 def test_register_port_bounds_connections_and_closes_idle_ones(tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(core, "MAX_REGISTER_CONNECTIONS", 4)
+    monkeypatch.setattr(registerport, "MAX_REGISTER_CONNECTIONS", 4)
     monkeypatch.setattr(registry, "IDLE_TIMEOUT", 0.3)
 
     async def scenario() -> None:

@@ -240,6 +240,18 @@ def test_rpclib_str8_error_reply_reaches_the_caller(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
+def test_a_method_name_that_is_not_utf8_gets_rpclibs_reply_with_its_bytes(tmp_path: Path) -> None:
+    """Found by the fuzz: the virtual M4's runner died packing rpclib's text with such a name."""
+    async def scenario() -> None:
+        async with running_proxy(tmp_path) as (proxy, m4):
+            name = b"!R\x89\xfd?"
+            reply = await exchange(proxy.call_port, b"\x94\x00\x01\xc4\x05" + name + b"\x90")
+            text = b"rpclib: server could not find function '" + name + b"' with argument count 0."
+            assert reply == b"\x94\x01\x01\xd9" + bytes([len(text)]) + text + b"\xc0"
+            await assert_still_serving(proxy, m4)
+    asyncio.run(scenario())
+
+
 def test_m4_stream_garbage_split_messages_and_raw_text(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with running_proxy(tmp_path) as (proxy, m4):

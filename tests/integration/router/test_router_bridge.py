@@ -189,9 +189,12 @@ def test_client_killed_mid_call(tmp_path: Path, socket_dir: Path, bridge_py: Pat
                 await app.provide("linux_hang", "hang")
                 pending = asyncio.create_task(m4.call_raw("linux_hang", within=WAIT))
                 await app.wait_event("hanging")
+                replies = m4.stats.replies_from_linux
                 await app.kill()
-                error = error_of(await pending)
-                assert error[0] == 3 and "disconnected" in error[1]
+                # No error reply (it would halt a real sketch): the sketch's own timeout decides.
+                await wait_for(lambda: proxy.stats.failed == 1, what="the call failed")
+                assert not pending.done() and m4.stats.replies_from_linux == replies
+                pending.cancel()
                 await wait_for(lambda: nothing_left(proxy), what="nothing left of the killed client")
                 assert not proxy.routes.routes()
     asyncio.run(scenario())

@@ -212,3 +212,44 @@ def test_a_second_proxy_does_not_take_a_live_trace_socket(tmp_path: Path,
             async with x8_trace(first, sock, "--json"):  # still the first proxy's
                 pass
     asyncio.run(scenario())
+
+
+def test_held_calls_show_as_held_then_delivered_expired_or_abandoned(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        sock = str(tmp_path / "trace.sock")
+        async with running_proxy(tmp_path, trace_socket=sock, hold_calls=2.0) as (proxy, m4), \
+                x8_trace(proxy, sock, "--json", "--count", "7") as trace:
+            # Held, then given up on by its thread (the same msgid calls again), then delivered.
+            gave_up = asyncio.create_task(m4.call_raw("late", 1, msgid=M4_THREAD_ID))
+            await wait_for(lambda: proxy.stats.held == 1, what="held")
+            gave_up.cancel()  # the thread's RPC.setTimeout ran out
+            with contextlib.suppress(asyncio.CancelledError):
+                await gave_up
+            again = asyncio.create_task(m4.call_raw("late", 2, msgid=M4_THREAD_ID))
+            await wait_for(lambda: proxy.stats.held == 2, what="held again")
+            async with serving(proxy, late=lambda n: n) as service:
+                app = f"service on port {service.port}"
+                assert msgpack.unpackb((await again).raw)[3] == 2
+            # Nobody ever provides this one: held, then no reply.
+            never = asyncio.create_task(m4.call_raw("never", msgid=M4_THREAD_ID + 1))
+            await wait_for(lambda: proxy.stats.held_expired == 1, what="expired")
+            never.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await never
+            events = await json_events(trace)
+        summary = [(e["dir"], e["front"], e["type"], e["method"]) for e in events]
+        assert summary == [
+            ("M4->Linux", "", "held", "late"),
+            ("Linux->M4", "", "abandoned", "late"),
+            ("M4->Linux", "", "held", "late"),
+            ("M4->Linux", "register port", "request", "late"),
+            ("Linux->M4", "register port", "response", "late"),
+            ("M4->Linux", "", "held", "never"),
+            ("Linux->M4", "", "error", "never"),
+        ]
+        assert "held up to 2 s" in events[0]["error"]
+        assert "called again with this msgid" in events[1]["error"]
+        assert events[3]["app"] == app and events[3]["held_ms"] >= 0
+        assert events[6]["error"] == "nobody provided it within 2 s: no reply to the M4"
+        assert all(e["msgid"] >= M4_THREAD_ID for e in events)
+    asyncio.run(scenario())

@@ -16,10 +16,10 @@ from hypothesis import strategies as st
 
 from x8manager.proxy import M4Proxy, ProxyConfig
 from x8manager.proxy.cli import build_parser
-from x8manager.proxy.core import make_listeners
 from x8manager.proxy.link import Backoff, StartupError, parse_link_spec
+from x8manager.proxy.listeners import make_listeners
 from x8manager.proxy.pending import PendingCalls
-from x8manager.proxy.registry import handle_register_message
+from x8manager.proxy.registry import RegisterContext, handle_register_message
 from x8manager.proxy.routing import RoutingTable
 
 
@@ -60,14 +60,14 @@ def test_registry_live_holder_keeps_its_name(caplog: pytest.LogCaptureFixture) -
 def test_register_message_replies() -> None:
     async def scenario() -> None:
         routes = table()
-        assert await handle_register_message([0, 0, "register", [5005, ["a"]]], routes) \
+        assert await handle_register_message([0, 0, "register", [5005, ["a"]]], RegisterContext(routes)) \
             == bytes.fromhex("940100c0a0")
-        assert await handle_register_message([2, "register", [5006, ["b"]]], routes) is None
-        assert await handle_register_message([0, 300, b"register", [5007, [b"c"]]], routes) \
+        assert await handle_register_message([2, "register", [5006, ["b"]]], RegisterContext(routes)) is None
+        assert await handle_register_message([0, 300, b"register", [5007, [b"c"]]], RegisterContext(routes)) \
             == bytes.fromhex("9401d1012cc0a0")
-        reply = await handle_register_message([0, 9, "registry", []], routes)
+        reply = await handle_register_message([0, 9, "registry", []], RegisterContext(routes))
         assert reply is not None and msgpack.unpackb(reply) == [1, 9, None, {"a": 5005, "b": 5006, "c": 5007}]
-        assert await handle_register_message([2, "nope", []], routes) is None
+        assert await handle_register_message([2, "nope", []], RegisterContext(routes)) is None
     asyncio.run(scenario())
 
 
@@ -140,6 +140,10 @@ def test_cli_flags_and_defaults() -> None:
         build_parser().parse_args(["--call-port", "70000"])
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--call-timeout", "0"])
+    assert args.hold_calls == 30.0 and build_parser().parse_args(["--hold-calls", "0"]).hold_calls == 0
+    for bad in ("-1", "nan", "inf"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["--hold-calls", bad])
 
 
 def test_link_specs_and_one_backoff() -> None:
@@ -167,7 +171,7 @@ def test_link_specs_and_one_backoff() -> None:
     )
 )
 def test_fuzz_register_messages_never_raise(value: list[Any]) -> None:
-    reply = asyncio.run(handle_register_message(value, table()))
+    reply = asyncio.run(handle_register_message(value, RegisterContext(table())))
     if reply is not None:
         assert msgpack.unpackb(reply, raw=True)[0] == 1
 

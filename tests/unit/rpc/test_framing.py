@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import msgpack
 import pytest
@@ -11,11 +12,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from x8manager.rpc.framing import (
+    M4_MAX_SEND,
+    DecodedObject,
+    Incomplete,
     InvalidMessage,
     Notification,
+    ObjectCutter,
     Request,
     Response,
     StreamDecoder,
+    first_object,
     go_pack_int,
     msgid_span,
     pack_notification,
@@ -24,6 +30,7 @@ from x8manager.rpc.framing import (
     pack_response,
     parse_message,
     replace_msgid,
+    unpackb,
     validate_message,
 )
 
@@ -97,12 +104,55 @@ MESSAGES = [
 ]
 
 
-def test_decoder_reassembles_across_every_split_point() -> None:
+class Cutter(Protocol):
+    def feed(self, data: bytes) -> list[DecodedObject]: ...
+
+
+class FirstObjects:
+    """first_object as the call port applies it, taken again on the bytes behind each object."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._held = b""
+
+    def feed(self, data: bytes) -> list[DecodedObject]:
+        self._held += data
+        out: list[DecodedObject] = []
+        while self._held:
+            try:
+                item = first_object(self._held, self._limit)
+            except Incomplete:
+                break
+            out.append(item)
+            self._held = self._held[len(item.raw) :]
+        return out
+
+
+# The cutter of every front: the M4 link, clients and services, the router front, the call port.
+CUTTERS: dict[str, Callable[[], Cutter]] = {
+    "M4 link decoder": lambda: StreamDecoder(8 * 1024, max_message=M4_MAX_SEND),
+    "stream decoder": StreamDecoder,
+    "router front": lambda: ObjectCutter(1024 * 1024),
+    "call port": lambda: FirstObjects(64 * 1024),
+}
+
+
+@pytest.mark.parametrize("make", CUTTERS.values(), ids=CUTTERS.keys())
+def test_every_cutter_reassembles_across_every_split_point(make: Callable[[], Cutter]) -> None:
     stream = b"".join(MESSAGES)
     for cut in range(1, len(stream)):
-        decoder = StreamDecoder()
-        frames = decoder.feed_frames(stream[:cut]) + decoder.feed_frames(stream[cut:])
-        assert [f.raw for f in frames] == MESSAGES
+        cutter = make()
+        objects = cutter.feed(stream[:cut]) + cutter.feed(stream[cut:])
+        assert [item.raw for item in objects] == MESSAGES
+
+
+@pytest.mark.parametrize("make", CUTTERS.values(), ids=CUTTERS.keys())
+def test_every_cutter_byte_by_byte(make: Callable[[], Cutter]) -> None:
+    stream = b"".join(MESSAGES)
+    cutter = make()
+    objects = [item for byte in stream for item in cutter.feed(bytes([byte]))]
+    assert [item.raw for item in objects] == MESSAGES
+    assert [item.value for item in objects] == [unpackb(raw) for raw in MESSAGES]
 
 
 def test_decoder_byte_by_byte_skips_text_and_resyncs_on_garbage() -> None:

@@ -88,3 +88,15 @@ def test_no_proxy_is_exit_1_with_what_to_check(tmp_path: Path, capsys: pytest.Ca
 def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--count", "-1"]) == 2
     assert main(["--no-such-flag"]) == 2
+
+
+def test_a_held_call_reads_as_held_and_its_delivery_says_for_how_long() -> None:
+    held = {"time": 1764585769.5, "dir": "M4->Linux", "front": "", "app": "", "type": "held",
+            "msgid": 268447744, "method": "read_gas", "size": 19,
+            "error": "no Linux program provides it yet: held up to 30 s for one"}
+    assert "  -              held  " in format_event(held)
+    assert format_event(held).endswith("error: no Linux program provides it yet: held up to 30 s for one")
+    delivered = dict(held, front="router front", app="router client 1 (pid 9, uid 0)", type="request",
+                     held_ms=2412.7)
+    delivered.pop("error")
+    assert "  held 2413 ms for a provider  [router client 1" in format_event(delivered)

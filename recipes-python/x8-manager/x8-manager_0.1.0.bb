@@ -26,7 +26,8 @@ SRC_URI = "file://pyproject.toml;subdir=${BP} \
            file://m4-proxy.service;subdir=${BP}/units \
            file://m4-proxy.socket;subdir=${BP}/units \
            file://m4-flasher.service;subdir=${BP}/units \
-           file://x8-manager-proxy.sysusers.conf;subdir=${BP}/units"
+           file://x8-manager-proxy.sysusers.conf;subdir=${BP}/units \
+           file://x8-manager-proxy.udev.rules;subdir=${BP}/units"
 
 inherit python_setuptools_build_meta systemd x8_manager_sources
 
@@ -47,6 +48,7 @@ do_install:append() {
             ${D}${systemd_system_unitdir}/${unit}
     done
     install -D -m 0644 ${S}/units/x8-manager-proxy.sysusers.conf ${D}${nonarch_libdir}/sysusers.d/x8-manager-proxy.conf
+    install -D -m 0644 ${S}/units/x8-manager-proxy.udev.rules ${D}${nonarch_base_libdir}/udev/rules.d/60-x8-manager-proxy.rules
     # x8manager.qemu drives a virtual X8 from a host (pip extra "qemu"): no device payload.
     rm -rf ${D}${X8_SITE}/qemu
     # The laptop's x8 CLI (x8manager.host, pip extra "host") runs on the developer's machine, not here.
@@ -70,7 +72,8 @@ FILES:${PN}-proxy += "${bindir}/m4-proxy \
                       ${X8_SITE}/proxy \
                       ${systemd_system_unitdir}/m4-proxy.service \
                       ${systemd_system_unitdir}/m4-proxy.socket \
-                      ${nonarch_libdir}/sysusers.d/x8-manager-proxy.conf"
+                      ${nonarch_libdir}/sysusers.d/x8-manager-proxy.conf \
+                      ${nonarch_base_libdir}/udev/rules.d/60-x8-manager-proxy.rules"
 FILES:${PN}-flasher += "${bindir}/m4-flasher \
                         ${X8_SITE}/flasher \
                         ${systemd_system_unitdir}/m4-flasher.service"

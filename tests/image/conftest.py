@@ -23,6 +23,9 @@ from x8manager.qemu.virtual_x8 import GUEST_HELPER_DIR, WRITABLE_HELPER_DIR, Vir
 ROOT = Path(__file__).resolve().parents[2]
 GUEST_FILES = ROOT / "images" / "x8-test" / "overlay" / "usr" / "lib" / "x8-test"
 STANDIN = ROOT / "tests" / "standins" / "openocd-standin"
+OVERLAY = ROOT / "images" / "x8-test" / "overlay"
+TWIN_DROP_INS = sorted([*(OVERLAY / "etc" / "systemd" / "system").glob("m4-*.service.d/*.conf"),
+                        *(OVERLAY / "etc" / "udev" / "rules.d").glob("*.rules")])
 
 
 @pytest.fixture(scope="session")
@@ -77,6 +80,12 @@ def prepare_guest(x8: VirtualX8) -> None:
     console.write_file("/etc/default/m4-flasher",
                        f"M4_FLASHER_ARGS=--openocd {WRITABLE_HELPER_DIR}/openocd-standin\n".encode())
     console.write_file("/etc/default/m4-proxy", b"M4_PROXY_ARGS=--device /dev/virtio-ports/m4\n")
+    # What the sandboxed units need on a twin: the virtio ports in their device ACLs, the stand-in's
+    # state directory, and the M4 port for the proxy's user (the test image has them from overlay/).
+    for drop_in in TWIN_DROP_INS:
+        console.write_file(f"/{drop_in.relative_to(OVERLAY)}", drop_in.read_bytes())
+    console.check("udevadm control --reload && udevadm trigger --subsystem-match=virtio-ports "
+                  "&& udevadm settle && systemctl daemon-reload")
     console.check("systemctl restart m4-proxy m4-flasher")
 
 

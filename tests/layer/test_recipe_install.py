@@ -344,7 +344,21 @@ def test_proxy_brings_the_router_socket_group(installed: Installed) -> None:
     assert sysusers in packages["x8-manager-proxy"]
     lines = [line for line in (image / sysusers.lstrip("/")).read_text().splitlines()
              if line and not line.startswith("#")]
-    assert lines == [f"g arduino-router {ROUTER_GROUP_GID}"]
+    assert lines[0] == f"g arduino-router {ROUTER_GROUP_GID}"
+
+
+def test_proxy_brings_its_user_and_the_m4_devices_group(installed: Installed) -> None:
+    """m4-proxy.service runs as m4-proxy (sysusers.d, no static id table needed), and the package's
+    udev rule gives that user's group the M4 device, so the proxy needs no root."""
+    d, image, packages = installed
+    sysusers = (image / "usr/lib/sysusers.d/x8-manager-proxy.conf").read_text().splitlines()
+    assert any(line.split()[:2] == ["u", "m4-proxy"] for line in sysusers if line and line[0] != "#")
+    rule = f"{d.getVar('nonarch_base_libdir')}/udev/rules.d/60-x8-manager-proxy.rules"
+    assert rule in packages["x8-manager-proxy"]
+    text = (image / rule.lstrip("/")).read_text()
+    assert 'KERNEL=="x8h7_ui"' in text and 'GROUP="m4-proxy"' in text and 'MODE="0660"' in text
+    service = (image / d.getVar("systemd_system_unitdir").lstrip("/") / "m4-proxy.service").read_text()
+    assert "User=m4-proxy" in service.splitlines()
 
 
 def test_the_library_recommends_arduinos_bridge(installed: Installed) -> None:

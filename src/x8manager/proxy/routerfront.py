@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import grp
 import itertools
 import logging
@@ -709,7 +710,12 @@ def unix_listener(path: str, *, mode: int, group: str | None) -> socket.socket:
         sock.setblocking(False)
     except OSError as exc:
         sock.close()
-        raise StartupError(f"cannot listen on the router socket {path}: {exc.strerror or exc}") from exc
+        hint = ""
+        if exc.errno in (errno.EACCES, errno.EPERM) and os.geteuid() != 0:
+            # m4-proxy.service runs as the user m4-proxy, who may not create files in /run.
+            hint = (" (m4-proxy runs unprivileged: the socket comes from m4-proxy.socket, `systemctl "
+                    "enable --now m4-proxy.socket`; --router-socket '' turns the router front off)")
+        raise StartupError(f"cannot listen on the router socket {path}: {exc.strerror or exc}{hint}") from exc
     return sock
 
 

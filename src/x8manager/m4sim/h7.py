@@ -13,11 +13,14 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from x8manager.rpc.framing import M4_MAX_SEND
+
 __all__ = ["H7_RING_BYTES", "M4_TO_LINUX_CHUNK", "RPMSG_PAYLOAD_MAX", "H7Ring", "rpmsg_cut"]
 
 log = logging.getLogger(__name__)
 
-RPMSG_PAYLOAD_MAX = 496  # RPMSG_BUFFER_SIZE 512 minus the 16-byte RPMsg header
+# RPMSG_BUFFER_SIZE 512 minus the 16-byte RPMsg header: one limit, the one the proxy's decoder relies on.
+RPMSG_PAYLOAD_MAX = M4_MAX_SEND
 H7_RING_BYTES = 4096
 M4_TO_LINUX_CHUNK = 128  # SPI_DMA_BUFFER_SIZE / 2
 

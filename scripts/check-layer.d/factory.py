@@ -2,6 +2,9 @@
 the documentation's "Add it to a FoundriesFactory" steps, word for word.
 
     factory.py prepare NAME WORK     lays out the Factory NAME (see FACTORIES) in WORK
+    factory.py prepare NAME WORK --control
+                                     the same Factory before the steps: the control run that
+                                     shows what the other layers report without this one
     factory.py steps                 prints the steps as read from the documentation
 
 The layout is what `repo init` + `repo sync` of a Factory's lmp-manifest gives, from local mirrors:
@@ -171,7 +174,7 @@ def manifest_projects(manifests: Path, name: str) -> list[dict[str, str]]:
     return projects
 
 
-def prepare(name: str, work: Path) -> None:
+def prepare(name: str, work: Path, control: bool = False) -> None:
     factory = FACTORIES[name]
     mirrors = os.environ.get("X8_LAYER_MIRRORS", "")
     sources = os.environ["X8_PINNED_SOURCES"]
@@ -217,6 +220,9 @@ def prepare(name: str, work: Path) -> None:
 
     # The documented steps, word for word.
     doc, steps = step_text()
+    if control:
+        print(f"control: the steps of {doc.relative_to(ROOT)} not applied (the Factory without meta-x8-manager)")
+        steps = []
     head = subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=ROOT, check=True, capture_output=True, text=True
     ).stdout.strip()
@@ -267,8 +273,8 @@ def prepare(name: str, work: Path) -> None:
 
 
 def main(argv: list[str]) -> None:
-    if argv[:1] == ["prepare"] and len(argv) == 3 and argv[1] in FACTORIES:
-        prepare(argv[1], Path(argv[2]))
+    if argv[:1] == ["prepare"] and len(argv) in (3, 4) and argv[1] in FACTORIES and argv[3:] in ([], ["--control"]):
+        prepare(argv[1], Path(argv[2]), control=argv[3:] == ["--control"])
     elif argv == ["steps"]:
         doc, steps = step_text()
         for edit in edits(steps):

@@ -221,7 +221,8 @@ def prepare(name: str, work: Path, control: bool = False) -> None:
     # The documented steps, word for word.
     doc, steps = step_text()
     if control:
-        print(f"control: the steps of {doc.relative_to(ROOT)} not applied (the Factory without meta-x8-manager)")
+        print(f"control: the steps of {doc.relative_to(ROOT)} not applied "
+              "(the Factory without meta-x8-manager)")
         steps = []
     head = subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=ROOT, check=True, capture_output=True, text=True
@@ -273,7 +274,8 @@ def prepare(name: str, work: Path, control: bool = False) -> None:
 
 
 def main(argv: list[str]) -> None:
-    if argv[:1] == ["prepare"] and len(argv) in (3, 4) and argv[1] in FACTORIES and argv[3:] in ([], ["--control"]):
+    if argv[:1] == ["prepare"] and len(argv) in (3, 4) and argv[1] in FACTORIES \
+            and argv[3:] in ([], ["--control"]):
         prepare(argv[1], Path(argv[2]), control=argv[3:] == ["--control"])
     elif argv == ["steps"]:
         doc, steps = step_text()

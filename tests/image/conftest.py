@@ -1,4 +1,9 @@
-"""Image tests: one boot of the virtual X8 for the whole session (TCG is slow; CI has 2 cores).
+"""Image tests: one boot of the virtual X8 per pytest session or xdist worker (TCG is slow; CI has 2 cores).
+
+scripts/test runs pytest-xdist with two workers and ``--dist loadgroup``: the image tests form two
+groups, each on one worker with its own virtual X8, and the host-only tests fill in beside them.
+QEMU keeps about one of the two cores busy, so two guests and the host tests share the machine
+better than one guest after another. The groups are in groups.py.
 
 The machine comes from x8manager.qemu's pytest plugin options (``--x8-profile debian|lmp``). For the
 Debian profile the image is built first when its inputs changed (scripts/build-test-image; cached,
@@ -7,6 +12,7 @@ a few seconds when nothing changed). The virtual M4 (m4-sim) is on the host end 
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 from collections.abc import Iterator
@@ -20,12 +26,22 @@ from x8manager.qemu.pytest_plugin import profile_from_options
 from x8manager.qemu.ssh import GuestSsh
 from x8manager.qemu.virtual_x8 import GUEST_HELPER_DIR, WRITABLE_HELPER_DIR, VirtualX8
 
+from .groups import GROUP
+
 ROOT = Path(__file__).resolve().parents[2]
+
 GUEST_FILES = ROOT / "images" / "x8-test" / "overlay" / "usr" / "lib" / "x8-test"
 STANDIN = ROOT / "tests" / "standins" / "openocd-standin"
 OVERLAY = ROOT / "images" / "x8-test" / "overlay"
 TWIN_DROP_INS = sorted([*(OVERLAY / "etc" / "systemd" / "system").glob("m4-*.service.d/*.conf"),
                         *(OVERLAY / "etc" / "udev" / "rules.d").glob("*.rules")])
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every image test without a group of its own shares the worker (and the guest) of GROUP."""
+    for item in items:
+        if item.get_closest_marker("image") and not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(GROUP))
 
 
 @pytest.fixture(scope="session")
@@ -35,8 +51,13 @@ def x8_profile(request: pytest.FixtureRequest) -> Profile:
     if options("--x8-profile") == "debian" and not options("--x8-image-dir"):
         if os.geteuid() != 0:
             pytest.skip("building the test image needs root (mmdebstrap --mode=root); CI runs as root")
-        build = subprocess.run([str(ROOT / "scripts" / "build-test-image")], capture_output=True, text=True,
-                               check=False)
+        # Both xdist workers come here: one builds, the other waits and finds the image up to date.
+        lock_path = ROOT / "out" / "image.build.lock"
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with lock_path.open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            build = subprocess.run([str(ROOT / "scripts" / "build-test-image")], capture_output=True,
+                                   text=True, check=False)
         if build.returncode != 0:
             pytest.fail(f"scripts/build-test-image failed:\n{build.stderr[-4000:]}", pytrace=False)
     return profile_from_options(request.config)
@@ -58,7 +79,7 @@ def virtual_x8(x8_profile: Profile, x8_console_log: TextIO) -> Iterator[VirtualX
 
 @pytest.fixture(scope="session")
 def x8_machine(virtual_x8: VirtualX8) -> Machine:
-    """The plugin's machine fixture is the virtual X8's machine (one boot for everything)."""
+    """The plugin's machine fixture is the virtual X8's machine (one boot per worker)."""
     return virtual_x8.machine
 
 

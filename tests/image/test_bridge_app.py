@@ -19,7 +19,9 @@ import pytest
 from x8manager.qemu import Console
 from x8manager.qemu.virtual_x8 import VirtualX8, poll
 
-pytestmark = [pytest.mark.image, pytest.mark.timeout(1500)]
+from .groups import APPS_GROUP
+
+pytestmark = [pytest.mark.image, pytest.mark.timeout(1500), pytest.mark.xdist_group(APPS_GROUP)]
 
 BASE_TARBALL = "/usr/lib/x8-test/x8manager-python.tar"
 BASE_IMAGE = "x8-test/python:bookworm"

@@ -22,6 +22,7 @@ from x8manager.qemu.ssh import GuestSsh
 from x8manager.qemu.virtual_x8 import VirtualX8, poll
 
 from .flashing import ELF_FIXTURES, STANDIN_MODE_FILE, sha256_of
+from .groups import APPS_GROUP
 
 pytestmark = [pytest.mark.image, pytest.mark.timeout(1500)]
 
@@ -122,6 +123,7 @@ def scaffolded_app(tmp_path: Path, virtual_x8: VirtualX8) -> Iterator[Path]:
     console.run(virtual_x8.as_user("X8_APPS_DEV_ROOT=$HOME/x8-apps x8-apps stop pushed"), timeout=300)
 
 
+@pytest.mark.xdist_group(APPS_GROUP)
 def test_apps_push_builds_starts_and_a_second_push_rebuilds_only_the_change(
         x8: X8, scaffolded_app: Path, virtual_x8: VirtualX8) -> None:
     push = ("apps", "push", str(scaffolded_app), "--build-arg", f"BASE_IMAGE={BASE_IMAGE}")

@@ -17,7 +17,9 @@ import pytest
 from tests.support.sketches import sketch_elf
 from x8manager.qemu.virtual_x8 import VirtualX8, poll
 
-pytestmark = [pytest.mark.image, pytest.mark.timeout(1800)]
+from .groups import APPS_GROUP
+
+pytestmark = [pytest.mark.image, pytest.mark.timeout(1800), pytest.mark.xdist_group(APPS_GROUP)]
 
 BASE_TARBALL = "/usr/lib/x8-test/x8manager-python.tar"
 BASE_IMAGE = "x8-test/python:bookworm"

@@ -9,6 +9,7 @@ tail of the serial console are attached to the report.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any, TextIO
@@ -59,6 +60,10 @@ def x8_console_log(request: pytest.FixtureRequest, x8_profile: Profile) -> Itera
     chosen = request.config.getoption("--x8-console-log")
     path = Path(chosen) if chosen else (
         Path(request.config.rootpath) / "out" / "test-logs" / f"console-{x8_profile.name}.log")
+    # Under pytest-xdist each worker boots its own machine: one log each (console-debian-gw1.log).
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker:
+        path = path.with_name(f"{path.stem}-{worker}{path.suffix}")
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8", errors="replace") as log:
         yield log

@@ -1,9 +1,9 @@
 """Image tests: one boot of the virtual X8 per pytest session or xdist worker (TCG is slow; CI has 2 cores).
 
 scripts/test runs pytest-xdist with two workers and ``--dist loadgroup``: the image tests form two
-groups, each on one worker with its own virtual X8, and the host-only tests fill in beside them.
-QEMU keeps about one of the two cores busy, so two guests and the host tests share the machine
-better than one guest after another. The groups are in groups.py.
+groups (groups.py), each on one worker with its own virtual X8, and the host-only tests follow on
+the worker that finishes first. One guest keeps only about one of CI's two cores busy, so two
+guests side by side use the machine better than one guest after another.
 
 The machine comes from x8manager.qemu's pytest plugin options (``--x8-profile debian|lmp``). For the
 Debian profile the image is built first when its inputs changed (scripts/build-test-image; cached,
